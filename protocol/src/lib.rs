@@ -1,0 +1,28 @@
+//! Wire types of Berth, and nothing else: the Kubernetes CRI v1 API (gRPC,
+//! tonic/prost) and the berth-shim API (ttrpc, rust-protobuf). No other crate
+//! in the workspace defines a type that crosses a process boundary.
+
+/// Kubernetes CRI `runtime.v1`: RuntimeService and ImageService.
+pub mod cri {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("runtime.v1");
+}
+
+/// The berth-shim ttrpc API (`berth.shim.v1`).
+pub mod shim {
+    #![allow(clippy::all, missing_docs, unused_imports, unused_qualifications)]
+    /// Messages of the shim API (the generated glue names this module `shim`).
+    #[allow(clippy::module_inception)]
+    pub mod shim {
+        include!(concat!(env!("OUT_DIR"), "/shim/shim.rs"));
+    }
+    /// ttrpc client and server glue of the shim API.
+    pub mod shim_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/shim/shim_ttrpc.rs"));
+    }
+    pub use shim::*;
+    pub use shim_ttrpc::{create_shim, Shim, ShimClient};
+
+    /// Version of the shim API this build speaks; bumped on incompatible change.
+    pub const API_VERSION: u32 = 1;
+}
