@@ -10,7 +10,7 @@ pub mod cri {
 
 /// The berth-shim ttrpc API (`berth.shim.v1`).
 pub mod shim {
-    #![allow(clippy::all, missing_docs, unused_imports, unused_qualifications)]
+    #![allow(clippy::all, missing_docs, unused_imports, unused_qualifications, unused_mut, nonstandard_style)]
     /// Messages of the shim API (the generated glue names this module `shim`).
     #[allow(clippy::module_inception)]
     pub mod shim {

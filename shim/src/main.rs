@@ -1,1 +1,198 @@
-fn main() {}
+//! berth-shim: one per pod sandbox. Started by berthd as
+//! `berth-shim --id ID --dir SANDBOX_DIR ...`; forks a daemon (new session,
+//! child subreaper, stdio on its own log file) that pins the sandbox's
+//! namespaces and serves the shim API on `SANDBOX_DIR/shim.sock`, then
+//! exits once the daemon is ready, printing its pid. The daemon is then no
+//! child of berthd and outlives it.
+mod container;
+mod cri_log;
+mod exec;
+mod namespaces;
+mod reaper;
+mod runc;
+mod service;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use nix::unistd::{fork, ForkResult};
+use slog::{error, info, o, Drain, Logger};
+
+use crate::namespaces::NamespaceOptions;
+use crate::reaper::Reaper;
+use crate::runc::Runc;
+use crate::service::ShimService;
+
+struct Args {
+    id: String,
+    dir: PathBuf,
+    runtime: PathBuf,
+    runtime_root: PathBuf,
+    ns: NamespaceOptions,
+    max_log_line: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut id = None;
+    let mut dir = None;
+    let mut runtime = PathBuf::from("runc");
+    let mut runtime_root = PathBuf::from("/run/berth/runc");
+    let mut ns = NamespaceOptions { network: true, ipc: true, hostname: None, pod_pid: false };
+    let mut max_log_line = cri_log::DEFAULT_MAX_LINE;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--id" => id = Some(val()?),
+            "--dir" => dir = Some(PathBuf::from(val()?)),
+            "--runtime" => runtime = PathBuf::from(val()?),
+            "--runtime-root" => runtime_root = PathBuf::from(val()?),
+            "--hostname" => ns.hostname = Some(val()?),
+            "--host-network" => ns.network = false,
+            "--host-ipc" => ns.ipc = false,
+            "--pod-pid" => ns.pod_pid = true,
+            "--max-log-line" => max_log_line = val()?.parse().context("--max-log-line")?,
+            "--version" => {
+                println!("berth-shim {} (shim API {})", env!("CARGO_PKG_VERSION"), protocol::shim::API_VERSION);
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(Args {
+        id: id.context("--id is required")?,
+        dir: dir.context("--dir is required")?,
+        runtime,
+        runtime_root,
+        ns,
+        max_log_line,
+    })
+}
+
+fn main() {
+    let code = match launch() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("berth-shim: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// The launcher half: forks the daemon and relays its readiness.
+fn launch() -> Result<()> {
+    let args = parse_args()?;
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    let (ready_r, ready_w) = nix::unistd::pipe().context("pipe")?;
+    // SAFETY: nothing has started a thread yet; the child continues as a
+    // single-threaded copy of this process.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Parent { .. } => {
+            drop(ready_w);
+            let mut msg = String::new();
+            File::from(ready_r).read_to_string(&mut msg).context("reading shim readiness")?;
+            match msg.strip_prefix("ok ") {
+                Some(pid) => {
+                    println!("{}", pid.trim());
+                    Ok(())
+                }
+                None if msg.is_empty() => bail!("shim exited before it was ready (see {})", args.dir.join("shim.log").display()),
+                None => bail!("{}", msg.trim_start_matches("err ").trim()),
+            }
+        }
+        ForkResult::Child => {
+            drop(ready_r);
+            let mut ready = File::from(ready_w);
+            if let Err(e) = daemon(args, &mut ready) {
+                let _ = ready.write_all(format!("err {e:#}").as_bytes());
+                std::process::exit(1);
+            }
+            std::process::exit(0);
+        }
+    }
+}
+
+fn detach(dir: &std::path::Path) -> Result<()> {
+    nix::unistd::setsid().context("setsid")?;
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integers.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        bail!("set child subreaper: {}", std::io::Error::last_os_error());
+    }
+    // SIGHUP gets a no-op handler rather than SIG_IGN: an ignored signal
+    // stays ignored across exec, into runc and the containers.
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::new(std::sync::atomic::AtomicBool::new(false)))
+        .context("SIGHUP handler")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("shim.log"))
+        .context("opening shim.log")?;
+    let null = File::open("/dev/null").context("/dev/null")?;
+    nix::unistd::dup2_stdin(&null).context("stdin")?;
+    nix::unistd::dup2_stdout(&log).context("stdout")?;
+    nix::unistd::dup2_stderr(&log).context("stderr")?;
+    std::env::set_current_dir("/").context("chdir /")?;
+    Ok(())
+}
+
+/// The daemon half: everything that must happen before threads exist, then
+/// a current-thread runtime serving the shim API.
+fn daemon(args: Args, ready: &mut File) -> Result<()> {
+    detach(&args.dir)?;
+    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    let log = Logger::root(drain, o!("sandbox_id" => args.id.clone()));
+
+    let pinned = namespaces::create(&args.dir.join("ns"), &args.ns).context("creating sandbox namespaces")?;
+    std::fs::write(args.dir.join("shim.pid"), std::process::id().to_string()).context("writing shim.pid")?;
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+    let result = rt.block_on(serve(args, pinned, log.clone(), ready));
+    if let Err(e) = &result {
+        error!(log, "shim failed"; "error" => format!("{e:#}"));
+    }
+    result
+}
+
+async fn serve(args: Args, pinned: namespaces::Pinned, log: Logger, ready: &mut File) -> Result<()> {
+    let reaper = Reaper::default();
+    let mut sigchld = signal_hook_tokio::Signals::new([signal_hook::consts::SIGCHLD]).context("SIGCHLD handler")?;
+    let r = reaper.clone();
+    tokio::spawn(async move {
+        while sigchld.next().await.is_some() {
+            r.reap();
+        }
+    });
+    // Children may have exited before the handler existed.
+    reaper.reap();
+
+    let runc = Runc::new(args.runtime.clone(), args.runtime_root.clone(), reaper.clone());
+    let pod_init = pinned.pod_init;
+    let svc = Arc::new(ShimService::new(args.id.clone(), runc, reaper, pinned, args.max_log_line, log.clone()));
+    let shutdown = Arc::clone(&svc.shutdown);
+
+    let sock = args.dir.join("shim.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = tokio::net::UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).context("chmod shim.sock")?;
+    let mut server = ttrpc::r#async::Server::new()
+        .add_listener(listener.into())
+        .register_service(protocol::shim::create_shim(svc));
+    server.start().await.context("starting ttrpc server")?;
+    info!(log, "shim ready"; "socket" => sock.display().to_string(), "pod_init_pid" => pod_init.unwrap_or(0));
+    ready.write_all(format!("ok {}", std::process::id()).as_bytes()).context("reporting readiness")?;
+
+    shutdown.notified().await;
+    // Let the Shutdown reply reach berthd before the server goes away.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let _ = server.shutdown().await;
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(args.dir.join("shim.pid"));
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! One container as the shim sees it: its runtime state (the source of truth
+//! berthd reads), its log sink, and the task that turns its init's exit into
+//! a Stopped state once every byte of its output is in the log.
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use protocol::shim::{ContainerState, Status};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::cri_log::LogSink;
+use crate::reaper::ExitStatus;
+
+/// How long to wait for a container's output pipes to close after its init
+/// exited. A daemonized grandchild in a shared pid namespace can hold them
+/// open for ever; the exit must still be reported.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// Runtime facts of a container.
+#[derive(Clone, Debug, Default)]
+pub struct Record {
+    /// pid of the container's init on the host.
+    pub pid: i32,
+    /// Lifecycle state.
+    pub status: Status,
+    /// Exit code once stopped.
+    pub exit_code: i32,
+    /// Signal that ended it, 0 when it exited.
+    pub exit_signal: i32,
+    /// Unix nanoseconds.
+    pub created_at: i64,
+    /// Unix nanoseconds, 0 until started.
+    pub started_at: i64,
+    /// Unix nanoseconds, 0 until stopped.
+    pub finished_at: i64,
+}
+
+/// A container held by the shim.
+pub struct Container {
+    /// Container id.
+    pub id: String,
+    /// OCI bundle folder.
+    pub bundle: PathBuf,
+    /// Where its output goes.
+    pub log: Arc<LogSink>,
+    record: Mutex<Record>,
+    exited: watch::Sender<bool>,
+}
+
+/// Unix nanoseconds of a time.
+pub fn nanos(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+impl Container {
+    /// A container `runc create` has just made, with init `pid`.
+    pub fn new(id: String, bundle: PathBuf, log: Arc<LogSink>, pid: i32) -> Arc<Self> {
+        let record = Record { pid, status: Status::CREATED, created_at: nanos(SystemTime::now()), ..Default::default() };
+        let (exited, _) = watch::channel(false);
+        Arc::new(Container { id, bundle, log, record: Mutex::new(record), exited })
+    }
+
+    /// Locks the record.
+    pub fn record(&self) -> MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state as the shim API reports it.
+    pub fn state(&self) -> ContainerState {
+        let r = self.record().clone();
+        let mut s = ContainerState::new();
+        s.id = self.id.clone();
+        s.pid = r.pid.max(0) as u32;
+        s.status = r.status.into();
+        s.exit_code = r.exit_code;
+        s.exit_signal = r.exit_signal;
+        s.created_at = r.created_at;
+        s.started_at = r.started_at;
+        s.finished_at = r.finished_at;
+        if let Some(e) = self.log.error() {
+            s.message = e;
+        }
+        s
+    }
+
+    /// Marks the container running, unless it already stopped.
+    pub fn mark_started(&self) {
+        let mut r = self.record();
+        r.started_at = nanos(SystemTime::now());
+        if r.status == Status::CREATED {
+            r.status = Status::RUNNING;
+        }
+    }
+
+    /// Waits until the container has stopped.
+    pub async fn wait(&self) {
+        let mut rx = self.exited.subscribe();
+        let _ = rx.wait_for(|e| *e).await;
+    }
+
+    /// Watches the init's exit: once it exits and its output is drained,
+    /// records the exit and wakes waiters.
+    pub fn monitor(self: &Arc<Self>, exit: oneshot::Receiver<ExitStatus>, forwarders: Vec<JoinHandle<()>>) {
+        let c = Arc::clone(self);
+        tokio::spawn(async move {
+            let status = exit.await.ok();
+            let drain = async {
+                for f in forwarders {
+                    let _ = f.await;
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_LIMIT, drain).await;
+            {
+                let mut r = c.record();
+                r.status = Status::STOPPED;
+                match status {
+                    Some(s) => {
+                        r.exit_code = s.code;
+                        r.exit_signal = s.signal;
+                        r.finished_at = nanos(s.at);
+                    }
+                    None => {
+                        r.exit_code = 255;
+                        r.finished_at = nanos(SystemTime::now());
+                    }
+                }
+            }
+            let _ = c.exited.send(true);
+        });
+    }
+}

@@ -1,0 +1,260 @@
+//! Writes a container's stdout and stderr to its CRI log file:
+//! `<RFC3339Nano UTC> <stdout|stderr> <P|F> <content>\n`. Lines longer than
+//! the maximum are split into P records ending with an F; a last line the
+//! stream never terminated is written as P when the stream closes, so joining
+//! records gives back exactly the bytes the container wrote.
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use tokio::io::AsyncReadExt;
+
+/// Default longest line content written in one record (containerd's choice).
+pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
+
+/// Which output stream a record came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// The container's stdout.
+    Stdout,
+    /// The container's stderr.
+    Stderr,
+}
+
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// One container's log file, shared by its stdout and stderr forwarders.
+pub struct LogSink {
+    path: Option<PathBuf>,
+    file: Mutex<Option<File>>,
+    max_line: usize,
+    /// The last write error, cleared when a write succeeds again.
+    error: Mutex<Option<String>>,
+}
+
+fn open_log(path: &Path) -> std::io::Result<File> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    OpenOptions::new().append(true).create(true).mode(0o640).open(path)
+}
+
+impl LogSink {
+    /// Opens (creating) the log file; `None` discards everything.
+    pub fn open(path: Option<PathBuf>, max_line: usize) -> std::io::Result<Self> {
+        let file = match &path {
+            Some(p) => Some(open_log(p)?),
+            None => None,
+        };
+        Ok(LogSink { path, file: Mutex::new(file), max_line: max_line.max(1), error: Mutex::new(None) })
+    }
+
+    /// Reopens the file by path, for rotation: the old file keeps what was
+    /// written before, the new one gets everything after.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let Some(path) = &self.path else { return Ok(()) };
+        let file = open_log(path)?;
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+        Ok(())
+    }
+
+    /// The last write error, if logging is currently failing.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn write_records(&self, buf: &[u8]) {
+        let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(file) = guard.as_mut() else { return };
+        let result = file.write_all(buf);
+        let mut err = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            // The bytes are dropped, never blocking the container: a full disk
+            // must not stop the workload.
+            Err(e) => *err = Some(format!("writing log {}: {e}", self.path.as_deref().unwrap_or(Path::new("")).display())),
+            Ok(()) => *err = None,
+        }
+    }
+}
+
+/// Splits a byte stream into CRI log records.
+pub struct LineSplitter {
+    stream: Stream,
+    max_line: usize,
+    pending: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// A splitter for one stream.
+    pub fn new(stream: Stream, max_line: usize) -> Self {
+        LineSplitter { stream, max_line: max_line.max(1), pending: Vec::new() }
+    }
+
+    /// Adds bytes read at `ts` and appends every complete record to `out`.
+    pub fn push(&mut self, data: &[u8], ts: SystemTime, out: &mut Vec<u8>) {
+        self.pending.extend_from_slice(data);
+        let mut start = 0;
+        loop {
+            let rest = &self.pending[start..];
+            let limit = rest.len().min(self.max_line);
+            if let Some(nl) = rest[..limit].iter().position(|&b| b == b'\n') {
+                write_record(out, ts, self.stream, b'F', &rest[..nl]);
+                start += nl + 1;
+            } else if rest.len() >= self.max_line {
+                // A full-size chunk without a newline: a partial record. When
+                // the newline comes right after it, it ends an empty F record.
+                write_record(out, ts, self.stream, b'P', &rest[..self.max_line]);
+                start += self.max_line;
+            } else {
+                break;
+            }
+        }
+        self.pending.drain(..start);
+    }
+
+    /// Flushes an unterminated last line when the stream closes.
+    pub fn finish(&mut self, ts: SystemTime, out: &mut Vec<u8>) {
+        if !self.pending.is_empty() {
+            write_record(out, ts, self.stream, b'P', &self.pending);
+            self.pending.clear();
+        }
+    }
+}
+
+fn write_record(out: &mut Vec<u8>, ts: SystemTime, stream: Stream, tag: u8, content: &[u8]) {
+    out.extend_from_slice(rfc3339_nano(ts).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(stream.name().as_bytes());
+    out.push(b' ');
+    out.push(tag);
+    out.push(b' ');
+    out.extend_from_slice(content);
+    out.push(b'\n');
+}
+
+/// Formats a time as RFC3339 in UTC with nine fraction digits.
+pub fn rfc3339_nano(ts: SystemTime) -> String {
+    let d = ts.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, day) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Copies one stream from its pipe into the sink until the pipe closes.
+pub async fn forward(stream: Stream, mut pipe: tokio::net::unix::pipe::Receiver, sink: std::sync::Arc<LogSink>) {
+    let mut splitter = LineSplitter::new(stream, sink.max_line);
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut out = Vec::with_capacity(64 * 1024);
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        splitter.push(&buf[..n], SystemTime::now(), &mut out);
+        if !out.is_empty() {
+            sink.write_records(&out);
+            out.clear();
+        }
+    }
+    splitter.finish(SystemTime::now(), &mut out);
+    if !out.is_empty() {
+        sink.write_records(&out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(stream: Stream, max: usize, chunks: &[&[u8]]) -> Vec<(String, String, Vec<u8>)> {
+        let mut s = LineSplitter::new(stream, max);
+        let mut out = Vec::new();
+        for c in chunks {
+            s.push(c, SystemTime::UNIX_EPOCH, &mut out);
+        }
+        s.finish(SystemTime::UNIX_EPOCH, &mut out);
+        let mut recs = Vec::new();
+        let mut rest = &out[..];
+        while !rest.is_empty() {
+            let nl = rest.iter().position(|&b| b == b'\n').unwrap();
+            let line = &rest[..nl];
+            let mut parts = line.splitn(4, |&b| b == b' ');
+            let ts = String::from_utf8(parts.next().unwrap().to_vec()).unwrap();
+            assert_eq!(ts, "1970-01-01T00:00:00.000000000Z");
+            let st = String::from_utf8(parts.next().unwrap().to_vec()).unwrap();
+            let tag = String::from_utf8(parts.next().unwrap().to_vec()).unwrap();
+            recs.push((st, tag, parts.next().unwrap_or(b"").to_vec()));
+            rest = &rest[nl + 1..];
+        }
+        recs
+    }
+
+    #[test]
+    fn lines_split_across_reads_join() {
+        let r = records(Stream::Stdout, 100, &[b"hel", b"lo\nwor", b"ld\n\n"]);
+        let tags: Vec<_> = r.iter().map(|x| (x.1.as_str(), x.2.as_slice())).collect();
+        assert_eq!(tags, vec![("F", &b"hello"[..]), ("F", b"world"), ("F", b"")]);
+        assert!(r.iter().all(|x| x.0 == "stdout"));
+    }
+
+    #[test]
+    fn long_line_becomes_partials_then_full() {
+        let r = records(Stream::Stderr, 4, &[b"abcdefghij\n"]);
+        let tags: Vec<_> = r.iter().map(|x| (x.1.as_str(), x.2.as_slice())).collect();
+        assert_eq!(tags, vec![("P", &b"abcd"[..]), ("P", b"efgh"), ("F", b"ij")]);
+    }
+
+    #[test]
+    fn exact_multiple_ends_with_empty_full() {
+        let r = records(Stream::Stdout, 4, &[b"abcd", b"\n"]);
+        let tags: Vec<_> = r.iter().map(|x| (x.1.as_str(), x.2.as_slice())).collect();
+        assert_eq!(tags, vec![("P", &b"abcd"[..]), ("F", b"")]);
+    }
+
+    #[test]
+    fn unterminated_last_line_is_partial() {
+        let r = records(Stream::Stdout, 100, &[b"done\nno newline"]);
+        let tags: Vec<_> = r.iter().map(|x| (x.1.as_str(), x.2.as_slice())).collect();
+        assert_eq!(tags, vec![("F", &b"done"[..]), ("P", b"no newline")]);
+    }
+
+    #[test]
+    fn timestamps_are_utc_with_nanoseconds() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::new(1_475_713_029, 669_794_202);
+        assert_eq!(rfc3339_nano(t), "2016-10-06T00:17:09.669794202Z");
+    }
+}

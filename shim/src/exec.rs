@@ -1,0 +1,156 @@
+//! ExecSync: runs a command in a running container (`runc exec --detach`, so
+//! the process becomes the shim's child and the reaper reports its exit),
+//! collects its output up to a cap, and enforces the timeout by killing it.
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+
+use crate::container::Container;
+use crate::reaper::Reaper;
+use crate::runc::{Output, Runc, RuncError, DEFAULT_TIMEOUT};
+
+/// Output kept per stream; the rest is read and dropped (as containerd and
+/// CRI-O do, after CVE-2022-1708).
+pub const OUTPUT_CAP: usize = 16 * 1024 * 1024;
+
+/// After the process exits, how long to keep reading output a grandchild may
+/// still be writing.
+const DRAIN_LIMIT: Duration = Duration::from_millis(500);
+
+/// What an exec produced.
+pub struct ExecResult {
+    /// Captured stdout.
+    pub stdout: Vec<u8>,
+    /// Captured stderr.
+    pub stderr: Vec<u8>,
+    /// Exit code (137 when killed at the timeout).
+    pub exit_code: i32,
+    /// Whether the timeout killed it.
+    pub timed_out: bool,
+}
+
+/// An exec could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// Preparing the process spec failed.
+    #[error("preparing exec: {0}")]
+    Prepare(String),
+    /// The OCI runtime refused.
+    #[error(transparent)]
+    Runtime(#[from] RuncError),
+}
+
+fn pipe_pair() -> Result<(OwnedFd, OwnedFd), ExecError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ExecError::Prepare(format!("pipe: {e}")))
+}
+
+fn collect(fd: OwnedFd) -> (Arc<Mutex<Vec<u8>>>, tokio::task::JoinHandle<()>) {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let out = Arc::clone(&buf);
+    let task = tokio::spawn(async move {
+        let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { return };
+        let mut chunk = vec![0u8; 32 * 1024];
+        while let Ok(n) = pipe.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            let mut b = out.lock().unwrap_or_else(|e| e.into_inner());
+            let room = OUTPUT_CAP.saturating_sub(b.len());
+            b.extend_from_slice(&chunk[..n.min(room)]);
+        }
+    });
+    (buf, task)
+}
+
+/// Runs `args` in container `c` and waits for it (at most `timeout`).
+pub async fn exec_sync(
+    runc: &Runc,
+    reaper: &Reaper,
+    c: &Container,
+    seq: u64,
+    args: &[String],
+    timeout: Option<Duration>,
+) -> Result<ExecResult, ExecError> {
+    let spec_path = c.bundle.join(format!("exec-{seq}.json"));
+    let pid_path = c.bundle.join(format!("exec-{seq}.pid"));
+    let log_path = c.bundle.join(format!("exec-{seq}.log"));
+    let cleanup = || {
+        for p in [&spec_path, &pid_path, &log_path] {
+            let _ = std::fs::remove_file(p);
+        }
+    };
+    let result = run(runc, reaper, c, args, timeout, &spec_path, &pid_path, &log_path).await;
+    cleanup();
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    runc: &Runc,
+    reaper: &Reaper,
+    c: &Container,
+    args: &[String],
+    timeout: Option<Duration>,
+    spec_path: &std::path::Path,
+    pid_path: &std::path::Path,
+    log_path: &std::path::Path,
+) -> Result<ExecResult, ExecError> {
+    // The exec runs as the container's process does (user, env, cwd,
+    // capabilities), with its own args and no terminal.
+    let config = std::fs::read(c.bundle.join("config.json")).map_err(|e| ExecError::Prepare(format!("reading config.json: {e}")))?;
+    let config: serde_json::Value = serde_json::from_slice(&config).map_err(|e| ExecError::Prepare(format!("parsing config.json: {e}")))?;
+    let mut process = config.get("process").cloned().unwrap_or_else(|| serde_json::json!({}));
+    process["args"] = serde_json::json!(args);
+    process["terminal"] = serde_json::json!(false);
+    if let Some(p) = process.as_object_mut() {
+        p.remove("consoleSize");
+    }
+    std::fs::write(spec_path, serde_json::to_vec(&process).unwrap_or_default())
+        .map_err(|e| ExecError::Prepare(format!("writing process spec: {e}")))?;
+
+    let (out_r, out_w) = pipe_pair()?;
+    let (err_r, err_w) = pipe_pair()?;
+    let (stdout, out_task) = collect(out_r);
+    let (stderr, err_task) = collect(err_r);
+    let spec = spec_path.to_string_lossy();
+    let pidf = pid_path.to_string_lossy();
+    runc.run(
+        &["exec", "--detach", "--pid-file", &pidf, "--process", &spec, &c.id],
+        Output::PassThrough { stdout: out_w, stderr: err_w, log: log_path.to_path_buf() },
+        DEFAULT_TIMEOUT,
+    )
+    .await?;
+    let pid: i32 = std::fs::read_to_string(pid_path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| ExecError::Prepare("the runtime wrote no exec pid".into()))?;
+    let mut exit = reaper.subscribe(pid);
+    let mut timed_out = false;
+    let status = match timeout {
+        Some(t) => match tokio::time::timeout(t, &mut exit).await {
+            Ok(s) => s.ok(),
+            Err(_) => {
+                timed_out = true;
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                exit.await.ok()
+            }
+        },
+        None => exit.await.ok(),
+    };
+    let drain = async {
+        let _ = out_task.await;
+        let _ = err_task.await;
+    };
+    let _ = tokio::time::timeout(DRAIN_LIMIT, drain).await;
+    let take = |b: &Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *b.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(ExecResult {
+        stdout: take(&stdout),
+        stderr: take(&stderr),
+        exit_code: status.map(|s| s.code).unwrap_or(255),
+        timed_out,
+    })
+}

@@ -1,0 +1,146 @@
+//! The one place that waits for children. The shim is a child subreaper, so
+//! container inits, exec processes and orphans all end up as its children;
+//! `waitpid(-1)` here would steal exit statuses from anyone else waiting, so no
+//! other code in the shim calls wait. Callers subscribe to a pid (atomically
+//! with spawning it, so an instant exit is never missed) and get its status.
+use std::collections::HashMap;
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::sync::oneshot;
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Exit code as a shell reports it (128 + signal when killed).
+    pub code: i32,
+    /// Signal that killed the process, 0 when it exited.
+    pub signal: i32,
+    /// When the shim reaped it.
+    pub at: SystemTime,
+}
+
+/// Exits of pids nobody subscribed to yet are kept this long, for a
+/// subscriber that learns the pid only after the process ended (a container
+/// init whose pid runc writes to a file).
+const UNCLAIMED_TTL: Duration = Duration::from_secs(300);
+
+#[derive(Default)]
+struct Inner {
+    subscribers: HashMap<i32, oneshot::Sender<ExitStatus>>,
+    unclaimed: HashMap<i32, ExitStatus>,
+}
+
+/// Reaps every child of the shim and hands exit statuses to subscribers.
+#[derive(Default, Clone)]
+pub struct Reaper {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Reaper {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the maps inconsistent
+        // (each operation is one insert or remove), so poisoning is ignored.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Spawns `cmd` and subscribes to its exit while holding the reaper lock,
+    /// so the reaper cannot collect it before the subscription exists.
+    pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<(Child, oneshot::Receiver<ExitStatus>)> {
+        let mut inner = self.lock();
+        let child = cmd.spawn()?;
+        let (tx, rx) = oneshot::channel();
+        inner.subscribers.insert(child.id() as i32, tx);
+        Ok((child, rx))
+    }
+
+    /// Subscribes to a pid that is (or was) a child of the shim but was not
+    /// spawned through [`Reaper::spawn`] (container inits, exec processes).
+    pub fn subscribe(&self, pid: i32) -> oneshot::Receiver<ExitStatus> {
+        let (tx, rx) = oneshot::channel();
+        let mut inner = self.lock();
+        if let Some(status) = inner.unclaimed.remove(&pid) {
+            let _ = tx.send(status);
+        } else {
+            inner.subscribers.insert(pid, tx);
+        }
+        rx
+    }
+
+    /// Collects every child that has exited. Called on each SIGCHLD.
+    pub fn reap(&self) {
+        let mut inner = self.lock();
+        loop {
+            let (pid, code, signal) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), code, 0),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid.as_raw(), 128 + sig as i32, sig as i32),
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            };
+            let status = ExitStatus { code, signal, at: SystemTime::now() };
+            match inner.subscribers.remove(&pid) {
+                Some(tx) => {
+                    let _ = tx.send(status);
+                }
+                None => {
+                    let now = SystemTime::now();
+                    inner
+                        .unclaimed
+                        .retain(|_, s| now.duration_since(s.at).map(|d| d < UNCLAIMED_TTL).unwrap_or(true));
+                    inner.unclaimed.insert(pid, status);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // waitpid(-1) collects any child of the test process, so tests that reap
+    // must not run at the same time.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn wait_for(reaper: &Reaper, rx: &mut oneshot::Receiver<ExitStatus>) -> ExitStatus {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            reaper.reap();
+            if let Ok(s) = rx.try_recv() {
+                return s;
+            }
+            assert!(std::time::Instant::now() < deadline, "child never reaped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn instant_exit_is_seen_by_spawn_subscriber() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let reaper = Reaper::default();
+        let (_child, mut rx) = reaper.spawn(Command::new("/bin/sh").args(["-c", "exit 7"])).unwrap();
+        let status = wait_for(&reaper, &mut rx);
+        assert_eq!((status.code, status.signal), (7, 0));
+    }
+
+    #[test]
+    fn late_subscriber_gets_unclaimed_exit() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let reaper = Reaper::default();
+        let child = Command::new("/bin/sh").args(["-c", "kill -9 $$"]).spawn().unwrap();
+        let pid = child.id() as i32;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !reaper.lock().unclaimed.contains_key(&pid) {
+            assert!(std::time::Instant::now() < deadline, "child never reaped");
+            reaper.reap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut rx = reaper.subscribe(pid);
+        let status = rx.try_recv().unwrap();
+        assert_eq!(status.signal, 9);
+        assert_eq!(status.code, 137);
+    }
+}

@@ -1,0 +1,212 @@
+//! Runs the OCI runtime (runc by default; any runc-compatible CLI). Every
+//! call has a timeout and keeps the runtime's own error output in the error.
+//! Processes are spawned through the [`Reaper`], never waited on directly.
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+
+use crate::reaper::{ExitStatus, Reaper};
+
+/// How long an OCI runtime call may take before it is killed.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An OCI runtime call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuncError {
+    /// The binary could not be started.
+    #[error("starting {bin}: {source}")]
+    Spawn {
+        /// The runtime binary.
+        bin: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It ran longer than allowed and was killed.
+    #[error("{bin} {cmd} timed out after {secs}s: {stderr}")]
+    Timeout {
+        /// The runtime binary.
+        bin: String,
+        /// Which subcommand.
+        cmd: String,
+        /// The limit.
+        secs: u64,
+        /// What it printed.
+        stderr: String,
+    },
+    /// It exited non-zero.
+    #[error("{bin} {cmd} failed (exit {code}): {stderr}")]
+    Failed {
+        /// The runtime binary.
+        bin: String,
+        /// Which subcommand.
+        cmd: String,
+        /// Its exit code.
+        code: i32,
+        /// What it printed (or logged).
+        stderr: String,
+    },
+}
+
+impl RuncError {
+    /// The runtime's message, for deciding what a failure means.
+    pub fn stderr(&self) -> &str {
+        match self {
+            RuncError::Spawn { .. } => "",
+            RuncError::Timeout { stderr, .. } | RuncError::Failed { stderr, .. } => stderr,
+        }
+    }
+}
+
+/// Where a spawned runtime process's stdout and stderr go.
+pub enum Output {
+    /// Captured, and returned (stderr) in errors.
+    Capture,
+    /// Given to the process (and so to a container it starts); errors are
+    /// read from the runtime's `--log` file instead.
+    PassThrough {
+        /// The process's stdout.
+        stdout: OwnedFd,
+        /// The process's stderr.
+        stderr: OwnedFd,
+        /// Its JSON log file.
+        log: PathBuf,
+    },
+}
+
+/// A runc-compatible OCI runtime.
+#[derive(Clone)]
+pub struct Runc {
+    bin: PathBuf,
+    root: PathBuf,
+    reaper: Reaper,
+}
+
+impl Runc {
+    /// `bin` is the runtime binary, `root` its state folder (`runc --root`).
+    pub fn new(bin: PathBuf, root: PathBuf, reaper: Reaper) -> Self {
+        Runc { bin, root, reaper }
+    }
+
+    /// Runs `runc --root ROOT args...` and returns its stdout.
+    pub async fn run(&self, args: &[&str], output: Output, timeout: Duration) -> Result<Vec<u8>, RuncError> {
+        let bin = self.bin.display().to_string();
+        let cmd_name = args.first().copied().unwrap_or("").to_string();
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--root").arg(&self.root);
+        let log_path = match &output {
+            Output::PassThrough { log, .. } => {
+                cmd.arg("--log").arg(log).arg("--log-format").arg("json");
+                Some(log.clone())
+            }
+            Output::Capture => None,
+        };
+        cmd.args(args).stdin(Stdio::null());
+        match output {
+            Output::Capture => {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+            Output::PassThrough { stdout, stderr, .. } => {
+                cmd.stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr));
+            }
+        }
+        let (mut child, exit) = self
+            .reaper
+            .spawn(&mut cmd)
+            .map_err(|source| RuncError::Spawn { bin: bin.clone(), source })?;
+        // Drop our copies of pass-through fds now, so the container's pipes
+        // close when the container (not the shim) closes them.
+        drop(cmd);
+        let pid = child.id() as i32;
+        let stdout = child.stdout.take().and_then(|s| tokio::net::unix::pipe::Receiver::from_owned_fd(s.into()).ok());
+        let stderr = child.stderr.take().and_then(|s| tokio::net::unix::pipe::Receiver::from_owned_fd(s.into()).ok());
+        let work = async {
+            let (out, err, status) = tokio::join!(read_all(stdout), read_all(stderr), exit);
+            (out, err, status)
+        };
+        let (out, mut err, status) = match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                return Err(RuncError::Timeout {
+                    bin,
+                    cmd: cmd_name,
+                    secs: timeout.as_secs(),
+                    stderr: log_path.map(|p| read_log(&p)).unwrap_or_default(),
+                });
+            }
+        };
+        let status: ExitStatus = status.unwrap_or(ExitStatus { code: -1, signal: 0, at: std::time::SystemTime::now() });
+        if status.code != 0 {
+            if let Some(p) = &log_path {
+                err = read_log(p).into_bytes();
+            }
+            return Err(RuncError::Failed {
+                bin,
+                cmd: cmd_name,
+                code: status.code,
+                stderr: String::from_utf8_lossy(&err).trim().to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Sends a signal to a container's init, or to all its processes.
+    pub async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuncError> {
+        let sig = signal.to_string();
+        let mut args = vec!["kill"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([id, sig.as_str()]);
+        self.run(&args, Output::Capture, DEFAULT_TIMEOUT).await.map(|_| ())
+    }
+
+    /// Starts a created container.
+    pub async fn start(&self, id: &str) -> Result<(), RuncError> {
+        self.run(&["start", id], Output::Capture, DEFAULT_TIMEOUT).await.map(|_| ())
+    }
+
+    /// Removes a container from the runtime; a container it does not know is
+    /// already deleted.
+    pub async fn delete(&self, id: &str) -> Result<(), RuncError> {
+        match self.run(&["delete", "--force", id], Output::Capture, DEFAULT_TIMEOUT).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(e.stderr()) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Whether the runtime said the container does not exist.
+pub fn is_not_found(stderr: &str) -> bool {
+    stderr.contains("does not exist") || stderr.contains("not found")
+}
+
+async fn read_all(pipe: Option<tokio::net::unix::pipe::Receiver>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(mut p) = pipe {
+        let _ = p.read_to_end(&mut buf).await;
+    }
+    buf
+}
+
+/// The messages of a runc JSON log (`{"level":"error","msg":"..."}` lines).
+fn read_log(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let msgs: Vec<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("level").and_then(|l| l.as_str()).is_some_and(|l| l == "error" || l == "fatal"))
+        .filter_map(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string))
+        .collect();
+    if msgs.is_empty() {
+        text.trim().to_string()
+    } else {
+        msgs.join("; ")
+    }
+}

@@ -1,0 +1,265 @@
+//! The shim API served over ttrpc: validates each call and drives the OCI
+//! runtime, the container records and the log sinks.
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use protocol::shim::{
+    ConnectRequest, ConnectResponse, ContainerRequest, ContainerState, CreateRequest, Empty, ExecSyncRequest,
+    ExecSyncResponse, KillRequest, ListResponse, Shim, Status, API_VERSION,
+};
+use slog::{info, warn, Logger};
+use tokio::sync::Notify;
+use ttrpc::r#async::TtrpcContext;
+use ttrpc::{get_status, Code};
+
+use crate::container::Container;
+use crate::cri_log::{self, LogSink, Stream};
+use crate::exec;
+use crate::namespaces::{self, Pinned};
+use crate::reaper::Reaper;
+use crate::runc::{self, Output, Runc};
+
+type TResult<T> = ttrpc::Result<T>;
+
+fn status(code: Code, msg: impl ToString) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(get_status(code, msg))
+}
+
+/// How long Shutdown waits for killed containers to be reaped.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
+/// The shim's service state.
+pub struct ShimService {
+    /// Sandbox this shim owns.
+    pub sandbox_id: String,
+    /// The OCI runtime.
+    pub runc: Runc,
+    /// The reaper.
+    pub reaper: Reaper,
+    /// Pinned namespaces.
+    pub pinned: Mutex<Pinned>,
+    /// Longest log line before splitting.
+    pub max_log_line: usize,
+    /// Woken when Shutdown has cleaned up and the process may exit.
+    pub shutdown: Arc<Notify>,
+    /// Structured log.
+    pub log: Logger,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    exec_seq: AtomicU64,
+}
+
+impl ShimService {
+    /// A service for `sandbox_id`.
+    pub fn new(sandbox_id: String, runc: Runc, reaper: Reaper, pinned: Pinned, max_log_line: usize, log: Logger) -> Self {
+        ShimService {
+            sandbox_id,
+            runc,
+            reaper,
+            pinned: Mutex::new(pinned),
+            max_log_line,
+            shutdown: Arc::new(Notify::new()),
+            log,
+            containers: Mutex::new(HashMap::new()),
+            exec_seq: AtomicU64::new(0),
+        }
+    }
+
+    fn get(&self, id: &str) -> TResult<Arc<Container>> {
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| status(Code::NOT_FOUND, format!("container {id} not found in sandbox {}", self.sandbox_id)))
+    }
+
+    fn all(&self) -> Vec<Arc<Container>> {
+        self.containers.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    async fn do_create(&self, req: &CreateRequest) -> TResult<Arc<Container>> {
+        let id = req.id.as_str();
+        if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+            return Err(status(Code::INVALID_ARGUMENT, format!("invalid container id {id:?}")));
+        }
+        if self.containers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(id) {
+            return Err(status(Code::ALREADY_EXISTS, format!("container {id} already exists")));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        if !bundle.join("config.json").is_file() {
+            return Err(status(Code::INVALID_ARGUMENT, format!("bundle {} has no config.json", bundle.display())));
+        }
+        let log_path = (!req.log_path.is_empty()).then(|| PathBuf::from(&req.log_path));
+        let sink = LogSink::open(log_path, self.max_log_line)
+            .map_err(|e| status(Code::INTERNAL, format!("opening log file {}: {e}", req.log_path)))?;
+        let sink = Arc::new(sink);
+        let pipe = || -> TResult<(OwnedFd, OwnedFd)> {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| status(Code::INTERNAL, format!("pipe: {e}")))
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let forwarders: Vec<_> = [(Stream::Stdout, out_r), (Stream::Stderr, err_r)]
+            .into_iter()
+            .filter_map(|(stream, fd)| {
+                let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?;
+                Some(tokio::spawn(cri_log::forward(stream, rx, Arc::clone(&sink))))
+            })
+            .collect();
+        let pid_file = bundle.join("init.pid");
+        let bundle_s = bundle.to_string_lossy().to_string();
+        let pid_s = pid_file.to_string_lossy().to_string();
+        self.runc
+            .run(
+                &["create", "--bundle", &bundle_s, "--pid-file", &pid_s, id],
+                Output::PassThrough { stdout: out_w, stderr: err_w, log: bundle.join("runc.log") },
+                runc::DEFAULT_TIMEOUT,
+            )
+            .await
+            .map_err(|e| status(Code::INTERNAL, e))?;
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| status(Code::INTERNAL, "the OCI runtime wrote no container pid"))?;
+        let exit = self.reaper.subscribe(pid);
+        let c = Container::new(id.to_string(), bundle, sink, pid);
+        c.monitor(exit, forwarders);
+        self.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), Arc::clone(&c));
+        info!(self.log, "container created"; "container_id" => id, "pid" => pid);
+        Ok(c)
+    }
+}
+
+#[async_trait]
+impl Shim for ShimService {
+    async fn connect(&self, _ctx: &TtrpcContext, _req: ConnectRequest) -> TResult<ConnectResponse> {
+        let mut r = ConnectResponse::new();
+        r.api_version = API_VERSION;
+        r.shim_pid = std::process::id();
+        r.sandbox_id = self.sandbox_id.clone();
+        r.pod_init_pid = self.pinned.lock().unwrap_or_else(|e| e.into_inner()).pod_init.unwrap_or(0) as u32;
+        Ok(r)
+    }
+
+    async fn create(&self, _ctx: &TtrpcContext, req: CreateRequest) -> TResult<ContainerState> {
+        Ok(self.do_create(&req).await?.state())
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> TResult<ContainerState> {
+        let c = self.get(&req.id)?;
+        let st = c.record().status;
+        if st != Status::CREATED {
+            return Err(status(Code::FAILED_PRECONDITION, format!("container {} is {:?}, not created", req.id, st)));
+        }
+        self.runc.start(&req.id).await.map_err(|e| status(Code::INTERNAL, e))?;
+        c.mark_started();
+        info!(self.log, "container started"; "container_id" => &req.id);
+        Ok(c.state())
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TResult<Empty> {
+        let c = self.get(&req.id)?;
+        if c.record().status == Status::STOPPED {
+            return Ok(Empty::new());
+        }
+        if let Err(e) = self.runc.kill(&req.id, req.signal as i32, req.all).await {
+            // The container may have exited between the check and the kill.
+            let gone = c.record().status == Status::STOPPED || e.stderr().contains("not running") || runc::is_not_found(e.stderr());
+            if !gone {
+                return Err(status(Code::INTERNAL, e));
+            }
+        }
+        Ok(Empty::new())
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> TResult<ContainerState> {
+        let c = self.get(&req.id)?;
+        c.wait().await;
+        Ok(c.state())
+    }
+
+    async fn state(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> TResult<ContainerState> {
+        Ok(self.get(&req.id)?.state())
+    }
+
+    async fn list(&self, _ctx: &TtrpcContext, _req: Empty) -> TResult<ListResponse> {
+        let mut r = ListResponse::new();
+        r.containers = self.all().iter().map(|c| c.state()).collect();
+        Ok(r)
+    }
+
+    async fn delete(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> TResult<ContainerState> {
+        let c = match self.get(&req.id) {
+            Ok(c) => c,
+            Err(_) => {
+                // Unknown to the shim (a crash between steps): make sure the
+                // runtime forgets it too.
+                self.runc.delete(&req.id).await.map_err(|e| status(Code::INTERNAL, e))?;
+                let mut s = ContainerState::new();
+                s.id = req.id.clone();
+                s.status = Status::STOPPED.into();
+                return Ok(s);
+            }
+        };
+        if c.record().status == Status::RUNNING {
+            return Err(status(Code::FAILED_PRECONDITION, format!("container {} is running; stop it first", req.id)));
+        }
+        self.runc.delete(&req.id).await.map_err(|e| status(Code::INTERNAL, e))?;
+        // A created container's init is killed by the delete; wait for it so
+        // its exit is recorded and its pipes are drained.
+        let _ = tokio::time::timeout(SHUTDOWN_WAIT, c.wait()).await;
+        self.containers.lock().unwrap_or_else(|e| e.into_inner()).remove(&req.id);
+        info!(self.log, "container deleted"; "container_id" => &req.id);
+        Ok(c.state())
+    }
+
+    async fn exec_sync(&self, _ctx: &TtrpcContext, req: ExecSyncRequest) -> TResult<ExecSyncResponse> {
+        let c = self.get(&req.id)?;
+        if c.record().status != Status::RUNNING {
+            return Err(status(Code::FAILED_PRECONDITION, format!("container {} is not running", req.id)));
+        }
+        if req.args.is_empty() {
+            return Err(status(Code::INVALID_ARGUMENT, "exec needs a command"));
+        }
+        let seq = self.exec_seq.fetch_add(1, Ordering::Relaxed);
+        let timeout = (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms as u64));
+        let r = exec::exec_sync(&self.runc, &self.reaper, &c, seq, &req.args, timeout)
+            .await
+            .map_err(|e| status(Code::INTERNAL, e))?;
+        let mut resp = ExecSyncResponse::new();
+        resp.stdout = r.stdout;
+        resp.stderr = r.stderr;
+        resp.exit_code = r.exit_code;
+        resp.timed_out = r.timed_out;
+        Ok(resp)
+    }
+
+    async fn reopen_log(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> TResult<Empty> {
+        let c = self.get(&req.id)?;
+        c.log.reopen().map_err(|e| status(Code::INTERNAL, format!("reopening log: {e}")))?;
+        Ok(Empty::new())
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, _req: Empty) -> TResult<Empty> {
+        for c in self.all() {
+            if c.record().status != Status::STOPPED {
+                if let Err(e) = self.runc.kill(&c.id, libc::SIGKILL, true).await {
+                    warn!(self.log, "kill on shutdown"; "container_id" => &c.id, "error" => %e);
+                }
+                let _ = tokio::time::timeout(SHUTDOWN_WAIT, c.wait()).await;
+            }
+            if let Err(e) = self.runc.delete(&c.id).await {
+                warn!(self.log, "delete on shutdown"; "container_id" => &c.id, "error" => %e);
+            }
+        }
+        self.containers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        namespaces::release(&self.pinned.lock().unwrap_or_else(|e| e.into_inner()));
+        info!(self.log, "sandbox released, shim exiting");
+        self.shutdown.notify_one();
+        Ok(Empty::new())
+    }
+}
