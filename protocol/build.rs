@@ -7,7 +7,8 @@ fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
     println!("cargo:rerun-if-changed=proto");
 
-    let fds = protox::compile(["proto/cri/api.proto"], ["proto/cri"]).expect("compile CRI proto");
+    let fds = protox::compile(["proto/cri/api.proto", "proto/berth/images.proto"], ["proto/cri", "proto/berth"])
+        .expect("compile CRI proto");
     tonic_prost_build::configure()
         // serde lets berthctl read crictl's JSON/YAML pod and container configs
         // and print `-o json`; every field is optional there, as in protobuf.

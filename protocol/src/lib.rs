@@ -8,6 +8,12 @@ pub mod cri {
     tonic::include_proto!("runtime.v1");
 }
 
+/// Berth's own gRPC calls beside CRI (image import from local files).
+pub mod images {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("berth.images.v1");
+}
+
 /// The berth-shim ttrpc API (`berth.shim.v1`).
 pub mod shim {
     #![allow(clippy::all, missing_docs, unused_imports, unused_qualifications, unused_mut, nonstandard_style)]

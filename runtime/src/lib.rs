@@ -1,1 +1,17 @@
-
+//! Berth's manager library: what `berthd` runs (the CRI server and the
+//! manager behind it) and what `berthctl` uses to reach a CRI socket.
+pub mod cri_client;
+pub mod cri_server;
+pub mod error;
+pub mod ids;
+pub mod images;
+pub mod manager;
+pub mod pod_files;
+pub mod reference;
+pub mod rootfs;
+pub mod server;
+pub mod shim_client;
+pub mod spec;
+pub mod store;
+pub mod unpack;
+pub mod users;

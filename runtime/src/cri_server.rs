@@ -1,0 +1,342 @@
+//! The API edge: CRI v1 RuntimeService and ImageService (and Berth's Images
+//! service) over gRPC. Requests are handed to the [`Manager`]; its typed
+//! errors become gRPC statuses here and nowhere else.
+use std::pin::Pin;
+use std::sync::Arc;
+
+use protocol::cri::{self, image_service_server::ImageService, runtime_service_server::RuntimeService};
+use protocol::images::{images_server::Images, ImportRequest, ImportResponse};
+use slog::{debug, Logger};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::manager::{now_nanos, Manager};
+
+type Reply<T> = Result<Response<T>, Status>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Version Berth reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn unimplemented(call: &str) -> Status {
+    Status::unimplemented(format!("{call} is not implemented by Berth yet"))
+}
+
+fn once<T: Send + 'static>(item: T) -> BoxStream<T> {
+    Box::pin(tokio_stream::iter(vec![Ok(item)]))
+}
+
+/// Serves CRI for a manager.
+#[derive(Clone)]
+pub struct CriServer {
+    mgr: Arc<Manager>,
+    log: Logger,
+}
+
+impl CriServer {
+    /// A server for `mgr`.
+    pub fn new(mgr: Arc<Manager>, log: Logger) -> Self {
+        CriServer { mgr, log }
+    }
+}
+
+fn ok<T>(r: Result<T, Error>) -> Reply<T> {
+    r.map(Response::new).map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl RuntimeService for CriServer {
+    async fn version(&self, _req: Request<cri::VersionRequest>) -> Reply<cri::VersionResponse> {
+        Ok(Response::new(cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: "berth".into(),
+            runtime_version: VERSION.into(),
+            runtime_api_version: "v1".into(),
+        }))
+    }
+
+    async fn run_pod_sandbox(&self, req: Request<cri::RunPodSandboxRequest>) -> Reply<cri::RunPodSandboxResponse> {
+        let r = req.into_inner();
+        let config = r.config.ok_or_else(|| Status::invalid_argument("RunPodSandbox needs a config"))?;
+        ok(self.mgr.run_pod_sandbox(config, &r.runtime_handler).await.map(|pod_sandbox_id| cri::RunPodSandboxResponse { pod_sandbox_id }))
+    }
+
+    async fn stop_pod_sandbox(&self, req: Request<cri::StopPodSandboxRequest>) -> Reply<cri::StopPodSandboxResponse> {
+        ok(self.mgr.stop_pod_sandbox(&req.into_inner().pod_sandbox_id).await.map(|()| cri::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(&self, req: Request<cri::RemovePodSandboxRequest>) -> Reply<cri::RemovePodSandboxResponse> {
+        ok(self.mgr.remove_pod_sandbox(&req.into_inner().pod_sandbox_id).await.map(|()| cri::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(&self, req: Request<cri::PodSandboxStatusRequest>) -> Reply<cri::PodSandboxStatusResponse> {
+        let r = req.into_inner();
+        let (status, info) = self.mgr.pod_sandbox_status(&r.pod_sandbox_id, r.verbose).await?;
+        let containers_statuses = Vec::new();
+        Ok(Response::new(cri::PodSandboxStatusResponse { status: Some(status), info, containers_statuses, timestamp: now_nanos() }))
+    }
+
+    async fn list_pod_sandbox(&self, req: Request<cri::ListPodSandboxRequest>) -> Reply<cri::ListPodSandboxResponse> {
+        ok(self.mgr.list_pod_sandboxes(req.into_inner().filter).await.map(|items| cri::ListPodSandboxResponse { items }))
+    }
+
+    type StreamPodSandboxesStream = BoxStream<cri::StreamPodSandboxesResponse>;
+    async fn stream_pod_sandboxes(&self, req: Request<cri::StreamPodSandboxesRequest>) -> Reply<Self::StreamPodSandboxesStream> {
+        let pod_sandboxes = self.mgr.list_pod_sandboxes(req.into_inner().filter).await?;
+        Ok(Response::new(once(cri::StreamPodSandboxesResponse { pod_sandboxes })))
+    }
+
+    async fn create_container(&self, req: Request<cri::CreateContainerRequest>) -> Reply<cri::CreateContainerResponse> {
+        let r = req.into_inner();
+        let config = r.config.ok_or_else(|| Status::invalid_argument("CreateContainer needs a config"))?;
+        ok(self.mgr.create_container(&r.pod_sandbox_id, config).await.map(|container_id| cri::CreateContainerResponse { container_id }))
+    }
+
+    async fn start_container(&self, req: Request<cri::StartContainerRequest>) -> Reply<cri::StartContainerResponse> {
+        ok(self.mgr.start_container(&req.into_inner().container_id).await.map(|()| cri::StartContainerResponse {}))
+    }
+
+    async fn stop_container(&self, req: Request<cri::StopContainerRequest>) -> Reply<cri::StopContainerResponse> {
+        let r = req.into_inner();
+        ok(self.mgr.stop_container(&r.container_id, r.timeout).await.map(|()| cri::StopContainerResponse {}))
+    }
+
+    async fn remove_container(&self, req: Request<cri::RemoveContainerRequest>) -> Reply<cri::RemoveContainerResponse> {
+        ok(self.mgr.remove_container(&req.into_inner().container_id).await.map(|()| cri::RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(&self, req: Request<cri::ListContainersRequest>) -> Reply<cri::ListContainersResponse> {
+        ok(self.mgr.list_containers(req.into_inner().filter).await.map(|containers| cri::ListContainersResponse { containers }))
+    }
+
+    type StreamContainersStream = BoxStream<cri::StreamContainersResponse>;
+    async fn stream_containers(&self, req: Request<cri::StreamContainersRequest>) -> Reply<Self::StreamContainersStream> {
+        let containers = self.mgr.list_containers(req.into_inner().filter).await?;
+        Ok(Response::new(once(cri::StreamContainersResponse { containers })))
+    }
+
+    async fn container_status(&self, req: Request<cri::ContainerStatusRequest>) -> Reply<cri::ContainerStatusResponse> {
+        let r = req.into_inner();
+        let (status, info) = self.mgr.container_status(&r.container_id, r.verbose).await?;
+        Ok(Response::new(cri::ContainerStatusResponse { status: Some(status), info }))
+    }
+
+    async fn update_container_resources(&self, _req: Request<cri::UpdateContainerResourcesRequest>) -> Reply<cri::UpdateContainerResourcesResponse> {
+        Err(unimplemented("UpdateContainerResources"))
+    }
+
+    async fn reopen_container_log(&self, _req: Request<cri::ReopenContainerLogRequest>) -> Reply<cri::ReopenContainerLogResponse> {
+        Err(unimplemented("ReopenContainerLog"))
+    }
+
+    async fn exec_sync(&self, req: Request<cri::ExecSyncRequest>) -> Reply<cri::ExecSyncResponse> {
+        let r = req.into_inner();
+        debug!(self.log, "exec sync"; "container_id" => &r.container_id, "timeout" => r.timeout);
+        ok(self.mgr.exec_sync(&r.container_id, r.cmd, r.timeout).await)
+    }
+
+    async fn exec(&self, _req: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
+        Err(unimplemented("Exec"))
+    }
+
+    async fn attach(&self, _req: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
+        Err(unimplemented("Attach"))
+    }
+
+    async fn port_forward(&self, _req: Request<cri::PortForwardRequest>) -> Reply<cri::PortForwardResponse> {
+        Err(unimplemented("PortForward"))
+    }
+
+    async fn container_stats(&self, _req: Request<cri::ContainerStatsRequest>) -> Reply<cri::ContainerStatsResponse> {
+        Err(unimplemented("ContainerStats"))
+    }
+
+    async fn list_container_stats(&self, _req: Request<cri::ListContainerStatsRequest>) -> Reply<cri::ListContainerStatsResponse> {
+        Err(unimplemented("ListContainerStats"))
+    }
+
+    type StreamContainerStatsStream = BoxStream<cri::StreamContainerStatsResponse>;
+    async fn stream_container_stats(&self, _req: Request<cri::StreamContainerStatsRequest>) -> Reply<Self::StreamContainerStatsStream> {
+        Err(unimplemented("StreamContainerStats"))
+    }
+
+    async fn pod_sandbox_stats(&self, _req: Request<cri::PodSandboxStatsRequest>) -> Reply<cri::PodSandboxStatsResponse> {
+        Err(unimplemented("PodSandboxStats"))
+    }
+
+    async fn list_pod_sandbox_stats(&self, _req: Request<cri::ListPodSandboxStatsRequest>) -> Reply<cri::ListPodSandboxStatsResponse> {
+        Err(unimplemented("ListPodSandboxStats"))
+    }
+
+    type StreamPodSandboxStatsStream = BoxStream<cri::StreamPodSandboxStatsResponse>;
+    async fn stream_pod_sandbox_stats(&self, _req: Request<cri::StreamPodSandboxStatsRequest>) -> Reply<Self::StreamPodSandboxStatsStream> {
+        Err(unimplemented("StreamPodSandboxStats"))
+    }
+
+    async fn update_runtime_config(&self, _req: Request<cri::UpdateRuntimeConfigRequest>) -> Reply<cri::UpdateRuntimeConfigResponse> {
+        // kubelet sends the pod CIDR here; with no CNI yet there is nothing to configure.
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn status(&self, req: Request<cri::StatusRequest>) -> Reply<cri::StatusResponse> {
+        let conditions = vec![
+            cri::RuntimeCondition { r#type: "RuntimeReady".into(), status: true, reason: String::new(), message: String::new() },
+            cri::RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: false,
+                reason: "NetworkPluginNotReady".into(),
+                message: "CNI networking is not implemented yet: pods get their own network namespace with loopback only".into(),
+            },
+        ];
+        let mut info = std::collections::HashMap::new();
+        if req.into_inner().verbose {
+            info.insert("config".to_string(), serde_json::json!({ "runtime": "berth", "version": VERSION }).to_string());
+        }
+        Ok(Response::new(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus { conditions }),
+            info,
+            runtime_handlers: vec![cri::RuntimeHandler { name: String::new(), features: Some(cri::RuntimeHandlerFeatures::default()) }],
+            features: Some(cri::RuntimeFeatures::default()),
+        }))
+    }
+
+    async fn checkpoint_container(&self, _req: Request<cri::CheckpointContainerRequest>) -> Reply<cri::CheckpointContainerResponse> {
+        Err(unimplemented("CheckpointContainer"))
+    }
+
+    type GetContainerEventsStream = BoxStream<cri::ContainerEventResponse>;
+    async fn get_container_events(&self, _req: Request<cri::GetEventsRequest>) -> Reply<Self::GetContainerEventsStream> {
+        Err(unimplemented("GetContainerEvents"))
+    }
+
+    async fn list_metric_descriptors(&self, _req: Request<cri::ListMetricDescriptorsRequest>) -> Reply<cri::ListMetricDescriptorsResponse> {
+        Err(unimplemented("ListMetricDescriptors"))
+    }
+
+    async fn list_pod_sandbox_metrics(&self, _req: Request<cri::ListPodSandboxMetricsRequest>) -> Reply<cri::ListPodSandboxMetricsResponse> {
+        Err(unimplemented("ListPodSandboxMetrics"))
+    }
+
+    type StreamPodSandboxMetricsStream = BoxStream<cri::StreamPodSandboxMetricsResponse>;
+    async fn stream_pod_sandbox_metrics(&self, _req: Request<cri::StreamPodSandboxMetricsRequest>) -> Reply<Self::StreamPodSandboxMetricsStream> {
+        Err(unimplemented("StreamPodSandboxMetrics"))
+    }
+
+    async fn runtime_config(&self, _req: Request<cri::RuntimeConfigRequest>) -> Reply<cri::RuntimeConfigResponse> {
+        Ok(Response::new(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 }),
+        }))
+    }
+
+    async fn update_pod_sandbox_resources(&self, _req: Request<cri::UpdatePodSandboxResourcesRequest>) -> Reply<cri::UpdatePodSandboxResourcesResponse> {
+        Err(unimplemented("UpdatePodSandboxResources"))
+    }
+}
+
+fn to_cri_image(r: &crate::images::ImageRecord) -> cri::Image {
+    let user = r.config["config"]["User"].as_str().unwrap_or("");
+    let user = user.split(':').next().unwrap_or("");
+    let (uid, username) = match user.parse::<i64>() {
+        Ok(u) => (Some(cri::Int64Value { value: u }), String::new()),
+        Err(_) if user.is_empty() => (Some(cri::Int64Value { value: 0 }), String::new()),
+        Err(_) => (None, user.to_string()),
+    };
+    cri::Image {
+        id: r.id.clone(),
+        repo_tags: r.repo_tags.clone(),
+        repo_digests: r.repo_digests.clone(),
+        size: r.size,
+        uid,
+        username,
+        spec: Some(cri::ImageSpec { image: r.id.clone(), ..Default::default() }),
+        pinned: false,
+    }
+}
+
+impl CriServer {
+    async fn images_matching(&self, filter: Option<cri::ImageFilter>) -> Vec<cri::Image> {
+        let store = self.mgr.images.lock().await;
+        let want = filter.and_then(|f| f.image).map(|i| i.image).filter(|s| !s.is_empty());
+        match want {
+            Some(name) => store.resolve(&name).map(|r| vec![to_cri_image(r)]).unwrap_or_default(),
+            None => store.list().iter().map(to_cri_image).collect(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for CriServer {
+    async fn list_images(&self, req: Request<cri::ListImagesRequest>) -> Reply<cri::ListImagesResponse> {
+        Ok(Response::new(cri::ListImagesResponse { images: self.images_matching(req.into_inner().filter).await }))
+    }
+
+    type StreamImagesStream = BoxStream<cri::StreamImagesResponse>;
+    async fn stream_images(&self, req: Request<cri::StreamImagesRequest>) -> Reply<Self::StreamImagesStream> {
+        let images = self.images_matching(req.into_inner().filter).await;
+        Ok(Response::new(once(cri::StreamImagesResponse { images })))
+    }
+
+    async fn image_status(&self, req: Request<cri::ImageStatusRequest>) -> Reply<cri::ImageStatusResponse> {
+        let r = req.into_inner();
+        let name = r.image.map(|i| i.image).unwrap_or_default();
+        if name.is_empty() {
+            return Err(Status::invalid_argument("ImageStatus needs an image"));
+        }
+        let store = self.mgr.images.lock().await;
+        let rec = store.resolve(&name);
+        let mut info = std::collections::HashMap::new();
+        if let (Some(rec), true) = (rec, r.verbose) {
+            info.insert("info".to_string(), serde_json::json!({ "imageSpec": rec.config, "layers": rec.layers }).to_string());
+        }
+        Ok(Response::new(cri::ImageStatusResponse { image: rec.map(to_cri_image), info }))
+    }
+
+    async fn pull_image(&self, _req: Request<cri::PullImageRequest>) -> Reply<cri::PullImageResponse> {
+        Err(unimplemented("PullImage (use `berthctl image import` for local OCI layouts)"))
+    }
+
+    async fn remove_image(&self, req: Request<cri::RemoveImageRequest>) -> Reply<cri::RemoveImageResponse> {
+        let name = req.into_inner().image.map(|i| i.image).unwrap_or_default();
+        if name.is_empty() {
+            return Err(Status::invalid_argument("RemoveImage needs an image"));
+        }
+        let in_use = self.mgr.layers_in_use();
+        let mut store = self.mgr.images.lock().await;
+        let Some(id) = store.resolve(&name).map(|r| r.id.clone()) else {
+            return Ok(Response::new(cri::RemoveImageResponse {}));
+        };
+        store.remove(&id, &in_use)?;
+        Ok(Response::new(cri::RemoveImageResponse {}))
+    }
+
+    async fn image_fs_info(&self, _req: Request<cri::ImageFsInfoRequest>) -> Reply<cri::ImageFsInfoResponse> {
+        let store = self.mgr.images.lock().await;
+        let (bytes, inodes) = store.usage();
+        let usage = cri::FilesystemUsage {
+            timestamp: now_nanos(),
+            fs_id: Some(cri::FilesystemIdentifier { mountpoint: store.mountpoint().display().to_string() }),
+            used_bytes: Some(cri::UInt64Value { value: bytes }),
+            inodes_used: Some(cri::UInt64Value { value: inodes }),
+        };
+        Ok(Response::new(cri::ImageFsInfoResponse { image_filesystems: vec![usage], container_filesystems: vec![] }))
+    }
+}
+
+#[tonic::async_trait]
+impl Images for CriServer {
+    async fn import(&self, req: Request<ImportRequest>) -> Reply<ImportResponse> {
+        let r = req.into_inner();
+        let path = std::path::PathBuf::from(&r.path);
+        if !path.is_absolute() {
+            return Err(Status::invalid_argument(format!("import path {:?} must be absolute", r.path)));
+        }
+        let name = (!r.name.is_empty()).then_some(r.name);
+        let mut store = self.mgr.images.lock().await;
+        // Copying and unpacking are blocking file work; keep them off the
+        // async workers while holding the store lock.
+        let rec = tokio::task::block_in_place(|| store.import_layout(&path, name.as_deref()))?;
+        slog::info!(self.log, "image imported"; "image_id" => &rec.id, "tags" => rec.repo_tags.join(","));
+        Ok(Response::new(ImportResponse { id: rec.id, repo_tags: rec.repo_tags }))
+    }
+}

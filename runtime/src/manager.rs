@@ -1,0 +1,861 @@
+//! The manager: Berth's view of sandboxes and containers. It validates
+//! requests, keeps durable metadata, prepares bundles and root filesystems,
+//! and forwards lifecycle calls to each sandbox's shim, which is the source
+//! of truth for what runs. Data flows one way: request → manager → shim.
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use protocol::cri;
+use protocol::shim::{self as api, Status};
+use serde::{Deserialize, Serialize};
+use slog::{info, warn, Logger};
+
+use crate::error::{Error, IoContext, Kind, Result};
+use crate::ids;
+use crate::images::ImageStore;
+use crate::pod_files;
+use crate::rootfs;
+use crate::shim_client::{self, Shim, ShimLaunch, CALL_TIMEOUT};
+use crate::spec::{self, ImageDefaults, SandboxView};
+use crate::store::Store;
+
+/// How long StopContainer waits for SIGKILL to take effect.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Daemon settings the manager needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Persistent root (`--root`).
+    pub root: PathBuf,
+    /// Runtime state (`--state`).
+    pub state: PathBuf,
+    /// berth-shim binary.
+    pub shim_binary: PathBuf,
+    /// OCI runtime binary.
+    pub runtime: PathBuf,
+    /// Longest log line before the shim splits it.
+    pub max_log_line: usize,
+}
+
+/// Durable record of a sandbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SandboxMeta {
+    /// Sandbox id.
+    pub id: String,
+    /// The config it was created with (returned unchanged in statuses).
+    pub config: cri::PodSandboxConfig,
+    /// Unix nanoseconds.
+    pub created_at: i64,
+    /// Runtime handler asked for.
+    pub runtime_handler: String,
+    /// Stopped by StopPodSandbox.
+    pub stopped: bool,
+    /// State folder.
+    pub dir: PathBuf,
+    /// Namespaces the shim pinned.
+    pub pinned: Vec<String>,
+    /// Hostname inside the pod.
+    pub hostname: String,
+    /// The shim's pid.
+    pub shim_pid: u32,
+}
+
+/// Durable record of a container.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainerMeta {
+    /// Container id.
+    pub id: String,
+    /// Its sandbox.
+    pub sandbox_id: String,
+    /// The config it was created with.
+    pub config: cri::ContainerConfig,
+    /// Image id (`sha256:...`).
+    pub image_id: String,
+    /// Image as the client named it.
+    pub image_name: String,
+    /// Layers its rootfs stacks (kept from garbage collection).
+    pub layers: Vec<String>,
+    /// Unix nanoseconds.
+    pub created_at: i64,
+    /// Absolute log file path, when it logs.
+    pub log_path: Option<PathBuf>,
+    /// OCI bundle folder.
+    pub bundle: PathBuf,
+    /// Signal that asks it to stop.
+    pub stop_signal: i32,
+}
+
+/// Runtime facts of a container, from its shim.
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeState {
+    /// CRI state.
+    pub state: i32,
+    /// Init pid.
+    pub pid: u32,
+    /// Exit code.
+    pub exit_code: i32,
+    /// Unix nanoseconds.
+    pub started_at: i64,
+    /// Unix nanoseconds.
+    pub finished_at: i64,
+    /// CRI reason.
+    pub reason: String,
+    /// CRI message.
+    pub message: String,
+}
+
+impl RuntimeState {
+    fn from_shim(s: &api::ContainerState) -> Self {
+        let status = s.status.enum_value_or_default();
+        let state = match status {
+            Status::CREATED => cri::ContainerState::ContainerCreated,
+            Status::RUNNING => cri::ContainerState::ContainerRunning,
+            Status::STOPPED => cri::ContainerState::ContainerExited,
+            Status::UNKNOWN => cri::ContainerState::ContainerUnknown,
+        } as i32;
+        let reason = match status {
+            Status::STOPPED if s.exit_code == 0 => "Completed",
+            Status::STOPPED => "Error",
+            _ => "",
+        };
+        RuntimeState {
+            state,
+            pid: s.pid,
+            exit_code: s.exit_code,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            reason: reason.to_string(),
+            message: s.message.clone(),
+        }
+    }
+
+    fn shim_gone(meta: &ContainerMeta) -> Self {
+        let _ = meta;
+        RuntimeState {
+            state: cri::ContainerState::ContainerExited as i32,
+            exit_code: 255,
+            finished_at: now_nanos(),
+            reason: "ShimGone".into(),
+            message: "the sandbox's shim is not running; the container's real exit status is lost".into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Unix nanoseconds now.
+pub fn now_nanos() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+struct Sandbox {
+    meta: Mutex<SandboxMeta>,
+    shim: tokio::sync::Mutex<Option<Shim>>,
+    /// Serializes lifecycle calls on one sandbox.
+    op: tokio::sync::Mutex<()>,
+}
+
+/// The manager.
+pub struct Manager {
+    cfg: Config,
+    log: Logger,
+    sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+    containers: Mutex<HashMap<String, ContainerMeta>>,
+    names: Mutex<HashSet<String>>,
+    sandbox_store: Store,
+    container_store: Store,
+    /// The image store (blocking file work runs under this lock).
+    pub images: tokio::sync::Mutex<ImageStore>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sandbox_key(m: &cri::PodSandboxMetadata) -> String {
+    format!("pod/{}/{}/{}/{}", m.name, m.namespace, m.uid, m.attempt)
+}
+
+fn container_key(sandbox_id: &str, m: &cri::ContainerMetadata) -> String {
+    format!("ctr/{sandbox_id}/{}/{}", m.name, m.attempt)
+}
+
+/// The signal a container asks to be stopped with.
+fn stop_signal(config: &cri::ContainerConfig, image: &serde_json::Value) -> i32 {
+    // CRI Signal enum values 1.. map to names; RUNTIME_DEFAULT uses the image.
+    let by_cri = cri::Signal::try_from(config.stop_signal).ok().filter(|s| *s != cri::Signal::RuntimeDefault);
+    let name = match by_cri {
+        Some(s) => s.as_str_name().to_string(),
+        None => image["config"]["StopSignal"].as_str().unwrap_or("SIGTERM").to_string(),
+    };
+    let name = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
+    name.parse::<nix::sys::signal::Signal>().map(|s| s as i32).unwrap_or(libc::SIGTERM)
+}
+
+impl Manager {
+    /// Opens the manager's stores under `cfg.root` and `cfg.state`.
+    pub fn open(cfg: Config, log: Logger) -> Result<Self> {
+        for d in [&cfg.root, &cfg.state, &cfg.state.join("sandboxes"), &cfg.state.join("containers"), &cfg.state.join("runc")] {
+            std::fs::create_dir_all(d).ctx(|| format!("creating {}", d.display()))?;
+        }
+        let sock_len = shim_client::socket_path(&cfg.state.join("sandboxes").join(ids::new_id())).as_os_str().len();
+        if sock_len > 107 {
+            return Err(Error::invalid(format!(
+                "state folder {} is too long: shim socket paths would be {sock_len} bytes, unix sockets allow 107",
+                cfg.state.display()
+            )));
+        }
+        let meta = cfg.root.join("metadata");
+        let sandbox_store = Store::open(meta.join("sandboxes"))?;
+        let container_store = Store::open(meta.join("containers"))?;
+        let images = ImageStore::open(&cfg.root, &meta)?;
+        let m = Manager {
+            cfg,
+            log,
+            sandboxes: Mutex::new(HashMap::new()),
+            containers: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashSet::new()),
+            sandbox_store,
+            container_store,
+            images: tokio::sync::Mutex::new(images),
+        };
+        for s in m.sandbox_store.load_all::<SandboxMeta>()? {
+            lock(&m.names).insert(sandbox_key(&s.config.metadata.clone().unwrap_or_default()));
+            let sb = Sandbox { meta: Mutex::new(s.clone()), shim: tokio::sync::Mutex::new(None), op: Default::default() };
+            lock(&m.sandboxes).insert(s.id.clone(), Arc::new(sb));
+        }
+        for c in m.container_store.load_all::<ContainerMeta>()? {
+            lock(&m.names).insert(container_key(&c.sandbox_id, &c.config.metadata.clone().unwrap_or_default()));
+            lock(&m.containers).insert(c.id.clone(), c);
+        }
+        Ok(m)
+    }
+
+    /// Connects to every known sandbox's shim. Returns (recovered, lost).
+    pub async fn reconnect(&self) -> (usize, usize) {
+        let sandboxes: Vec<_> = lock(&self.sandboxes).values().cloned().collect();
+        let (mut ok, mut lost) = (0, 0);
+        for sb in sandboxes {
+            let (id, dir) = {
+                let m = lock(&sb.meta);
+                (m.id.clone(), m.dir.clone())
+            };
+            match Shim::connect(&dir).await {
+                Ok(s) => {
+                    *sb.shim.lock().await = Some(s);
+                    ok += 1;
+                }
+                Err(e) => {
+                    warn!(self.log, "sandbox shim unreachable"; "sandbox_id" => &id, "error" => %e);
+                    lost += 1;
+                }
+            }
+        }
+        (ok, lost)
+    }
+
+    fn sandbox(&self, id: &str) -> Result<Arc<Sandbox>> {
+        ids::check_id("pod sandbox id", id)?;
+        lock(&self.sandboxes).get(id).cloned().ok_or_else(|| Error::not_found(format!("pod sandbox {id} not found")))
+    }
+
+    fn container(&self, id: &str) -> Result<ContainerMeta> {
+        ids::check_id("container id", id)?;
+        lock(&self.containers).get(id).cloned().ok_or_else(|| Error::not_found(format!("container {id} not found")))
+    }
+
+    /// The sandbox's shim, connecting if needed.
+    async fn shim_of(&self, sb: &Sandbox) -> Result<Shim> {
+        let mut guard = sb.shim.lock().await;
+        if let Some(s) = guard.as_ref() {
+            return Ok(s.clone());
+        }
+        let dir = lock(&sb.meta).dir.clone();
+        let s = Shim::connect(&dir).await?;
+        *guard = Some(s.clone());
+        Ok(s)
+    }
+
+    fn reserve(&self, key: String, what: &str) -> Result<()> {
+        if !lock(&self.names).insert(key) {
+            return Err(Error::exists(format!("{what} is already in use")));
+        }
+        Ok(())
+    }
+
+    fn release(&self, key: &str) {
+        lock(&self.names).remove(key);
+    }
+
+    // ---- sandboxes ----
+
+    /// RunPodSandbox.
+    pub async fn run_pod_sandbox(&self, config: cri::PodSandboxConfig, handler: &str) -> Result<String> {
+        if !handler.is_empty() && handler != "runc" {
+            return Err(Error::invalid(format!("unknown runtime handler {handler:?}; Berth has \"runc\" (the default)")));
+        }
+        let md = config.metadata.clone().ok_or_else(|| Error::invalid("pod sandbox config has no metadata"))?;
+        ids::check_name("pod sandbox name", &md.name)?;
+        if !md.namespace.is_empty() {
+            ids::check_name("pod sandbox namespace", &md.namespace)?;
+        }
+        if !md.uid.is_empty() {
+            ids::check_name("pod sandbox uid", &md.uid)?;
+        }
+        if !config.log_directory.is_empty() && !Path::new(&config.log_directory).is_absolute() {
+            return Err(Error::invalid(format!("log_directory {:?} must be an absolute path", config.log_directory)));
+        }
+        let linux = config.linux.clone().unwrap_or_default();
+        let ns = linux.security_context.clone().unwrap_or_default().namespace_options.unwrap_or_default();
+        let host_network = ns.network == cri::NamespaceMode::Node as i32;
+        let host_ipc = ns.ipc == cri::NamespaceMode::Node as i32;
+        let pod_pid = ns.pid == cri::NamespaceMode::Pod as i32;
+        let hostname = if host_network {
+            nix::unistd::gethostname().map(|h| h.to_string_lossy().to_string()).unwrap_or_default()
+        } else if !config.hostname.is_empty() {
+            config.hostname.clone()
+        } else {
+            md.name.chars().take(63).collect::<String>().to_ascii_lowercase()
+        };
+        if !host_network {
+            pod_files::check_hostname(&hostname)?;
+        }
+        pod_files::resolv_conf(config.dns_config.as_ref())?;
+
+        let key = sandbox_key(&md);
+        self.reserve(key.clone(), &format!("pod sandbox name {:?} (namespace {:?}, attempt {})", md.name, md.namespace, md.attempt))?;
+        let id = ids::new_id();
+        let dir = self.cfg.state.join("sandboxes").join(&id);
+        let result = async {
+            std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+            pod_files::write(&dir, &hostname, host_network, config.dns_config.as_ref())?;
+            let launch = ShimLaunch {
+                binary: self.cfg.shim_binary.clone(),
+                id: id.clone(),
+                dir: dir.clone(),
+                runtime: self.cfg.runtime.clone(),
+                runtime_root: self.cfg.state.join("runc"),
+                hostname: (!host_network).then(|| hostname.clone()),
+                host_network,
+                host_ipc,
+                pod_pid,
+                max_log_line: self.cfg.max_log_line,
+            };
+            let shim_pid = shim_client::start(&launch).await?;
+            let shim = Shim::connect(&dir).await?;
+            let mut pinned = Vec::new();
+            for (name, on) in [("net", !host_network), ("ipc", !host_ipc), ("uts", !host_network), ("pid", pod_pid)] {
+                if on {
+                    pinned.push(name.to_string());
+                }
+            }
+            let meta = SandboxMeta {
+                id: id.clone(),
+                config: config.clone(),
+                created_at: now_nanos(),
+                runtime_handler: handler.to_string(),
+                stopped: false,
+                dir: dir.clone(),
+                pinned,
+                hostname: hostname.clone(),
+                shim_pid,
+            };
+            self.sandbox_store.put(&id, &meta)?;
+            let sb = Sandbox { meta: Mutex::new(meta), shim: tokio::sync::Mutex::new(Some(shim)), op: Default::default() };
+            lock(&self.sandboxes).insert(id.clone(), Arc::new(sb));
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            warn!(self.log, "run pod sandbox failed, cleaning up"; "sandbox_id" => &id, "error" => %e);
+            self.teardown_sandbox_dir(&dir).await;
+            self.release(&key);
+            return Err(e);
+        }
+        info!(self.log, "pod sandbox ready"; "sandbox_id" => &id, "name" => &md.name, "namespace" => &md.namespace);
+        Ok(id)
+    }
+
+    /// Stops a shim (if one answers) and removes everything in a sandbox
+    /// folder: pinned namespaces, sockets, files.
+    async fn teardown_sandbox_dir(&self, dir: &Path) {
+        if let Ok(shim) = Shim::connect(dir).await {
+            let pid = shim.info.shim_pid;
+            let _ = shim.api().shutdown(shim_client::ctx(Some(CALL_TIMEOUT)), &api::Empty::new()).await;
+            wait_gone(pid, Duration::from_secs(5)).await;
+        } else if let Some(pid) = std::fs::read_to_string(dir.join("shim.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+            // A shim that does not answer but still runs is ended by pid.
+            if is_shim(pid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                wait_gone(pid as u32, Duration::from_secs(5)).await;
+            }
+        }
+        release_ns_dir(&dir.join("ns"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// StopPodSandbox: kills every container; idempotent.
+    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
+        let sb = match self.sandbox(id) {
+            Ok(sb) => sb,
+            Err(e) if e.kind == Kind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let _op = sb.op.lock().await;
+        for c in self.containers_of(id) {
+            self.stop_container(&c.id, 0).await?;
+        }
+        let meta = {
+            let mut m = lock(&sb.meta);
+            m.stopped = true;
+            m.clone()
+        };
+        self.sandbox_store.put(id, &meta)?;
+        info!(self.log, "pod sandbox stopped"; "sandbox_id" => id);
+        Ok(())
+    }
+
+    /// RemovePodSandbox: stops and removes its containers, ends its shim and
+    /// removes everything it had; idempotent.
+    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<()> {
+        let sb = match self.sandbox(id) {
+            Ok(sb) => sb,
+            Err(e) if e.kind == Kind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop_pod_sandbox(id).await?;
+        let _op = sb.op.lock().await;
+        for c in self.containers_of(id) {
+            self.remove_container(&c.id).await?;
+        }
+        let meta = lock(&sb.meta).clone();
+        *sb.shim.lock().await = None;
+        self.teardown_sandbox_dir(&meta.dir).await;
+        self.sandbox_store.delete(id)?;
+        lock(&self.sandboxes).remove(id);
+        self.release(&sandbox_key(&meta.config.metadata.clone().unwrap_or_default()));
+        info!(self.log, "pod sandbox removed"; "sandbox_id" => id);
+        Ok(())
+    }
+
+    fn containers_of(&self, sandbox_id: &str) -> Vec<ContainerMeta> {
+        lock(&self.containers).values().filter(|c| c.sandbox_id == sandbox_id).cloned().collect()
+    }
+
+    /// PodSandboxStatus (and the pieces ListPodSandbox needs).
+    pub async fn pod_sandbox_status(&self, id: &str, verbose: bool) -> Result<(cri::PodSandboxStatus, HashMap<String, String>)> {
+        let sb = self.sandbox(id)?;
+        let meta = lock(&sb.meta).clone();
+        let shim_ok = self.shim_of(&sb).await.is_ok();
+        let state = if meta.stopped || !shim_ok { cri::PodSandboxState::SandboxNotready } else { cri::PodSandboxState::SandboxReady };
+        let ns = meta
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone())
+            .unwrap_or_default();
+        let status = cri::PodSandboxStatus {
+            id: meta.id.clone(),
+            metadata: meta.config.metadata.clone(),
+            state: state as i32,
+            created_at: meta.created_at,
+            network: Some(cri::PodSandboxNetworkStatus::default()),
+            linux: Some(cri::LinuxPodSandboxStatus { namespaces: Some(cri::Namespace { options: Some(ns) }) }),
+            labels: meta.config.labels.clone(),
+            annotations: meta.config.annotations.clone(),
+            runtime_handler: meta.runtime_handler.clone(),
+        };
+        let mut info = HashMap::new();
+        if verbose {
+            let v = serde_json::json!({
+                "pid": meta.shim_pid,
+                "stateDir": meta.dir,
+                "pinnedNamespaces": meta.pinned,
+                "hostname": meta.hostname,
+                "config": meta.config,
+            });
+            info.insert("info".to_string(), v.to_string());
+        }
+        Ok((status, info))
+    }
+
+    /// ListPodSandbox.
+    pub async fn list_pod_sandboxes(&self, filter: Option<cri::PodSandboxFilter>) -> Result<Vec<cri::PodSandbox>> {
+        let f = filter.unwrap_or_default();
+        let ids: Vec<String> = lock(&self.sandboxes).keys().cloned().collect();
+        let mut out = Vec::new();
+        for id in ids {
+            if !f.id.is_empty() && !id.starts_with(&f.id) {
+                continue;
+            }
+            let Ok((s, _)) = self.pod_sandbox_status(&id, false).await else { continue };
+            if let Some(st) = &f.state {
+                if st.state != s.state {
+                    continue;
+                }
+            }
+            if !f.label_selector.iter().all(|(k, v)| s.labels.get(k) == Some(v)) {
+                continue;
+            }
+            out.push(cri::PodSandbox {
+                id: s.id,
+                metadata: s.metadata,
+                state: s.state,
+                created_at: s.created_at,
+                labels: s.labels,
+                annotations: s.annotations,
+                runtime_handler: s.runtime_handler,
+            });
+        }
+        out.sort_by_key(|s| s.created_at);
+        Ok(out)
+    }
+
+    // ---- containers ----
+
+    /// CreateContainer.
+    pub async fn create_container(&self, sandbox_id: &str, config: cri::ContainerConfig) -> Result<String> {
+        let sb = self.sandbox(sandbox_id)?;
+        let _op = sb.op.lock().await;
+        let smeta = lock(&sb.meta).clone();
+        if smeta.stopped {
+            return Err(Error::precondition(format!("pod sandbox {sandbox_id} is stopped; create a new one")));
+        }
+        let md = config.metadata.clone().ok_or_else(|| Error::invalid("container config has no metadata"))?;
+        ids::check_name("container name", &md.name)?;
+        let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        if image_name.is_empty() {
+            return Err(Error::invalid("container config names no image"));
+        }
+        let image = self
+            .images
+            .lock()
+            .await
+            .resolve(&image_name)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("image {image_name:?} not found; pull or import it first")))?;
+        let log_path = if !config.log_path.is_empty() && !smeta.config.log_directory.is_empty() {
+            Some(ids::log_path(&smeta.config.log_directory, &config.log_path)?)
+        } else if config.log_path.starts_with('/') || config.log_path.contains("..") {
+            return Err(Error::invalid(format!("log_path {:?} must be relative to the sandbox's log_directory", config.log_path)));
+        } else {
+            None
+        };
+        let shim = self.shim_of(&sb).await?;
+
+        let key = container_key(sandbox_id, &md);
+        self.reserve(key.clone(), &format!("container name {:?} (attempt {}) in pod sandbox {sandbox_id}", md.name, md.attempt))?;
+        let id = ids::new_id();
+        let bundle = self.cfg.state.join("containers").join(&id);
+        let layer_root = self.cfg.root.join("containers").join(&id);
+        let result = async {
+            let lowers = {
+                let store = self.images.lock().await;
+                image.layers.iter().map(|l| store.snapshot_path(l)).collect::<Result<Vec<_>>>()?
+            };
+            let rootfs_dir = bundle.join("rootfs");
+            rootfs::mount_overlay(&lowers, &layer_root.join("upper"), &layer_root.join("work"), &rootfs_dir)?;
+            let view = SandboxView {
+                dir: smeta.dir.clone(),
+                pinned: smeta.pinned.clone(),
+                hostname: smeta.hostname.clone(),
+                cgroup_parent: smeta.config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
+            };
+            let defaults = ImageDefaults::from_config(&image.config);
+            let spec = spec::build(&id, &config, &view, &defaults, &rootfs_dir)?;
+            spec.save(bundle.join("config.json")).map_err(|e| Error::internal(format!("writing config.json: {e}")))?;
+            let meta = ContainerMeta {
+                id: id.clone(),
+                sandbox_id: sandbox_id.to_string(),
+                config: config.clone(),
+                image_id: image.id.clone(),
+                image_name: image_name.clone(),
+                layers: image.layers.clone(),
+                created_at: now_nanos(),
+                log_path: log_path.clone(),
+                bundle: bundle.clone(),
+                stop_signal: stop_signal(&config, &image.config),
+            };
+            self.container_store.put(&id, &meta)?;
+            lock(&self.containers).insert(id.clone(), meta);
+            let mut req = api::CreateRequest::new();
+            req.id = id.clone();
+            req.bundle = bundle.display().to_string();
+            req.log_path = log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            shim.api().create(shim_client::ctx(Some(CALL_TIMEOUT)), &req).await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            warn!(self.log, "create container failed, cleaning up"; "container_id" => &id, "sandbox_id" => sandbox_id, "error" => %e);
+            let _ = rootfs::unmount(&bundle.join("rootfs"));
+            let _ = std::fs::remove_dir_all(&bundle);
+            let _ = std::fs::remove_dir_all(&layer_root);
+            lock(&self.containers).remove(&id);
+            let _ = self.container_store.delete(&id);
+            self.release(&key);
+            return Err(e);
+        }
+        info!(self.log, "container created"; "container_id" => &id, "sandbox_id" => sandbox_id, "name" => &md.name);
+        Ok(id)
+    }
+
+    /// StartContainer.
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        let meta = self.container(id)?;
+        let sb = self.sandbox(&meta.sandbox_id)?;
+        let shim = self.shim_of(&sb).await?;
+        shim.api().start(shim_client::ctx(Some(CALL_TIMEOUT)), &shim_client::req(id)).await?;
+        info!(self.log, "container started"; "container_id" => id, "sandbox_id" => &meta.sandbox_id);
+        Ok(())
+    }
+
+    /// Runtime state of a container, from its shim.
+    async fn runtime_state(&self, meta: &ContainerMeta) -> RuntimeState {
+        let Ok(sb) = self.sandbox(&meta.sandbox_id) else { return RuntimeState::shim_gone(meta) };
+        let Ok(shim) = self.shim_of(&sb).await else { return RuntimeState::shim_gone(meta) };
+        match shim.state(&meta.id).await {
+            Ok(s) => RuntimeState::from_shim(&s),
+            Err(e) if e.kind == Kind::NotFound => RuntimeState {
+                state: cri::ContainerState::ContainerUnknown as i32,
+                reason: "Unknown".into(),
+                message: "the shim does not know this container".into(),
+                ..Default::default()
+            },
+            Err(_) => {
+                *sb.shim.lock().await = None;
+                RuntimeState::shim_gone(meta)
+            }
+        }
+    }
+
+    /// StopContainer: the stop signal, then SIGKILL after `timeout` seconds.
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let meta = match self.container(id) {
+            Ok(m) => m,
+            Err(e) if e.kind == Kind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let st = self.runtime_state(&meta).await;
+        if st.state != cri::ContainerState::ContainerRunning as i32 {
+            return Ok(());
+        }
+        let sb = self.sandbox(&meta.sandbox_id)?;
+        let shim = self.shim_of(&sb).await?;
+        if timeout > 0 {
+            shim.kill(id, meta.stop_signal, false).await?;
+            if shim.wait(id, Duration::from_secs(timeout as u64)).await? {
+                info!(self.log, "container stopped"; "container_id" => id, "signal" => meta.stop_signal);
+                return Ok(());
+            }
+        }
+        shim.kill(id, libc::SIGKILL, true).await?;
+        if !shim.wait(id, KILL_WAIT).await? {
+            return Err(Error::new(Kind::DeadlineExceeded, format!("container {id} did not stop within {}s of SIGKILL", KILL_WAIT.as_secs())));
+        }
+        info!(self.log, "container killed"; "container_id" => id);
+        Ok(())
+    }
+
+    /// RemoveContainer: forcibly, as CRI asks; idempotent.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let meta = match self.container(id) {
+            Ok(m) => m,
+            Err(e) if e.kind == Kind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop_container(id, 0).await?;
+        if let Ok(sb) = self.sandbox(&meta.sandbox_id) {
+            match self.shim_of(&sb).await {
+                Ok(shim) => match shim.api().delete(shim_client::ctx(Some(CALL_TIMEOUT)), &shim_client::req(id)).await {
+                    Ok(_) => {}
+                    Err(e) => {
+                        let e = Error::from(e);
+                        if e.kind != Kind::NotFound {
+                            return Err(e.context(format!("removing container {id}")));
+                        }
+                    }
+                },
+                Err(_) => self.force_delete_in_runtime(id).await,
+            }
+        }
+        rootfs::unmount(&meta.bundle.join("rootfs"))?;
+        let _ = std::fs::remove_dir_all(&meta.bundle);
+        let _ = std::fs::remove_dir_all(self.cfg.root.join("containers").join(id));
+        self.container_store.delete(id)?;
+        lock(&self.containers).remove(id);
+        self.release(&container_key(&meta.sandbox_id, &meta.config.metadata.clone().unwrap_or_default()));
+        info!(self.log, "container removed"; "container_id" => id, "sandbox_id" => &meta.sandbox_id);
+        Ok(())
+    }
+
+    /// With the shim gone, the OCI runtime may still hold the container.
+    async fn force_delete_in_runtime(&self, id: &str) {
+        let mut cmd = tokio::process::Command::new(&self.cfg.runtime);
+        cmd.arg("--root").arg(self.cfg.state.join("runc")).args(["delete", "--force", id]);
+        cmd.kill_on_drop(true).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
+            Ok(Ok(o)) if !o.status.success() => {
+                warn!(self.log, "runtime delete failed"; "container_id" => id, "stderr" => String::from_utf8_lossy(&o.stderr).trim().to_string())
+            }
+            Ok(Err(e)) => warn!(self.log, "runtime delete failed"; "container_id" => id, "error" => %e),
+            Err(_) => warn!(self.log, "runtime delete timed out"; "container_id" => id),
+            _ => {}
+        }
+    }
+
+    fn to_status(meta: &ContainerMeta, st: &RuntimeState) -> cri::ContainerStatus {
+        cri::ContainerStatus {
+            id: meta.id.clone(),
+            metadata: meta.config.metadata.clone(),
+            state: st.state,
+            created_at: meta.created_at,
+            started_at: st.started_at,
+            finished_at: st.finished_at,
+            exit_code: st.exit_code,
+            image: Some(cri::ImageSpec { image: meta.image_name.clone(), ..Default::default() }),
+            image_ref: meta.image_id.clone(),
+            reason: st.reason.clone(),
+            message: st.message.clone(),
+            labels: meta.config.labels.clone(),
+            annotations: meta.config.annotations.clone(),
+            mounts: meta.config.mounts.clone(),
+            log_path: meta.log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            resources: meta.config.linux.as_ref().and_then(|l| l.resources.clone()).map(|r| cri::ContainerResources { linux: Some(r), windows: None }),
+            image_id: meta.image_id.clone(),
+            user: None,
+            stop_signal: meta.config.stop_signal,
+        }
+    }
+
+    /// ContainerStatus.
+    pub async fn container_status(&self, id: &str, verbose: bool) -> Result<(cri::ContainerStatus, HashMap<String, String>)> {
+        let meta = self.container(id)?;
+        let st = self.runtime_state(&meta).await;
+        let mut info = HashMap::new();
+        if verbose {
+            let v = serde_json::json!({
+                "pid": st.pid,
+                "sandboxID": meta.sandbox_id,
+                "bundle": meta.bundle,
+                "stopSignal": meta.stop_signal,
+                "config": meta.config,
+            });
+            info.insert("info".to_string(), v.to_string());
+        }
+        Ok((Self::to_status(&meta, &st), info))
+    }
+
+    /// ListContainers.
+    pub async fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Result<Vec<cri::Container>> {
+        let f = filter.unwrap_or_default();
+        let metas: Vec<ContainerMeta> = lock(&self.containers)
+            .values()
+            .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
+            .filter(|c| f.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&f.pod_sandbox_id))
+            .filter(|c| f.label_selector.iter().all(|(k, v)| c.config.labels.get(k) == Some(v)))
+            .cloned()
+            .collect();
+        // One List call per sandbox rather than one State call per container.
+        let mut states: HashMap<String, HashMap<String, RuntimeState>> = HashMap::new();
+        for sid in metas.iter().map(|m| m.sandbox_id.clone()).collect::<BTreeSet<_>>() {
+            let mut m = HashMap::new();
+            if let Ok(sb) = self.sandbox(&sid) {
+                if let Ok(shim) = self.shim_of(&sb).await {
+                    match shim.list().await {
+                        Ok(list) => {
+                            for s in list {
+                                m.insert(s.id.clone(), RuntimeState::from_shim(&s));
+                            }
+                        }
+                        Err(_) => *sb.shim.lock().await = None,
+                    }
+                }
+            }
+            states.insert(sid, m);
+        }
+        let mut out = Vec::new();
+        for meta in metas {
+            let st = states
+                .get(&meta.sandbox_id)
+                .and_then(|m| m.get(&meta.id))
+                .cloned()
+                .unwrap_or_else(|| RuntimeState::shim_gone(&meta));
+            if let Some(want) = &f.state {
+                if want.state != st.state {
+                    continue;
+                }
+            }
+            let s = Self::to_status(&meta, &st);
+            out.push(cri::Container {
+                id: s.id,
+                pod_sandbox_id: meta.sandbox_id.clone(),
+                metadata: s.metadata,
+                image: s.image,
+                image_ref: s.image_ref,
+                state: s.state,
+                created_at: s.created_at,
+                labels: s.labels,
+                annotations: s.annotations,
+                image_id: s.image_id,
+            });
+        }
+        out.sort_by_key(|c| c.created_at);
+        Ok(out)
+    }
+
+    /// ExecSync. A command still running at `timeout` seconds is killed and
+    /// the call fails with DeadlineExceeded.
+    pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout: i64) -> Result<cri::ExecSyncResponse> {
+        if cmd.is_empty() {
+            return Err(Error::invalid("exec needs a command"));
+        }
+        let meta = self.container(id)?;
+        let sb = self.sandbox(&meta.sandbox_id)?;
+        let shim = self.shim_of(&sb).await?;
+        let mut req = api::ExecSyncRequest::new();
+        req.id = id.to_string();
+        req.args = cmd.clone();
+        req.timeout_ms = timeout.max(0) * 1000;
+        // The shim enforces the timeout; the call's own deadline only guards
+        // against a shim that stops answering.
+        let deadline = (timeout > 0).then(|| Duration::from_secs(timeout as u64) + CALL_TIMEOUT);
+        let resp = shim.api().exec_sync(shim_client::ctx(deadline), &req).await?;
+        if resp.timed_out {
+            return Err(Error::new(Kind::DeadlineExceeded, format!("command {cmd:?} timed out after {timeout}s and was killed")));
+        }
+        Ok(cri::ExecSyncResponse { stdout: resp.stdout, stderr: resp.stderr, exit_code: resp.exit_code })
+    }
+
+    /// Layers used by existing containers (kept by image removal).
+    pub fn layers_in_use(&self) -> BTreeSet<String> {
+        lock(&self.containers).values().flat_map(|c| c.layers.iter().cloned()).collect()
+    }
+}
+
+/// Whether `pid` is a berth-shim process (so a stale pid file never makes
+/// Berth signal an unrelated process).
+fn is_shim(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() == "berth-shim").unwrap_or(false)
+}
+
+async fn wait_gone(pid: u32, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while Path::new(&format!("/proc/{pid}")).exists() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Unmounts pinned namespace files left by a shim that could not release
+/// them itself, and the private mount of their folder.
+fn release_ns_dir(dir: &Path) {
+    use nix::mount::{umount2, MntFlags};
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let _ = umount2(&e.path(), MntFlags::MNT_DETACH);
+        }
+    }
+    let _ = umount2(dir, MntFlags::MNT_DETACH);
+}

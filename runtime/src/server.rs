@@ -1,0 +1,42 @@
+//! Serving the CRI on a unix socket.
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use protocol::cri::image_service_server::ImageServiceServer;
+use protocol::cri::runtime_service_server::RuntimeServiceServer;
+use protocol::images::images_server::ImagesServer;
+use slog::Logger;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::cri_server::CriServer;
+use crate::error::{Error, IoContext, Result};
+use crate::manager::Manager;
+
+/// Largest message accepted or sent (kubelet uses 16 MiB).
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Binds `listen` (0660) and serves until `shutdown` resolves.
+pub async fn serve(listen: &Path, mgr: Arc<Manager>, log: Logger, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    if let Some(dir) = listen.parent() {
+        std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(listen) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::internal(format!("removing stale socket {}: {e}", listen.display())))
+        }
+        _ => {}
+    }
+    let listener = tokio::net::UnixListener::bind(listen).ctx(|| format!("binding {}", listen.display()))?;
+    std::fs::set_permissions(listen, std::fs::Permissions::from_mode(0o660)).ctx(|| format!("chmod {}", listen.display()))?;
+    let svc = CriServer::new(mgr, log);
+    tonic::transport::Server::builder()
+        .add_service(RuntimeServiceServer::new(svc.clone()).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
+        .add_service(ImageServiceServer::new(svc.clone()).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
+        .add_service(ImagesServer::new(svc))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| Error::internal(format!("serving CRI: {e}")))?;
+    let _ = std::fs::remove_file(listen);
+    Ok(())
+}

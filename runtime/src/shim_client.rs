@@ -1,0 +1,159 @@
+//! Starting a sandbox's berth-shim and talking to it over ttrpc.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use protocol::shim::{self as api, ShimClient, API_VERSION};
+
+use crate::error::{Error, Kind, Result};
+
+/// How long a shim may take to become ready.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Deadline of ordinary shim calls (Wait and ExecSync set their own).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How to start one shim.
+#[derive(Clone, Debug)]
+pub struct ShimLaunch {
+    /// The berth-shim binary.
+    pub binary: PathBuf,
+    /// Sandbox id.
+    pub id: String,
+    /// Sandbox state folder.
+    pub dir: PathBuf,
+    /// OCI runtime binary.
+    pub runtime: PathBuf,
+    /// OCI runtime state folder.
+    pub runtime_root: PathBuf,
+    /// Hostname for a new uts namespace (None: host uts).
+    pub hostname: Option<String>,
+    /// Share the host network namespace.
+    pub host_network: bool,
+    /// Share the host ipc namespace.
+    pub host_ipc: bool,
+    /// Give the pod one pid namespace.
+    pub pod_pid: bool,
+    /// Longest log line before splitting.
+    pub max_log_line: usize,
+}
+
+/// Socket of a sandbox's shim.
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("shim.sock")
+}
+
+/// Starts the shim and waits until it serves. Returns its pid.
+pub async fn start(l: &ShimLaunch) -> Result<u32> {
+    let mut cmd = tokio::process::Command::new(&l.binary);
+    cmd.arg("--id").arg(&l.id).arg("--dir").arg(&l.dir);
+    cmd.arg("--runtime").arg(&l.runtime).arg("--runtime-root").arg(&l.runtime_root);
+    cmd.arg("--max-log-line").arg(l.max_log_line.to_string());
+    if let Some(h) = &l.hostname {
+        cmd.arg("--hostname").arg(h);
+    }
+    if l.host_network {
+        cmd.arg("--host-network");
+    }
+    if l.host_ipc {
+        cmd.arg("--host-ipc");
+    }
+    if l.pod_pid {
+        cmd.arg("--pod-pid");
+    }
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(START_TIMEOUT, cmd.output())
+        .await
+        .map_err(|_| Error::internal(format!("berth-shim did not get ready within {}s", START_TIMEOUT.as_secs())))?
+        .map_err(|e| Error::internal(format!("starting {}: {e}", l.binary.display())))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::internal(format!("berth-shim failed: {}", err.trim())));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| Error::internal("berth-shim printed no pid"))
+}
+
+/// A connected shim.
+#[derive(Clone)]
+pub struct Shim {
+    client: ShimClient,
+    /// What the shim said at Connect.
+    pub info: api::ConnectResponse,
+}
+
+/// A ttrpc context with a deadline.
+pub fn ctx(timeout: Option<Duration>) -> ttrpc::context::Context {
+    match timeout {
+        Some(t) => ttrpc::context::with_timeout(t.as_nanos() as i64),
+        None => ttrpc::context::Context::default(),
+    }
+}
+
+impl Shim {
+    /// Connects and checks the API version.
+    pub async fn connect(dir: &Path) -> Result<Shim> {
+        let sock = socket_path(dir);
+        let addr = format!("unix://{}", sock.display());
+        let client = ttrpc::r#async::Client::connect(&addr)
+            .await
+            .map_err(|e| Error::new(Kind::Unavailable, format!("connecting to shim at {}: {e}", sock.display())))?;
+        let client = ShimClient::new(client);
+        let info = client
+            .connect(ctx(Some(Duration::from_secs(5))), &api::ConnectRequest::new())
+            .await
+            .map_err(|e| Error::new(Kind::Unavailable, format!("shim at {} does not answer: {e}", sock.display())))?;
+        if info.api_version != API_VERSION {
+            return Err(Error::new(
+                Kind::FailedPrecondition,
+                format!(
+                    "shim at {} speaks shim API {}, this berthd speaks {API_VERSION}; leaving it alone",
+                    sock.display(),
+                    info.api_version
+                ),
+            ));
+        }
+        Ok(Shim { client, info })
+    }
+
+    /// The raw client.
+    pub fn api(&self) -> &ShimClient {
+        &self.client
+    }
+
+    /// State of one container.
+    pub async fn state(&self, id: &str) -> Result<api::ContainerState> {
+        Ok(self.client.state(ctx(Some(CALL_TIMEOUT)), &req(id)).await?)
+    }
+
+    /// States of every container.
+    pub async fn list(&self) -> Result<Vec<api::ContainerState>> {
+        Ok(self.client.list(ctx(Some(CALL_TIMEOUT)), &api::Empty::new()).await?.containers)
+    }
+
+    /// Signals a container.
+    pub async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
+        let mut r = api::KillRequest::new();
+        r.id = id.to_string();
+        r.signal = signal as u32;
+        r.all = all;
+        self.client.kill(ctx(Some(CALL_TIMEOUT)), &r).await?;
+        Ok(())
+    }
+
+    /// Waits at most `timeout` for the container to stop; true if it did.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<bool> {
+        match tokio::time::timeout(timeout, self.client.wait(ctx(None), &req(id))).await {
+            Err(_) => Ok(false),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+}
+
+/// A request naming one container.
+pub fn req(id: &str) -> api::ContainerRequest {
+    let mut r = api::ContainerRequest::new();
+    r.id = id.to_string();
+    r
+}

@@ -1,0 +1,410 @@
+//! Builds a container's OCI runtime spec (config.json) from the CRI container
+//! and sandbox configs, the image config and the sandbox's pinned namespaces.
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
+use protocol::cri;
+
+use crate::error::{Error, Result};
+use crate::users;
+
+/// What the sandbox provides to its containers.
+#[derive(Clone, Debug)]
+pub struct SandboxView {
+    /// The sandbox's state folder (resolv.conf, hostname, hosts, ns/).
+    pub dir: PathBuf,
+    /// Namespaces pinned in `dir/ns` (`net`, `ipc`, `uts`, `pid`).
+    pub pinned: Vec<String>,
+    /// Hostname of the pod.
+    pub hostname: String,
+    /// cgroup parent of the pod (cgroupfs syntax).
+    pub cgroup_parent: String,
+}
+
+/// The image config fields a container inherits.
+#[derive(Clone, Debug, Default)]
+pub struct ImageDefaults {
+    /// Entrypoint.
+    pub entrypoint: Vec<String>,
+    /// Cmd.
+    pub cmd: Vec<String>,
+    /// Env, `KEY=value`.
+    pub env: Vec<String>,
+    /// Working dir.
+    pub working_dir: String,
+    /// User (`uid`, `uid:gid`, `name`, `name:group`).
+    pub user: String,
+}
+
+impl ImageDefaults {
+    /// Reads the fields from an OCI image config JSON.
+    pub fn from_config(config: &serde_json::Value) -> Self {
+        let c = &config["config"];
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default()
+        };
+        ImageDefaults {
+            entrypoint: strings(&c["Entrypoint"]),
+            cmd: strings(&c["Cmd"]),
+            env: strings(&c["Env"]),
+            working_dir: c["WorkingDir"].as_str().unwrap_or("").to_string(),
+            user: c["User"].as_str().unwrap_or("").to_string(),
+        }
+    }
+}
+
+/// containerd's default capability set for unprivileged containers.
+const DEFAULT_CAPS: &[&str] = &[
+    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP", "SETPCAP",
+    "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+];
+
+fn oci(e: oci_spec::OciSpecError) -> Error {
+    Error::internal(format!("building OCI spec: {e}"))
+}
+
+fn parse_cap(name: &str) -> Result<Capability> {
+    let n = name.trim().to_ascii_uppercase();
+    let n = n.strip_prefix("CAP_").unwrap_or(&n);
+    Capability::from_str(n).map_err(|_| Error::invalid(format!("unknown capability {name:?}")))
+}
+
+/// The process's arguments under Kubernetes semantics: `command` replaces
+/// the image entrypoint (and then the image cmd is not used); `args`
+/// replaces the image cmd.
+pub fn process_args(config: &cri::ContainerConfig, image: &ImageDefaults) -> Result<Vec<String>> {
+    let args = if !config.command.is_empty() {
+        config.command.iter().chain(config.args.iter()).cloned().collect::<Vec<_>>()
+    } else {
+        let tail = if config.args.is_empty() { &image.cmd } else { &config.args };
+        image.entrypoint.iter().chain(tail.iter()).cloned().collect()
+    };
+    if args.is_empty() {
+        return Err(Error::invalid("no command: neither the container config nor the image gives one"));
+    }
+    Ok(args)
+}
+
+fn merge_env(image: &[String], cri_envs: &[cri::KeyValue], hostname: &str) -> Vec<String> {
+    let mut env: Vec<String> = Vec::new();
+    let mut set = |kv: String| {
+        let key = kv.split('=').next().unwrap_or("").to_string();
+        env.retain(|e| e.split('=').next() != Some(key.as_str()));
+        env.push(kv);
+    };
+    set("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    set(format!("HOSTNAME={hostname}"));
+    for e in image {
+        set(e.clone());
+    }
+    for kv in cri_envs {
+        set(format!("{}={}", kv.key, kv.value));
+    }
+    env
+}
+
+fn bind(dest: &str, source: &Path, readonly: bool, extra: &[&str]) -> Result<Mount> {
+    let mut options = vec!["rbind".to_string(), if readonly { "ro" } else { "rw" }.to_string()];
+    options.extend(extra.iter().map(|s| s.to_string()));
+    MountBuilder::default()
+        .destination(dest)
+        .typ("bind")
+        .source(source)
+        .options(options)
+        .build()
+        .map_err(oci)
+}
+
+/// oom_score_adj the container can actually get: without CAP_SYS_RESOURCE a
+/// process cannot go below its own value, so clamp to it (as containerd does).
+fn clamp_oom_score_adj(want: i64) -> i32 {
+    let own = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .unwrap_or(0);
+    want.clamp(own.max(-1000), 1000) as i32
+}
+
+/// Builds the spec. `rootfs` is the mounted root filesystem (read for
+/// /etc/passwd and /etc/group when resolving users).
+pub fn build(
+    id: &str,
+    config: &cri::ContainerConfig,
+    sandbox: &SandboxView,
+    image: &ImageDefaults,
+    rootfs: &Path,
+) -> Result<Spec> {
+    let linux_cfg = config.linux.clone().unwrap_or_default();
+    let sc = linux_cfg.security_context.clone().unwrap_or_default();
+    let res = linux_cfg.resources.clone().unwrap_or_default();
+
+    // User: CRI run_as_user/run_as_username override the image's User.
+    let user_spec = if let Some(u) = &sc.run_as_user {
+        match &sc.run_as_group {
+            Some(g) => format!("{}:{}", u.value, g.value),
+            None => u.value.to_string(),
+        }
+    } else if !sc.run_as_username.is_empty() {
+        match &sc.run_as_group {
+            Some(g) => format!("{}:{}", sc.run_as_username, g.value),
+            None => sc.run_as_username.clone(),
+        }
+    } else {
+        if sc.run_as_group.is_some() {
+            return Err(Error::invalid("run_as_group needs run_as_user or run_as_username"));
+        }
+        image.user.clone()
+    };
+    let ident = users::resolve(rootfs, &user_spec)?;
+    let mut gids: Vec<u32> = ident.additional_gids.clone();
+    for g in &sc.supplemental_groups {
+        let g = u32::try_from(*g).map_err(|_| Error::invalid(format!("supplemental group {g} is out of range")))?;
+        if !gids.contains(&g) {
+            gids.push(g);
+        }
+    }
+    let user = UserBuilder::default().uid(ident.uid).gid(ident.gid).additional_gids(gids).build().map_err(oci)?;
+
+    let mut caps: HashSet<Capability> = if sc.privileged {
+        all_caps()
+    } else {
+        DEFAULT_CAPS.iter().map(|c| parse_cap(c)).collect::<Result<_>>()?
+    };
+    if let Some(c) = &sc.capabilities {
+        for a in &c.add_capabilities {
+            if a.eq_ignore_ascii_case("ALL") {
+                caps = all_caps();
+            } else {
+                caps.insert(parse_cap(a)?);
+            }
+        }
+        for d in &c.drop_capabilities {
+            if d.eq_ignore_ascii_case("ALL") {
+                caps.clear();
+            } else {
+                caps.remove(&parse_cap(d)?);
+            }
+        }
+    }
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .build()
+        .map_err(oci)?;
+
+    let cwd = if !config.working_dir.is_empty() {
+        config.working_dir.clone()
+    } else if !image.working_dir.is_empty() {
+        image.working_dir.clone()
+    } else {
+        "/".to_string()
+    };
+    if !cwd.starts_with('/') {
+        return Err(Error::invalid(format!("working_dir {cwd:?} must be absolute")));
+    }
+    let mut process = ProcessBuilder::default()
+        .terminal(config.tty)
+        .user(user)
+        .args(process_args(config, image)?)
+        .env(merge_env(&image.env, &config.envs, &sandbox.hostname))
+        .cwd(cwd)
+        .capabilities(capabilities)
+        .no_new_privileges(sc.no_new_privs)
+        .rlimits(Vec::new())
+        .build()
+        .map_err(oci)?;
+    if res.oom_score_adj != 0 {
+        process.set_oom_score_adj(Some(clamp_oom_score_adj(res.oom_score_adj)));
+    }
+
+    let root = RootBuilder::default().path("rootfs").readonly(sc.readonly_rootfs).build().map_err(oci)?;
+
+    // Mounts: the runtime defaults, the pod's files, then the CRI mounts.
+    let mut mounts = oci_spec::runtime::get_default_mounts();
+    let ro_sys = !sc.privileged;
+    for m in mounts.iter_mut() {
+        if m.destination() == Path::new("/sys") && !ro_sys {
+            m.set_options(Some(vec!["nosuid".into(), "noexec".into(), "nodev".into(), "rw".into()]));
+        }
+    }
+    let pod_files = [("/etc/hostname", "hostname"), ("/etc/hosts", "hosts"), ("/etc/resolv.conf", "resolv.conf")];
+    let user_dests: HashSet<&str> = config.mounts.iter().map(|m| m.container_path.as_str()).collect();
+    for (dest, file) in pod_files {
+        if !user_dests.contains(dest) {
+            mounts.push(bind(dest, &sandbox.dir.join(file), sc.readonly_rootfs, &[])?);
+        }
+    }
+    for m in &config.mounts {
+        if !m.container_path.starts_with('/') {
+            return Err(Error::invalid(format!("mount container_path {:?} must be absolute", m.container_path)));
+        }
+        if m.host_path.is_empty() {
+            return Err(Error::invalid(format!("mount at {} has no host_path", m.container_path)));
+        }
+        let src = std::fs::canonicalize(&m.host_path)
+            .map_err(|e| Error::invalid(format!("mount host_path {}: {e}", m.host_path)))?;
+        let propagation = match m.propagation {
+            1 => "rslave",
+            2 => "rshared",
+            _ => "rprivate",
+        };
+        mounts.retain(|x| x.destination() != Path::new(&m.container_path));
+        mounts.push(bind(&m.container_path, &src, m.readonly, &[propagation])?);
+    }
+
+    // Namespaces: join the sandbox's pinned ones by path.
+    let ns_opts = sc.namespace_options.clone().unwrap_or_default();
+    let mut namespaces = vec![LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Mount).build().map_err(oci)?];
+    let ns_dir = sandbox.dir.join("ns");
+    for (name, typ) in [("net", LinuxNamespaceType::Network), ("ipc", LinuxNamespaceType::Ipc), ("uts", LinuxNamespaceType::Uts)] {
+        if sandbox.pinned.iter().any(|p| p == name) {
+            namespaces.push(LinuxNamespaceBuilder::default().typ(typ).path(ns_dir.join(name)).build().map_err(oci)?);
+        }
+    }
+    // pid: NODE shares the host's; POD joins the pod's; CONTAINER (kubelet's
+    // default for v1 pods) gets its own.
+    match ns_opts.pid {
+        2 => {}
+        0 if sandbox.pinned.iter().any(|p| p == "pid") => {
+            namespaces.push(
+                LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Pid).path(ns_dir.join("pid")).build().map_err(oci)?,
+            );
+        }
+        3 => return Err(Error::invalid("pid namespace mode TARGET is not supported")),
+        _ => namespaces.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Pid).build().map_err(oci)?),
+    }
+
+    let mut cpu = LinuxCpuBuilder::default();
+    if res.cpu_shares > 0 {
+        cpu = cpu.shares(res.cpu_shares as u64);
+    }
+    if res.cpu_quota > 0 {
+        cpu = cpu.quota(res.cpu_quota);
+    }
+    if res.cpu_period > 0 {
+        cpu = cpu.period(res.cpu_period as u64);
+    }
+    if !res.cpuset_cpus.is_empty() {
+        cpu = cpu.cpus(res.cpuset_cpus.clone());
+    }
+    if !res.cpuset_mems.is_empty() {
+        cpu = cpu.mems(res.cpuset_mems.clone());
+    }
+    let mut memory = LinuxMemoryBuilder::default();
+    if res.memory_limit_in_bytes > 0 {
+        memory = memory.limit(res.memory_limit_in_bytes);
+    }
+    if res.memory_swap_limit_in_bytes > 0 {
+        memory = memory.swap(res.memory_swap_limit_in_bytes);
+    }
+    let devices = if sc.privileged {
+        vec![LinuxDeviceCgroupBuilder::default().allow(true).access("rwm").build().map_err(oci)?]
+    } else {
+        // Deny everything; runc adds its standard allowed devices after this.
+        vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(oci)?]
+    };
+    let resources = LinuxResourcesBuilder::default()
+        .cpu(cpu.build().map_err(oci)?)
+        .memory(memory.build().map_err(oci)?)
+        .devices(devices)
+        .build()
+        .map_err(oci)?;
+
+    let parent = if sandbox.cgroup_parent.is_empty() { "/berth".to_string() } else { sandbox.cgroup_parent.clone() };
+    let cgroups_path = format!("{}/{id}", parent.trim_end_matches('/'));
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources)
+        .cgroups_path(cgroups_path)
+        .build()
+        .map_err(oci)?;
+    if sc.privileged {
+        linux.set_masked_paths(Some(Vec::new()));
+        linux.set_readonly_paths(Some(Vec::new()));
+    } else {
+        linux.set_masked_paths(Some(if sc.masked_paths.is_empty() {
+            oci_spec::runtime::get_default_maskedpaths()
+        } else {
+            sc.masked_paths.clone()
+        }));
+        linux.set_readonly_paths(Some(if sc.readonly_paths.is_empty() {
+            oci_spec::runtime::get_default_readonly_paths()
+        } else {
+            sc.readonly_paths.clone()
+        }));
+    }
+
+    let mut spec = Spec::default();
+    spec.set_process(Some(process));
+    spec.set_root(Some(root));
+    spec.set_hostname(None);
+    spec.set_mounts(Some(mounts));
+    spec.set_linux(Some(linux));
+    let mut annotations = config.annotations.clone();
+    annotations.insert("io.kubernetes.cri.container-type".into(), "container".into());
+    annotations.insert("io.kubernetes.cri.container-name".into(), config.metadata.clone().unwrap_or_default().name);
+    spec.set_annotations(Some(annotations));
+    Ok(spec)
+}
+
+fn all_caps() -> HashSet<Capability> {
+    // Every capability oci-spec knows; runc drops those the kernel lacks.
+    [
+        "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "BPF", "CHECKPOINT_RESTORE", "CHOWN",
+        "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "IPC_LOCK", "IPC_OWNER", "KILL", "LEASE",
+        "LINUX_IMMUTABLE", "MAC_ADMIN", "MAC_OVERRIDE", "MKNOD", "NET_ADMIN", "NET_BIND_SERVICE", "NET_BROADCAST",
+        "NET_RAW", "PERFMON", "SETGID", "SETFCAP", "SETPCAP", "SETUID", "SYS_ADMIN", "SYS_BOOT", "SYS_CHROOT",
+        "SYS_MODULE", "SYS_NICE", "SYS_PACCT", "SYS_PTRACE", "SYS_RAWIO", "SYS_RESOURCE", "SYS_TIME",
+        "SYS_TTY_CONFIG", "SYSLOG", "WAKE_ALARM",
+    ]
+    .iter()
+    .filter_map(|c| parse_cap(c).ok())
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(command: &[&str], args: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn kubernetes_command_semantics() {
+        let img = ImageDefaults { entrypoint: vec!["/ep".into()], cmd: vec!["c1".into()], ..Default::default() };
+        assert_eq!(process_args(&cfg(&[], &[]), &img).unwrap(), vec!["/ep", "c1"]);
+        assert_eq!(process_args(&cfg(&[], &["a"]), &img).unwrap(), vec!["/ep", "a"]);
+        assert_eq!(process_args(&cfg(&["/x"], &[]), &img).unwrap(), vec!["/x"]);
+        assert_eq!(process_args(&cfg(&["/x"], &["y"]), &img).unwrap(), vec!["/x", "y"]);
+        assert!(process_args(&cfg(&[], &[]), &ImageDefaults::default()).is_err());
+    }
+
+    #[test]
+    fn env_later_wins() {
+        let env = merge_env(&["A=1".into(), "PATH=/img".into()], &[cri::KeyValue { key: "A".into(), value: "2".into() }], "h");
+        assert!(env.contains(&"A=2".to_string()));
+        assert!(env.contains(&"PATH=/img".to_string()));
+        assert!(env.contains(&"HOSTNAME=h".to_string()));
+        assert_eq!(env.iter().filter(|e| e.starts_with("A=")).count(), 1);
+    }
+
+    #[test]
+    fn capabilities_parse() {
+        assert!(parse_cap("CAP_NET_ADMIN").is_ok());
+        assert!(parse_cap("net_admin").is_ok());
+        assert!(parse_cap("NOPE").is_err());
+        assert!(all_caps().len() > 30);
+    }
+}

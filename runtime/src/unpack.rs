@@ -1,0 +1,189 @@
+//! Unpacks one image layer (tar, optionally gzip) into its own snapshot
+//! folder, for use as an overlayfs lower layer. OCI whiteouts become overlay
+//! whiteouts (a 0/0 character device) and opaque markers become the
+//! `trusted.overlay.opaque` xattr. No entry may create or change anything
+//! outside the snapshot: `..` components are refused, and nothing is written
+//! through a symlink. A failed unpack leaves nothing behind.
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// Unpacks `blob` into `dest` (which must not exist yet).
+pub fn unpack_layer(blob: &Path, dest: &Path) -> Result<()> {
+    let parent = dest.parent().ok_or_else(|| Error::internal("snapshot has no parent folder"))?;
+    let tmp = parent.join(format!(".tmp-{}", crate::ids::new_id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::internal(format!("creating {}: {e}", tmp.display())))?;
+    let result = unpack_into(blob, &tmp).and_then(|()| {
+        std::fs::rename(&tmp, dest).map_err(|e| Error::internal(format!("renaming snapshot into place: {e}")))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn open_layer(blob: &Path) -> Result<Box<dyn Read>> {
+    let mut f = std::fs::File::open(blob).map_err(|e| Error::internal(format!("opening layer {}: {e}", blob.display())))?;
+    let mut magic = [0u8; 2];
+    let n = f.read(&mut magic).map_err(|e| Error::internal(format!("reading layer: {e}")))?;
+    let head = std::io::Cursor::new(magic[..n].to_vec());
+    let stream = head.chain(f);
+    if n == 2 && magic == [0x1f, 0x8b] {
+        Ok(Box::new(flate2::read::GzDecoder::new(stream)))
+    } else {
+        Ok(Box::new(stream))
+    }
+}
+
+/// The entry's path as plain components, refusing any that climbs out.
+fn clean_path(p: &Path) -> Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(Error::invalid(format!("layer entry {} leaves the layer root", p.display())))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Makes sure every folder on the way to `rel` inside `root` is a real
+/// folder (creating missing ones), never a symlink.
+fn safe_dir(root: &Path, rel: &Path) -> Result<PathBuf> {
+    let mut cur = root.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => return Err(Error::invalid(format!("layer path {} goes through a non-directory", rel.display()))),
+            Err(_) => std::fs::create_dir(&cur).map_err(|e| Error::internal(format!("creating {}: {e}", cur.display())))?,
+        }
+    }
+    Ok(cur)
+}
+
+fn unpack_into(blob: &Path, root: &Path) -> Result<()> {
+    let damaged = |e: std::io::Error| {
+        // tar wraps the cause; show it, it is what a person can act on.
+        let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+        Error::invalid(format!("layer {} is damaged: {e}{cause}", blob.display()))
+    };
+    let mut archive = tar::Archive::new(open_layer(blob)?);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(true);
+    archive.set_overwrite(true);
+    for entry in archive.entries().map_err(damaged)? {
+        let mut entry = entry.map_err(damaged)?;
+        let path = clean_path(&entry.path().map_err(damaged)?)?;
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+        let parent_rel = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        if name == OPAQUE_MARKER {
+            let dir = safe_dir(root, &parent_rel)?;
+            set_opaque(&dir)?;
+            continue;
+        }
+        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+            let dir = safe_dir(root, &parent_rel)?;
+            let target = dir.join(hidden);
+            let _ = std::fs::remove_file(&target);
+            nix::sys::stat::mknod(
+                &target,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::empty(),
+                nix::sys::stat::makedev(0, 0),
+            )
+            .map_err(|e| Error::internal(format!("creating whiteout {}: {e}", target.display())))?;
+            continue;
+        }
+        safe_dir(root, &parent_rel)?;
+        // unpack_in refuses paths and link targets that would land outside
+        // `root`; a refusal is a damaged (or hostile) layer.
+        let unpacked = entry.unpack_in(root).map_err(damaged)?;
+        if !unpacked {
+            return Err(Error::invalid(format!("layer entry {} leaves the layer root", path.display())));
+        }
+    }
+    Ok(())
+}
+
+fn set_opaque(dir: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| Error::invalid("NUL in layer path"))?;
+    let name = c"trusted.overlay.opaque";
+    // SAFETY: both strings are NUL-terminated and live across the call; the
+    // value pointer and length describe a 1-byte buffer.
+    let rc = unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+    if rc != 0 {
+        return Err(Error::internal(format!("marking {} opaque: {}", dir.display(), std::io::Error::last_os_error())));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut b = tar::Builder::new(std::fs::File::create(f.path()).unwrap());
+        for (path, typ, data, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*typ);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o755);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            if let Some(l) = link {
+                h.set_link_name(l).unwrap();
+            }
+            // Write the raw name so hostile paths reach the unpacker.
+            let name = path.as_bytes();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.finish().unwrap();
+        f
+    }
+
+    #[test]
+    fn whiteouts_and_files() {
+        let d = tempfile::tempdir().unwrap();
+        let l = layer(&[
+            ("a/file", tar::EntryType::Regular, b"hi", None),
+            ("a/.wh.gone", tar::EntryType::Regular, b"", None),
+            ("b/.wh..wh..opq", tar::EntryType::Regular, b"", None),
+        ]);
+        let dest = d.path().join("snap");
+        unpack_layer(l.path(), &dest).unwrap();
+        assert_eq!(std::fs::read(dest.join("a/file")).unwrap(), b"hi");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(dest.join("a/gone")).unwrap().file_type().is_char_device());
+        assert!(dest.join("b").is_dir());
+    }
+
+    #[test]
+    fn escapes_are_refused_and_leave_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        for bad in [
+            layer(&[("../evil", tar::EntryType::Regular, b"x", None)]),
+            layer(&[("link", tar::EntryType::Symlink, b"", Some("/")), ("link/etc/evil", tar::EntryType::Regular, b"x", None)]),
+            layer(&[("hl", tar::EntryType::Link, b"", Some("../../outside"))]),
+        ] {
+            let dest = d.path().join("snap");
+            assert!(unpack_layer(bad.path(), &dest).is_err());
+            assert!(!dest.exists());
+        }
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "temp folders left behind");
+    }
+}
