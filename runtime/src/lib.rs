@@ -1,10 +1,12 @@
 //! Berth's manager library: what `berthd` runs (the CRI server and the
 //! manager behind it) and what `berthctl` uses to reach a CRI socket.
 pub mod cri_client;
+pub mod cri_log_reader;
 pub mod cri_server;
 pub mod error;
 pub mod ids;
 pub mod images;
+pub mod logging;
 pub mod manager;
 pub mod pod_files;
 pub mod reference;

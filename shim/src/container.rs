@@ -126,7 +126,8 @@ impl Container {
                     }
                 }
             }
-            let _ = c.exited.send(true);
+            // send_replace: the value must change even when nobody waits yet.
+            c.exited.send_replace(true);
         });
     }
 }

@@ -13,7 +13,7 @@ mod runc;
 mod service;
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -95,8 +95,11 @@ fn launch() -> Result<()> {
     match unsafe { fork() }.context("fork")? {
         ForkResult::Parent { .. } => {
             drop(ready_w);
+            // One line: the daemon's (and its namespace holders') copies of
+            // the pipe may outlive the message, so EOF is not the signal.
             let mut msg = String::new();
-            File::from(ready_r).read_to_string(&mut msg).context("reading shim readiness")?;
+            std::io::BufReader::new(File::from(ready_r)).read_line(&mut msg).context("reading shim readiness")?;
+            let msg = msg.trim_end().to_string();
             match msg.strip_prefix("ok ") {
                 Some(pid) => {
                     println!("{}", pid.trim());
@@ -108,9 +111,11 @@ fn launch() -> Result<()> {
         }
         ForkResult::Child => {
             drop(ready_r);
-            let mut ready = File::from(ready_w);
+            let mut ready = Some(File::from(ready_w));
             if let Err(e) = daemon(args, &mut ready) {
-                let _ = ready.write_all(format!("err {e:#}").as_bytes());
+                if let Some(mut r) = ready {
+                    let _ = r.write_all(format!("err {}\n", format!("{e:#}").replace('\n', " ")).as_bytes());
+                }
                 std::process::exit(1);
             }
             std::process::exit(0);
@@ -123,6 +128,20 @@ fn detach(dir: &std::path::Path) -> Result<()> {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integers.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         bail!("set child subreaper: {}", std::io::Error::last_os_error());
+    }
+    // Dispositions and the mask are inherited by runc and every container:
+    // undo whatever berthd's launcher left (a shell's background job ignores
+    // SIGINT and SIGQUIT, for one). SIGPIPE stays ignored in the shim itself;
+    // std resets it to default in every child it spawns.
+    nix::sys::signal::SigSet::empty().thread_set_mask().context("clearing signal mask")?;
+    for sig in nix::sys::signal::Signal::iterator() {
+        use nix::sys::signal::Signal::*;
+        if matches!(sig, SIGKILL | SIGSTOP | SIGPIPE) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no code in a handler; this process
+        // is still single-threaded.
+        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
     }
     // SIGHUP gets a no-op handler rather than SIG_IGN: an ignored signal
     // stays ignored across exec, into runc and the containers.
@@ -143,7 +162,7 @@ fn detach(dir: &std::path::Path) -> Result<()> {
 
 /// The daemon half: everything that must happen before threads exist, then
 /// a current-thread runtime serving the shim API.
-fn daemon(args: Args, ready: &mut File) -> Result<()> {
+fn daemon(args: Args, ready: &mut Option<File>) -> Result<()> {
     detach(&args.dir)?;
     let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
     let drain = slog_term::FullFormat::new(decorator).build().fuse();
@@ -160,7 +179,7 @@ fn daemon(args: Args, ready: &mut File) -> Result<()> {
     result
 }
 
-async fn serve(args: Args, pinned: namespaces::Pinned, log: Logger, ready: &mut File) -> Result<()> {
+async fn serve(args: Args, pinned: namespaces::Pinned, log: Logger, ready: &mut Option<File>) -> Result<()> {
     let reaper = Reaper::default();
     let mut sigchld = signal_hook_tokio::Signals::new([signal_hook::consts::SIGCHLD]).context("SIGCHLD handler")?;
     let r = reaper.clone();
@@ -186,7 +205,9 @@ async fn serve(args: Args, pinned: namespaces::Pinned, log: Logger, ready: &mut 
         .register_service(protocol::shim::create_shim(svc));
     server.start().await.context("starting ttrpc server")?;
     info!(log, "shim ready"; "socket" => sock.display().to_string(), "pod_init_pid" => pod_init.unwrap_or(0));
-    ready.write_all(format!("ok {}", std::process::id()).as_bytes()).context("reporting readiness")?;
+    if let Some(mut r) = ready.take() {
+        r.write_all(format!("ok {}\n", std::process::id()).as_bytes()).context("reporting readiness")?;
+    }
 
     shutdown.notified().await;
     // Let the Shutdown reply reach berthd before the server goes away.

@@ -212,6 +212,11 @@ fn holder(flags: CloneFlags, opts: &NamespaceOptions, ready: OwnedFd, go: OwnedF
 
 /// pid 1 of the pod pid namespace: reaps orphans until told to stop.
 fn pod_init() -> ! {
+    // Inherited descriptors (the launcher's readiness pipe, sockets) must not
+    // be held open for the life of the pod.
+    // SAFETY: close_range(2) on our own descriptor table; nothing in this
+    // forked, single-threaded process uses descriptors above stderr.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     let mut set = SigSet::empty();
     for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
         set.add(s);

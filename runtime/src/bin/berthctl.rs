@@ -1,1 +1,479 @@
-fn main(){}
+//! berthctl: a CRI client for people. Drives Berth (or any CRI runtime)
+//! through its socket; reads the same JSON/YAML configs crictl reads.
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use berth::cri_log_reader;
+use clap::{Parser, Subcommand};
+use protocol::cri::{self, image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient};
+use protocol::images::images_client::ImagesClient;
+use serde::de::DeserializeOwned;
+use tonic::transport::Channel;
+
+#[derive(Parser, Debug)]
+#[command(name = "berthctl", version, about = "Drive Berth (or any CRI runtime) from the command line")]
+struct Cli {
+    /// CRI endpoint.
+    #[arg(short = 'r', long, env = "CONTAINER_RUNTIME_ENDPOINT", default_value = "unix:///run/berth/berth.sock", global = true)]
+    endpoint: String,
+    /// Per-call timeout in seconds (0: none).
+    #[arg(long, default_value_t = 0, global = true)]
+    timeout: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Runtime name and versions.
+    Version,
+    /// Runtime status and conditions.
+    Info,
+    /// Run a pod sandbox from a config file; prints its id.
+    Runp { config: PathBuf },
+    /// List pod sandboxes.
+    Pods {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+        /// Only pods with this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// ready or notready.
+        #[arg(short, long)]
+        state: Option<String>,
+        /// Only ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Status of pod sandboxes (JSON).
+    Inspectp { ids: Vec<String> },
+    /// Stop pod sandboxes.
+    Stopp { ids: Vec<String> },
+    /// Remove pod sandboxes.
+    Rmp { ids: Vec<String> },
+    /// Create a container in a pod from a container and a pod config.
+    Create { pod_id: String, container_config: PathBuf, pod_config: PathBuf },
+    /// Start containers.
+    Start { ids: Vec<String> },
+    /// Stop containers (stop signal, then SIGKILL after the timeout).
+    Stop {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short = 't', long = "timeout", default_value_t = 10)]
+        grace: i64,
+        ids: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        /// Stop running containers first.
+        #[arg(short, long)]
+        force: bool,
+        ids: Vec<String>,
+    },
+    /// List containers.
+    Ps {
+        /// Show all containers (default: running).
+        #[arg(short, long)]
+        all: bool,
+        /// Only containers of this pod.
+        #[arg(short, long)]
+        pod: Option<String>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+        /// Only ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Status of containers (JSON).
+    Inspect { ids: Vec<String> },
+    /// Run a command in a container.
+    Exec {
+        /// Synchronously (the only mode so far).
+        #[arg(short, long)]
+        sync: bool,
+        /// Seconds before the command is killed (0: none).
+        #[arg(long = "exec-timeout", default_value_t = 0)]
+        exec_timeout: i64,
+        container: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Print a container's log.
+    Logs {
+        container: String,
+        /// Keep printing until the container exits.
+        #[arg(short, long)]
+        follow: bool,
+        /// Prefix each line with its timestamp.
+        #[arg(short, long)]
+        timestamps: bool,
+    },
+    /// List images.
+    Images {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+        /// Only ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Image commands.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
+    /// Remove images.
+    Rmi { images: Vec<String> },
+    /// Status of an image (JSON).
+    Inspecti { image: String },
+    /// Usage of the image filesystem.
+    Imagefsinfo,
+    /// Run a pod and a container in it, and start it (prints the container id).
+    Run { container_config: PathBuf, pod_config: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCmd {
+    /// Import an OCI image layout folder (berthd reads it; give a path it can see).
+    Import { dir: PathBuf, name: Option<String> },
+}
+
+fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if path.extension().and_then(|e| e.to_str()) == Some("json") {
+        serde_json::from_slice(&data).with_context(|| format!("parsing {} as JSON", path.display()))
+    } else {
+        serde_norway::from_slice(&data).with_context(|| format!("parsing {} as YAML", path.display()))
+    }
+}
+
+struct Ctl {
+    rt: RuntimeServiceClient<Channel>,
+    img: ImageServiceClient<Channel>,
+    berth: ImagesClient<Channel>,
+    timeout: Option<Duration>,
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(13)]
+}
+
+fn ago(nanos: i64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let s = ((now - nanos) / 1_000_000_000).max(0);
+    match s {
+        0..=59 => format!("{s} seconds ago"),
+        60..=3599 => format!("{} minutes ago", s / 60),
+        3600..=86399 => format!("{} hours ago", s / 3600),
+        _ => format!("{} days ago", s / 86400),
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+impl Ctl {
+    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(t) = self.timeout {
+            r.set_timeout(t);
+        }
+        r
+    }
+
+    async fn pod_id(&mut self, prefix: &str) -> Result<String> {
+        let filter = cri::PodSandboxFilter { id: prefix.to_string(), ..Default::default() };
+        let items = self.rt.list_pod_sandbox(self.req(cri::ListPodSandboxRequest { filter: Some(filter) })).await?.into_inner().items;
+        match items.len() {
+            1 => Ok(items[0].id.clone()),
+            0 => Ok(prefix.to_string()),
+            n => bail!("{prefix} matches {n} pod sandboxes; give more of the id"),
+        }
+    }
+
+    async fn container_id(&mut self, prefix: &str) -> Result<String> {
+        let filter = cri::ContainerFilter { id: prefix.to_string(), ..Default::default() };
+        let cs = self.rt.list_containers(self.req(cri::ListContainersRequest { filter: Some(filter) })).await?.into_inner().containers;
+        match cs.len() {
+            1 => Ok(cs[0].id.clone()),
+            0 => Ok(prefix.to_string()),
+            n => bail!("{prefix} matches {n} containers; give more of the id"),
+        }
+    }
+
+    async fn container_status(&mut self, id: &str) -> Result<cri::ContainerStatus> {
+        self.rt
+            .container_status(self.req(cri::ContainerStatusRequest { container_id: id.to_string(), verbose: false }))
+            .await?
+            .into_inner()
+            .status
+            .context("runtime returned no status")
+    }
+
+    async fn logs(&mut self, container: &str, follow: bool, timestamps: bool) -> Result<()> {
+        let id = self.container_id(container).await?;
+        let st = self.container_status(&id).await?;
+        if st.log_path.is_empty() {
+            bail!("container {id} has no log file (its pod has no log_directory or it has no log_path)");
+        }
+        let mut offset = 0usize;
+        let mut pending = Vec::new();
+        let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+        loop {
+            let data = std::fs::read(&st.log_path).unwrap_or_default();
+            if data.len() < offset {
+                offset = 0; // the file was replaced
+            }
+            pending.extend_from_slice(&data[offset..]);
+            offset = data.len();
+            while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=nl).collect();
+                let Some(r) = cri_log_reader::parse_line(&line[..line.len() - 1]) else { continue };
+                let w: &mut dyn Write = if r.stream == "stderr" { &mut err } else { &mut out };
+                if timestamps {
+                    write!(w, "{} ", r.timestamp)?;
+                }
+                w.write_all(r.content)?;
+                if r.full {
+                    w.write_all(b"\n")?;
+                }
+            }
+            out.flush()?;
+            if !follow {
+                return Ok(());
+            }
+            let running = self.container_status(&id).await.map(|s| s.state == cri::ContainerState::ContainerRunning as i32).unwrap_or(false);
+            if !running && std::fs::metadata(&st.log_path).map(|m| m.len() as usize).unwrap_or(0) == offset {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let channel = berth::cri_client::connect(&cli.endpoint, Duration::from_secs(5)).await?;
+    let mut c = Ctl {
+        rt: RuntimeServiceClient::new(channel.clone()),
+        img: ImageServiceClient::new(channel.clone()),
+        berth: ImagesClient::new(channel),
+        timeout: (cli.timeout > 0).then(|| Duration::from_secs(cli.timeout)),
+    };
+    match run(&mut c, cli.cmd).await {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            match e.downcast_ref::<tonic::Status>() {
+                Some(s) => eprintln!("berthctl: {:?}: {}", s.code(), s.message()),
+                None => eprintln!("berthctl: {e:#}"),
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
+    match cmd {
+        Cmd::Version => {
+            let v = c.rt.version(c.req(cri::VersionRequest { version: "v1".into() })).await?.into_inner();
+            println!("Version:  {}\nRuntimeName:  {}\nRuntimeVersion:  {}\nRuntimeApiVersion:  {}", v.version, v.runtime_name, v.runtime_version, v.runtime_api_version);
+        }
+        Cmd::Info => {
+            let s = c.rt.status(c.req(cri::StatusRequest { verbose: true })).await?.into_inner();
+            print_json(&s)?;
+        }
+        Cmd::Runp { config } => {
+            let config: cri::PodSandboxConfig = read_config(&config)?;
+            let r = c.rt.run_pod_sandbox(c.req(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })).await?;
+            println!("{}", r.into_inner().pod_sandbox_id);
+        }
+        Cmd::Pods { output, name, state, quiet } => {
+            let state = match state.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                None => None,
+                Some("ready") => Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
+                Some("notready") => Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxNotready as i32 }),
+                Some(s) => bail!("unknown state {s:?}: ready or notready"),
+            };
+            let filter = cri::PodSandboxFilter { state, ..Default::default() };
+            let mut items = c.rt.list_pod_sandbox(c.req(cri::ListPodSandboxRequest { filter: Some(filter) })).await?.into_inner().items;
+            if let Some(n) = name {
+                items.retain(|p| p.metadata.as_ref().is_some_and(|m| m.name == n));
+            }
+            if quiet {
+                items.iter().for_each(|p| println!("{}", p.id));
+            } else if output == Format::Json {
+                print_json(&serde_json::json!({ "items": items }))?;
+            } else {
+                println!("{:<13}  {:<16}  {:<10}  {:<24}  {:<16}  {:<7}", "POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT");
+                for p in items {
+                    let m = p.metadata.unwrap_or_default();
+                    let st = cri::PodSandboxState::try_from(p.state).map(|s| s.as_str_name().trim_start_matches("SANDBOX_").to_string()).unwrap_or_default();
+                    println!("{:<13}  {:<16}  {:<10}  {:<24}  {:<16}  {:<7}", short(&p.id), ago(p.created_at), st, m.name, m.namespace, m.attempt);
+                }
+            }
+        }
+        Cmd::Inspectp { ids } => {
+            for id in ids {
+                let id = c.pod_id(&id).await?;
+                let r = c.rt.pod_sandbox_status(c.req(cri::PodSandboxStatusRequest { pod_sandbox_id: id, verbose: true })).await?.into_inner();
+                let info: HashMap<String, serde_json::Value> = r.info.iter().map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone())))).collect();
+                print_json(&serde_json::json!({ "status": r.status, "info": info }))?;
+            }
+        }
+        Cmd::Stopp { ids } => {
+            for id in ids {
+                let id = c.pod_id(&id).await?;
+                c.rt.stop_pod_sandbox(c.req(cri::StopPodSandboxRequest { pod_sandbox_id: id.clone() })).await?;
+                println!("Stopped sandbox {id}");
+            }
+        }
+        Cmd::Rmp { ids } => {
+            for id in ids {
+                let id = c.pod_id(&id).await?;
+                c.rt.remove_pod_sandbox(c.req(cri::RemovePodSandboxRequest { pod_sandbox_id: id.clone() })).await?;
+                println!("Removed sandbox {id}");
+            }
+        }
+        Cmd::Create { pod_id, container_config, pod_config } => {
+            let config: cri::ContainerConfig = read_config(&container_config)?;
+            let sandbox: cri::PodSandboxConfig = read_config(&pod_config)?;
+            let pod_id = c.pod_id(&pod_id).await?;
+            let r = c.rt.create_container(c.req(cri::CreateContainerRequest { pod_sandbox_id: pod_id, config: Some(config), sandbox_config: Some(sandbox) })).await?;
+            println!("{}", r.into_inner().container_id);
+        }
+        Cmd::Start { ids } => {
+            for id in ids {
+                let id = c.container_id(&id).await?;
+                c.rt.start_container(c.req(cri::StartContainerRequest { container_id: id.clone() })).await?;
+                println!("{id}");
+            }
+        }
+        Cmd::Stop { grace, ids } => {
+            for id in ids {
+                let id = c.container_id(&id).await?;
+                c.rt.stop_container(c.req(cri::StopContainerRequest { container_id: id.clone(), timeout: grace })).await?;
+                println!("{id}");
+            }
+        }
+        Cmd::Rm { force, ids } => {
+            for id in ids {
+                let id = c.container_id(&id).await?;
+                let st = c.container_status(&id).await;
+                if let Ok(st) = st {
+                    if st.state == cri::ContainerState::ContainerRunning as i32 && !force {
+                        bail!("container {id} is running; stop it first or use --force");
+                    }
+                }
+                c.rt.remove_container(c.req(cri::RemoveContainerRequest { container_id: id.clone() })).await?;
+                println!("{id}");
+            }
+        }
+        Cmd::Ps { all, pod, output, quiet } => {
+            let mut filter = cri::ContainerFilter::default();
+            if let Some(p) = pod {
+                filter.pod_sandbox_id = c.pod_id(&p).await?;
+            }
+            if !all {
+                filter.state = Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 });
+            }
+            let cs = c.rt.list_containers(c.req(cri::ListContainersRequest { filter: Some(filter) })).await?.into_inner().containers;
+            if quiet {
+                cs.iter().for_each(|x| println!("{}", x.id));
+            } else if output == Format::Json {
+                print_json(&serde_json::json!({ "containers": cs }))?;
+            } else {
+                println!("{:<13}  {:<28}  {:<16}  {:<18}  {:<20}  {:<7}  {:<13}", "CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD ID");
+                for x in cs {
+                    let m = x.metadata.unwrap_or_default();
+                    let st = cri::ContainerState::try_from(x.state).map(|s| s.as_str_name().trim_start_matches("CONTAINER_").to_string()).unwrap_or_default();
+                    let image = x.image.map(|i| i.image).unwrap_or_default();
+                    println!("{:<13}  {:<28}  {:<16}  {:<18}  {:<20}  {:<7}  {:<13}", short(&x.id), image, ago(x.created_at), st, m.name, m.attempt, short(&x.pod_sandbox_id));
+                }
+            }
+        }
+        Cmd::Inspect { ids } => {
+            for id in ids {
+                let id = c.container_id(&id).await?;
+                let r = c.rt.container_status(c.req(cri::ContainerStatusRequest { container_id: id, verbose: true })).await?.into_inner();
+                let info: HashMap<String, serde_json::Value> = r.info.iter().map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone())))).collect();
+                print_json(&serde_json::json!({ "status": r.status, "info": info }))?;
+            }
+        }
+        Cmd::Exec { sync: _, exec_timeout, container, cmd } => {
+            let id = c.container_id(&container).await?;
+            let r = c.rt.exec_sync(c.req(cri::ExecSyncRequest { container_id: id, cmd, timeout: exec_timeout })).await?.into_inner();
+            std::io::stdout().write_all(&r.stdout)?;
+            std::io::stderr().write_all(&r.stderr)?;
+            return Ok(r.exit_code);
+        }
+        Cmd::Logs { container, follow, timestamps } => c.logs(&container, follow, timestamps).await?,
+        Cmd::Images { output, quiet } => {
+            let imgs = c.img.list_images(c.req(cri::ListImagesRequest { filter: None })).await?.into_inner().images;
+            if quiet {
+                imgs.iter().for_each(|i| println!("{}", i.id));
+            } else if output == Format::Json {
+                print_json(&serde_json::json!({ "images": imgs }))?;
+            } else {
+                println!("{:<40}  {:<12}  {:<13}  {:>10}", "IMAGE", "TAG", "IMAGE ID", "SIZE");
+                for i in imgs {
+                    let id = i.id.trim_start_matches("sha256:").to_string();
+                    let size = format!("{:.1}MB", i.size as f64 / 1e6);
+                    if i.repo_tags.is_empty() {
+                        println!("{:<40}  {:<12}  {:<13}  {:>10}", "<none>", "<none>", short(&id), size);
+                    }
+                    for t in &i.repo_tags {
+                        let (repo, tag) = t.rsplit_once(':').unwrap_or((t, ""));
+                        println!("{:<40}  {:<12}  {:<13}  {:>10}", repo, tag, short(&id), size);
+                    }
+                }
+            }
+        }
+        Cmd::Image { cmd: ImageCmd::Import { dir, name } } => {
+            let dir = std::fs::canonicalize(&dir).with_context(|| format!("{}", dir.display()))?;
+            let r = c
+                .berth
+                .import(c.req(protocol::images::ImportRequest { path: dir.display().to_string(), name: name.unwrap_or_default() }))
+                .await?
+                .into_inner();
+            println!("Imported {} as {}", r.id, r.repo_tags.join(", "));
+        }
+        Cmd::Rmi { images } => {
+            for i in images {
+                c.img.remove_image(c.req(cri::RemoveImageRequest { image: Some(cri::ImageSpec { image: i.clone(), ..Default::default() }) })).await?;
+                println!("Deleted: {i}");
+            }
+        }
+        Cmd::Inspecti { image } => {
+            let r = c.img.image_status(c.req(cri::ImageStatusRequest { image: Some(cri::ImageSpec { image: image.clone(), ..Default::default() }), verbose: true })).await?.into_inner();
+            if r.image.is_none() {
+                bail!("image {image:?} not found");
+            }
+            let info: HashMap<String, serde_json::Value> = r.info.iter().map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone())))).collect();
+            print_json(&serde_json::json!({ "status": r.image, "info": info }))?;
+        }
+        Cmd::Imagefsinfo => {
+            let r = c.img.image_fs_info(c.req(cri::ImageFsInfoRequest {})).await?.into_inner();
+            print_json(&r)?;
+        }
+        Cmd::Run { container_config, pod_config } => {
+            let config: cri::ContainerConfig = read_config(&container_config)?;
+            let sandbox: cri::PodSandboxConfig = read_config(&pod_config)?;
+            let pod = c.rt.run_pod_sandbox(c.req(cri::RunPodSandboxRequest { config: Some(sandbox.clone()), runtime_handler: String::new() })).await?.into_inner().pod_sandbox_id;
+            let id = c.rt.create_container(c.req(cri::CreateContainerRequest { pod_sandbox_id: pod, config: Some(config), sandbox_config: Some(sandbox) })).await?.into_inner().container_id;
+            c.rt.start_container(c.req(cri::StartContainerRequest { container_id: id.clone() })).await?;
+            println!("{id}");
+        }
+    }
+    Ok(0)
+}

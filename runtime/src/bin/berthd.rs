@@ -1,1 +1,111 @@
-fn main(){}
+//! berthd: Berth's manager daemon. Serves the Kubernetes CRI v1 API on a
+//! unix socket and runs one berth-shim per pod sandbox.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use berth::manager::{Config, Manager};
+use clap::Parser;
+use slog::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(name = "berthd", version, about = "Berth container runtime daemon (Kubernetes CRI v1)")]
+struct Args {
+    /// Persistent state: metadata, images, writable layers.
+    #[arg(long, default_value = "/var/lib/berth")]
+    root: PathBuf,
+    /// Runtime state: shim sockets, bundles, pinned namespaces.
+    #[arg(long, default_value = "/run/berth")]
+    state: PathBuf,
+    /// CRI socket to serve (created 0660).
+    #[arg(long, default_value = "/run/berth/berth.sock")]
+    listen: PathBuf,
+    /// OCI runtime binary (name on PATH or path).
+    #[arg(long, default_value = "runc")]
+    oci_runtime: String,
+    /// berth-shim binary; default: next to berthd, else on PATH.
+    #[arg(long)]
+    shim: Option<PathBuf>,
+    /// Longest container log line (bytes) before it is split into partial records.
+    #[arg(long, default_value_t = 16 * 1024)]
+    max_container_log_line_size: usize,
+    /// error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name)).filter(|p| p.is_file());
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file()))
+        .unwrap_or(None)
+}
+
+fn shim_binary(arg: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = arg {
+        return Ok(p);
+    }
+    let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("berth-shim")));
+    if let Some(p) = beside.filter(|p| p.is_file()) {
+        return Ok(p);
+    }
+    find_on_path("berth-shim").context("berth-shim not found next to berthd or on PATH; give --shim")
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        Ok(p.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()?.join(p))
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let Some(level) = berth::logging::parse_level(&args.log_level) else {
+        bail!("unknown --log-level {:?}", args.log_level);
+    };
+    let runtime = find_on_path(&args.oci_runtime)
+        .with_context(|| format!("OCI runtime {:?} not found (install runc or give --oci-runtime)", args.oci_runtime))?;
+    let cfg = Config {
+        root: absolute(&args.root)?,
+        state: absolute(&args.state)?,
+        shim_binary: shim_binary(args.shim)?,
+        runtime,
+        max_log_line: args.max_container_log_line_size,
+    };
+    let (log, _guard) = berth::logging::init(level);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    let result = rt.block_on(async {
+        let started = Instant::now();
+        let mgr = Manager::open(cfg.clone(), log.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (recovered, lost) = mgr.reconnect().await;
+        info!(log, "berthd ready";
+            "version" => berth::cri_server::VERSION,
+            "listen" => args.listen.display().to_string(),
+            "root" => cfg.root.display().to_string(),
+            "state" => cfg.state.display().to_string(),
+            "oci_runtime" => cfg.runtime.display().to_string(),
+            "sandboxes_recovered" => recovered,
+            "sandboxes_unreachable" => lost,
+            "recovery_ms" => started.elapsed().as_millis() as u64);
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        };
+        berth::server::serve(&args.listen, Arc::new(mgr), log.clone(), shutdown).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        info!(log, "berthd stopped; shims and containers keep running");
+        Ok::<_, anyhow::Error>(())
+    });
+    if let Err(e) = &result {
+        error!(log, "berthd failed"; "error" => format!("{e:#}"));
+    }
+    drop(rt);
+    result
+}
