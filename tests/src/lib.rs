@@ -1,1 +1,377 @@
+//! Test harness: a real berthd (and its real shims, runc and namespaces) in
+//! its own temp root, state folder and socket per test, with the test image
+//! imported. Dropping a [`Daemon`] removes every pod through CRI, ends the
+//! daemon by pid, unmounts whatever is left under its folder and deletes it.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
+use protocol::cri::{self, image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient};
+use protocol::images::images_client::ImagesClient;
+use tonic::transport::Channel;
+
+/// The image the tests run.
+pub const TEST_IMAGE: &str = "docker.io/library/berth-test:latest";
+
+/// Workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Folder with berthd, berth-shim and berthctl.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BERTH_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
+    target.join("debug")
+}
+
+/// The test image's OCI layout: `$BERTH_TEST_IMAGE`, or built once per test
+/// process with scripts/build-test-image.sh.
+pub fn test_image() -> PathBuf {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("BERTH_TEST_IMAGE") {
+                return PathBuf::from(p);
+            }
+            let dir = std::env::temp_dir().join(format!("berth-test-image-{}", std::process::id()));
+            let st = Command::new("bash")
+                .arg(workspace().join("scripts/build-test-image.sh"))
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .status()
+                .expect("run build-test-image.sh");
+            assert!(st.success(), "building the test image failed");
+            dir
+        })
+        .clone()
+}
+
+/// A running berthd in its own folders.
+pub struct Daemon {
+    /// Temp folder holding everything.
+    pub dir: tempfile::TempDir,
+    /// CRI socket.
+    pub socket: PathBuf,
+    /// Folder for pod logs.
+    pub logs: PathBuf,
+    child: Option<Child>,
+    /// RuntimeService client.
+    pub rt: RuntimeServiceClient<Channel>,
+    /// ImageService client.
+    pub img: ImageServiceClient<Channel>,
+}
+
+fn spawn_berthd(dir: &Path, socket: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("berthd.log")).expect("berthd.log");
+    Command::new(bin_dir().join("berthd"))
+        .arg("--root")
+        .arg(dir.join("r"))
+        .arg("--state")
+        .arg(dir.join("s"))
+        .arg("--listen")
+        .arg(socket)
+        .arg("--log-level")
+        .arg("debug")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn berthd (run `cargo build --workspace` first)")
+}
+
+async fn connect(socket: &Path) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if socket.exists() {
+            if let Ok(ch) = berth::cri_client::connect(&socket.display().to_string(), Duration::from_secs(2)).await {
+                return ch;
+            }
+        }
+        assert!(Instant::now() < deadline, "berthd did not come up on {}", socket.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Daemon {
+    /// Starts berthd in a fresh temp folder and imports the test image.
+    pub async fn start() -> Daemon {
+        // Short path: shim sockets live below it and unix socket paths are short.
+        let dir = tempfile::Builder::new().prefix("b").tempdir_in("/tmp").expect("temp dir");
+        let socket = dir.path().join("c.sock");
+        let logs = dir.path().join("logs");
+        let child = spawn_berthd(dir.path(), &socket);
+        let ch = connect(&socket).await;
+        let mut d = Daemon {
+            dir,
+            socket,
+            logs,
+            child: Some(child),
+            rt: RuntimeServiceClient::new(ch.clone()),
+            img: ImageServiceClient::new(ch.clone()),
+        };
+        let image = test_image();
+        ImagesClient::new(ch)
+            .import(protocol::images::ImportRequest { path: image.display().to_string(), name: String::new() })
+            .await
+            .expect("import test image");
+        d.logs = d.dir.path().join("logs");
+        d
+    }
+
+    /// berthd's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILLs berthd (by pid) and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts berthd again on the same folders.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.child = Some(spawn_berthd(self.dir.path(), &self.socket));
+        let _ = std::fs::remove_file(&self.socket);
+        let ch = connect(&self.socket).await;
+        self.rt = RuntimeServiceClient::new(ch.clone());
+        self.img = ImageServiceClient::new(ch);
+    }
+
+    /// What berthd logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default()
+    }
+
+    /// A pod config with a log directory in the daemon's folder; pid
+    /// namespace per container, as kubelet asks for v1 pods.
+    pub fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata { name: name.into(), namespace: "default".into(), uid: format!("uid-{name}"), attempt: 0 }),
+            hostname: name.replace('.', "-"),
+            log_directory: self.logs.join(name).display().to_string(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption { pid: cri::NamespaceMode::Container as i32, ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Runs a pod; returns its id.
+    pub async fn run_pod(&mut self, config: &cri::PodSandboxConfig) -> String {
+        self.rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
+            .await
+            .expect("run pod sandbox")
+            .into_inner()
+            .pod_sandbox_id
+    }
+
+    /// Creates a container running `cmd` (with `sh -c` when it is one string).
+    pub async fn create(&mut self, pod: &str, pod_config: &cri::PodSandboxConfig, name: &str, cmd: &[&str]) -> String {
+        let config = container_config(name, cmd);
+        self.create_with(pod, pod_config, config).await.expect("create container")
+    }
+
+    /// Creates a container from a full config.
+    pub async fn create_with(&mut self, pod: &str, pod_config: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> Result<String, tonic::Status> {
+        Ok(self
+            .rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(config),
+                sandbox_config: Some(pod_config.clone()),
+            })
+            .await?
+            .into_inner()
+            .container_id)
+    }
+
+    /// Starts a container.
+    pub async fn start_container(&mut self, id: &str) {
+        self.rt.start_container(cri::StartContainerRequest { container_id: id.into() }).await.expect("start container");
+    }
+
+    /// Status of a container.
+    pub async fn status(&mut self, id: &str) -> cri::ContainerStatus {
+        self.rt
+            .container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: false })
+            .await
+            .expect("container status")
+            .into_inner()
+            .status
+            .expect("status present")
+    }
+
+    /// pid of a container's init (from the verbose status).
+    pub async fn container_pid(&mut self, id: &str) -> i32 {
+        let r = self
+            .rt
+            .container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: true })
+            .await
+            .expect("container status")
+            .into_inner();
+        let info: serde_json::Value = serde_json::from_str(&r.info["info"]).expect("info json");
+        info["pid"].as_i64().expect("pid") as i32
+    }
+
+    /// pid of a sandbox's shim (from the verbose status).
+    pub async fn shim_pid(&mut self, pod: &str) -> i32 {
+        let r = self
+            .rt
+            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: true })
+            .await
+            .expect("pod status")
+            .into_inner();
+        let info: serde_json::Value = serde_json::from_str(&r.info["info"]).expect("info json");
+        info["pid"].as_i64().expect("pid") as i32
+    }
+
+    /// Waits until the container reaches `state`.
+    pub async fn wait_state(&mut self, id: &str, state: cri::ContainerState, limit: Duration) -> cri::ContainerStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.status(id).await;
+            if s.state == state as i32 {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "container {id} never reached {state:?}; last status {s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// ExecSync.
+    pub async fn exec(&mut self, id: &str, cmd: &[&str], timeout: i64) -> Result<cri::ExecSyncResponse, tonic::Status> {
+        Ok(self
+            .rt
+            .exec_sync(cri::ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout })
+            .await?
+            .into_inner())
+    }
+
+    /// stdout of an exec that must succeed.
+    pub async fn exec_out(&mut self, id: &str, cmd: &[&str]) -> String {
+        let r = self.exec(id, cmd, 30).await.expect("exec");
+        assert_eq!(r.exit_code, 0, "exec {cmd:?} failed: {}", String::from_utf8_lossy(&r.stderr));
+        String::from_utf8_lossy(&r.stdout).trim().to_string()
+    }
+
+    /// Mount points under the daemon's folder.
+    pub fn mounts(&self) -> Vec<String> {
+        mounts_under(self.dir.path())
+    }
+
+    fn cleanup(&mut self) {
+        if self.child.is_some() {
+            let socket = self.socket.clone();
+            // Drop may run inside a test's runtime: use a thread of our own.
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+                rt.block_on(async {
+                    let Ok(ch) = berth::cri_client::connect(&socket.display().to_string(), Duration::from_secs(2)).await else { return };
+                    let mut c = RuntimeServiceClient::new(ch);
+                    if let Ok(pods) = c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await {
+                        for p in pods.into_inner().items {
+                            let _ = c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p.id }).await;
+                        }
+                    }
+                });
+            })
+            .join();
+        }
+        self.kill9();
+        // Anything a failed test left: shims by their pid files, then mounts.
+        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("s/sandboxes")) {
+            for e in entries.flatten() {
+                if let Some(pid) = std::fs::read_to_string(e.path().join("shim.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+                    kill_tree(pid);
+                }
+            }
+        }
+        let mut mounts = self.mounts();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(Path::new(&m), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// SIGKILLs a process and its descendants, found through /proc.
+pub fn kill_tree(pid: i32) {
+    let mut children = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let ppid = std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1).and_then(|x| x.parse::<i32>().ok())));
+            if ppid == Some(pid) {
+                children.push(p);
+            }
+        }
+    }
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    for c in children {
+        kill_tree(c);
+    }
+}
+
+/// Mount points below `dir` in this mount namespace.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&prefix))
+        .collect()
+}
+
+/// Whether a pid is alive (and not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` is gone.
+pub async fn wait_gone(pid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// A container config running `cmd` from the test image, logging to `<name>.log`.
+pub fn container_config(name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: TEST_IMAGE.into(), ..Default::default() }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        linux: Some(cri::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}

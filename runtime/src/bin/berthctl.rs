@@ -20,8 +20,8 @@ struct Cli {
     #[arg(short = 'r', long, env = "CONTAINER_RUNTIME_ENDPOINT", default_value = "unix:///run/berth/berth.sock", global = true)]
     endpoint: String,
     /// Per-call timeout in seconds (0: none).
-    #[arg(long, default_value_t = 0, global = true)]
-    timeout: u64,
+    #[arg(long = "request-timeout", default_value_t = 0, global = true)]
+    request_timeout: u64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -269,7 +269,7 @@ async fn main() -> Result<()> {
         rt: RuntimeServiceClient::new(channel.clone()),
         img: ImageServiceClient::new(channel.clone()),
         berth: ImagesClient::new(channel),
-        timeout: (cli.timeout > 0).then(|| Duration::from_secs(cli.timeout)),
+        timeout: (cli.request_timeout > 0).then(|| Duration::from_secs(cli.request_timeout)),
     };
     match run(&mut c, cli.cmd).await {
         Ok(code) => std::process::exit(code),
