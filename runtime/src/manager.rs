@@ -383,6 +383,7 @@ impl Manager {
         if let Ok(shim) = Shim::connect(dir).await {
             let pid = shim.info.shim_pid;
             let _ = shim.api().shutdown(shim_client::ctx(Some(CALL_TIMEOUT)), &api::Empty::new()).await;
+            drop(shim);
             wait_gone(pid, Duration::from_secs(5)).await;
         } else if let Some(pid) = std::fs::read_to_string(dir.join("shim.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
             // A shim that does not answer but still runs is ended by pid.
@@ -841,10 +842,19 @@ fn is_shim(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() == "berth-shim").unwrap_or(false)
 }
 
+/// Whether `pid` still runs. A zombie has finished: whoever reaps it (the
+/// host's init, for a shim) may take its time.
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
 async fn wait_gone(pid: u32, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
-    while Path::new(&format!("/proc/{pid}")).exists() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    while running(pid) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -210,9 +210,10 @@ async fn serve(args: Args, pinned: namespaces::Pinned, log: Logger, ready: &mut 
     }
 
     shutdown.notified().await;
-    // Let the Shutdown reply reach berthd before the server goes away.
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let _ = server.shutdown().await;
+    // Let the Shutdown reply reach berthd, then go: a graceful server
+    // shutdown would wait for berthd to hang up first.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let _ = server.stop_listen().await;
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_file(args.dir.join("shim.pid"));
     Ok(())

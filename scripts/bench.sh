@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Benchmarks Berth's lifecycle calls on this machine: medians and p90 of
+# RunPodSandbox, CreateContainer+StartContainer until Running, ExecSync
+# round trip and RemovePodSandbox, and the RSS/PSS of one idle shim.
+# usage: scripts/bench.sh   (BENCH_N=pods, default 20)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh >/dev/null
+cargo build --workspace --release --locked
+bash scripts/build-test-image.sh target/test-image >/dev/null
+BERTH_BIN_DIR=$PWD/target/release BERTH_TEST_IMAGE=$PWD/target/test-image ./target/release/berth-bench

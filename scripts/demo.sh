@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Starts berthd with a demo pod and follows its container's log.
+# Everything lives in its own folders (/var/lib/berth-demo, /run/berth-demo);
+# Ctrl-C (or DEMO_SECONDS elapsing) removes the pod and stops berthd.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+cargo build --workspace --locked
+bin=$PWD/target/debug
+root=/var/lib/berth-demo
+state=/run/berth-demo
+sock=$state/berth.sock
+mkdir -p "$state"
+bash scripts/build-test-image.sh "$state/image" >/dev/null
+
+"$bin/berthd" --root "$root" --state "$state" --listen "$sock" >"$state/berthd.log" 2>&1 &
+berthd=$!
+ctl() { "$bin/berthctl" --endpoint "unix://$sock" "$@"; }
+pod=
+cleanup() {
+  [ -n "$pod" ] && ctl rmp "$pod" >/dev/null 2>&1 || true
+  kill "$berthd" 2>/dev/null || true
+  wait "$berthd" 2>/dev/null || true
+  echo "demo: pod removed, berthd stopped (its log: $state/berthd.log)"
+}
+trap cleanup EXIT
+trap 'exit 0' INT TERM
+for _ in $(seq 100); do [ -S "$sock" ] && ctl version >/dev/null 2>&1 && break; sleep 0.1; done
+
+ctl image import "$state/image"
+cat > "$state/pod.json" <<JSON
+{"metadata": {"name": "demo", "namespace": "default", "uid": "demo-uid", "attempt": 0},
+ "hostname": "demo", "log_directory": "$state/logs/demo", "linux": {}}
+JSON
+cat > "$state/container.json" <<'JSON'
+{"metadata": {"name": "greeter"}, "image": {"image": "berth-test"},
+ "command": ["sh", "-c", "i=0; while true; do echo \"hello from $(hostname), line $i\"; i=$((i+1)); sleep 1; done"],
+ "log_path": "greeter/0.log"}
+JSON
+# A demo pod left by an interrupted run holds the name; remove it first.
+for old in $(ctl pods -q); do ctl rmp "$old" >/dev/null; done
+pod=$(ctl runp "$state/pod.json")
+ctr=$(ctl create "$pod" "$state/container.json" "$state/pod.json")
+ctl start "$ctr" >/dev/null
+echo "demo: pod ${pod:0:13}, container ${ctr:0:13}; log file $state/logs/demo/greeter/0.log"
+ctl pods
+ctl ps
+echo "demo: following the container's log (Ctrl-C to stop)"
+if [ -n "${DEMO_SECONDS:-}" ]; then
+  timeout "$DEMO_SECONDS" "$bin/berthctl" --endpoint "unix://$sock" logs -f "$ctr" || true
+else
+  ctl logs -f "$ctr"
+fi

@@ -1,0 +1,74 @@
+//! berth-bench: times Berth's lifecycle calls against a real berthd (in its
+//! own temp folders) and prints medians. Run through scripts/bench.sh, which
+//! builds release binaries and points BERTH_BIN_DIR at them.
+use std::time::{Duration, Instant};
+
+use berth_tests::Daemon;
+use protocol::cri;
+
+fn median_p90(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    (ms(v[v.len() / 2]), ms(v[(v.len() * 9 / 10).min(v.len() - 1)]))
+}
+
+fn mem_kb(pid: i32, field: &str, file: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let n: usize = std::env::var("BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let mut d = Daemon::start().await;
+    let (mut run_pod, mut start, mut exec, mut remove) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut shim_rss = Vec::new();
+    let mut shim_pss = Vec::new();
+    for i in 0..n {
+        let cfg = d.pod_config(&format!("bench-{i}"));
+        let t = Instant::now();
+        let pod = d.run_pod(&cfg).await;
+        run_pod.push(t.elapsed());
+
+        let t = Instant::now();
+        let c = d.create(&pod, &cfg, "c", &["sleep", "1000"]).await;
+        d.start_container(&c).await;
+        d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+        start.push(t.elapsed());
+
+        for _ in 0..5 {
+            let t = Instant::now();
+            let r = d.exec(&c, &["true"], 10).await.expect("exec");
+            exec.push(t.elapsed());
+            assert_eq!(r.exit_code, 0);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let shim = d.shim_pid(&pod).await;
+        shim_rss.push(mem_kb(shim, "VmRSS:", "status"));
+        shim_pss.push(mem_kb(shim, "Pss:", "smaps_rollup"));
+
+        let t = Instant::now();
+        d.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.expect("remove");
+        remove.push(t.elapsed());
+    }
+    shim_rss.sort();
+    shim_pss.sort();
+    println!("Berth lifecycle benchmark ({n} pods, busybox test image, runc, release build)");
+    println!("{:<44} {:>10} {:>10}", "metric", "median", "p90");
+    for (name, v) in [
+        ("RunPodSandbox (ms)", run_pod),
+        ("CreateContainer+StartContainer to Running (ms)", start),
+        ("ExecSync `true` round trip (ms)", exec),
+        ("RemovePodSandbox with one container (ms)", remove),
+    ] {
+        let (m, p) = median_p90(v);
+        println!("{name:<44} {m:>10.1} {p:>10.1}");
+    }
+    println!("{:<44} {:>10} {:>10}", "idle shim RSS (KiB)", shim_rss[shim_rss.len() / 2], shim_rss[shim_rss.len() * 9 / 10]);
+    println!("{:<44} {:>10} {:>10}", "idle shim PSS (KiB)", shim_pss[shim_pss.len() / 2], shim_pss[shim_pss.len() * 9 / 10]);
+}
