@@ -126,8 +126,8 @@ impl RuntimeService for CriServer {
         Err(unimplemented("UpdateContainerResources"))
     }
 
-    async fn reopen_container_log(&self, _req: Request<cri::ReopenContainerLogRequest>) -> Reply<cri::ReopenContainerLogResponse> {
-        Err(unimplemented("ReopenContainerLog"))
+    async fn reopen_container_log(&self, req: Request<cri::ReopenContainerLogRequest>) -> Reply<cri::ReopenContainerLogResponse> {
+        ok(self.mgr.reopen_container_log(&req.into_inner().container_id).await.map(|()| cri::ReopenContainerLogResponse {}))
     }
 
     async fn exec_sync(&self, req: Request<cri::ExecSyncRequest>) -> Reply<cri::ExecSyncResponse> {

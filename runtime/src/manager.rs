@@ -830,6 +830,21 @@ impl Manager {
         Ok(cri::ExecSyncResponse { stdout: resp.stdout, stderr: resp.stderr, exit_code: resp.exit_code })
     }
 
+    /// ReopenContainerLog: the shim reopens the log file by path, so a
+    /// rotated (renamed) file keeps what it had and a new one gets the rest.
+    pub async fn reopen_container_log(&self, id: &str) -> Result<()> {
+        let meta = self.container(id)?;
+        let st = self.runtime_state(&meta).await;
+        if st.state != cri::ContainerState::ContainerRunning as i32 {
+            // CRI: after an error the runtime must not create the file.
+            return Err(Error::precondition(format!("container {id} is not running; its log is not reopened")));
+        }
+        let sb = self.sandbox(&meta.sandbox_id)?;
+        let shim = self.shim_of(&sb).await?;
+        shim.api().reopen_log(shim_client::ctx(Some(CALL_TIMEOUT)), &shim_client::req(id)).await?;
+        Ok(())
+    }
+
     /// Layers used by existing containers (kept by image removal).
     pub fn layers_in_use(&self) -> BTreeSet<String> {
         lock(&self.containers).values().flat_map(|c| c.layers.iter().cloned()).collect()

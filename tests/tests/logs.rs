@@ -52,3 +52,42 @@ async fn long_lines_are_split_into_partials() {
     let shape: Vec<_> = recs.iter().map(|r| (r.full, r.content.len())).collect();
     assert_eq!(shape, vec![(false, 16384), (false, 16384), (true, 40000 - 2 * 16384)]);
 }
+
+#[tokio::test]
+async fn reopen_after_rename_loses_nothing() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("reopen");
+    let pod = d.run_pod(&cfg).await;
+    let c = d.create(&pod, &cfg, "counter", &["sh", "-c", "i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); done; sleep 1000"]).await;
+    d.start_container(&c).await;
+    let path = d.status(&c).await.log_path;
+    let mut rotated = Vec::new();
+    for n in 0..5 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let to = format!("{path}.{n}");
+        std::fs::rename(&path, &to).unwrap();
+        rotated.push(to);
+        d.rt.reopen_container_log(cri::ReopenContainerLogRequest { container_id: c.clone() }).await.unwrap();
+        assert!(std::path::Path::new(&path).exists(), "reopen did not create the file");
+    }
+    // Wait for the writer to finish its 3000 lines.
+    let mut all = Vec::new();
+    for _ in 0..200 {
+        all.clear();
+        for p in rotated.iter().chain(std::iter::once(&path)) {
+            all.extend(std::fs::read(p).unwrap());
+        }
+        if split_streams(&all).0.ends_with(b"line-2999\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let want: String = (0..3000).map(|i| format!("line-{i}\n")).collect();
+    assert_eq!(String::from_utf8(split_streams(&all).0).unwrap(), want);
+    // Not running: an error, and no new file.
+    d.rt.stop_container(cri::StopContainerRequest { container_id: c.clone(), timeout: 0 }).await.unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let e = d.rt.reopen_container_log(cri::ReopenContainerLogRequest { container_id: c }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(!std::path::Path::new(&path).exists());
+}
