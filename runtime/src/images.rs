@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
 use crate::reference::Reference;
-use crate::store::Store;
+use crate::store::{Db, Store};
 
 /// What Berth knows of one image.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -60,13 +60,13 @@ pub struct ImageStore {
 
 impl ImageStore {
     /// Opens the store and loads its records.
-    pub fn open(root: &Path, metadata: &Path) -> Result<Self> {
+    pub fn open(root: &Path, db: &Db) -> Result<Self> {
         let blobs = root.join("images/blobs/sha256");
         let snapshots = root.join("images/snapshots");
         for d in [&blobs, &snapshots] {
             std::fs::create_dir_all(d).ctx(|| format!("creating {}", d.display()))?;
         }
-        let records = Store::open(metadata.join("images"))?;
+        let records = Store::open(db, "images")?;
         let images = records.load_all::<ImageRecord>()?.into_iter().map(|r| (r.id.clone(), r)).collect();
         Ok(ImageStore { blobs, snapshots, records, images })
     }

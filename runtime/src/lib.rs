@@ -4,6 +4,7 @@ pub mod cri_client;
 pub mod cri_log_reader;
 pub mod cri_server;
 pub mod error;
+pub mod failpoint;
 pub mod ids;
 pub mod images;
 pub mod logging;

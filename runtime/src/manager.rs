@@ -13,13 +13,17 @@ use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
 
 use crate::error::{Error, IoContext, Kind, Result};
+use crate::failpoint;
 use crate::ids;
 use crate::images::ImageStore;
 use crate::pod_files;
 use crate::rootfs;
 use crate::shim_client::{self, Shim, ShimLaunch, CALL_TIMEOUT};
 use crate::spec::{self, ImageDefaults, SandboxView};
-use crate::store::Store;
+use crate::store::{Db, Store};
+
+/// How often berthd checks that every shim is alive.
+const SHIM_CHECK: Duration = Duration::from_millis(200);
 
 /// How long StopContainer waits for SIGKILL to take effect.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -37,6 +41,20 @@ pub struct Config {
     pub runtime: PathBuf,
     /// Longest log line before the shim splits it.
     pub max_log_line: usize,
+}
+
+/// Where an object is in its life. Creating and Removing records exist
+/// only while a call is between its side effects; after a crash, berthd
+/// rolls a Creating object back and finishes removing a Removing one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Being created; not visible to clients.
+    Creating,
+    /// Fully created.
+    #[default]
+    Ready,
+    /// Being removed.
+    Removing,
 }
 
 /// Durable record of a sandbox.
@@ -60,6 +78,12 @@ pub struct SandboxMeta {
     pub hostname: String,
     /// The shim's pid.
     pub shim_pid: u32,
+    /// pid 1 of the pod's pid namespace (0: none).
+    #[serde(default)]
+    pub pod_init_pid: u32,
+    /// Life phase.
+    #[serde(default)]
+    pub phase: Phase,
 }
 
 /// Durable record of a container.
@@ -85,6 +109,9 @@ pub struct ContainerMeta {
     pub bundle: PathBuf,
     /// Signal that asks it to stop.
     pub stop_signal: i32,
+    /// Life phase.
+    #[serde(default)]
+    pub phase: Phase,
 }
 
 /// Runtime facts of a container, from its shim.
@@ -131,12 +158,11 @@ impl RuntimeState {
         }
     }
 
-    fn shim_gone(meta: &ContainerMeta) -> Self {
-        let _ = meta;
+    fn shim_gone(lost_at: i64) -> Self {
         RuntimeState {
             state: cri::ContainerState::ContainerExited as i32,
             exit_code: 255,
-            finished_at: now_nanos(),
+            finished_at: lost_at,
             reason: "ShimGone".into(),
             message: "the sandbox's shim is not running; the container's real exit status is lost".into(),
             ..Default::default()
@@ -154,6 +180,33 @@ struct Sandbox {
     shim: tokio::sync::Mutex<Option<Shim>>,
     /// Serializes lifecycle calls on one sandbox.
     op: tokio::sync::Mutex<()>,
+    /// When its shim was found dead (Unix nanoseconds).
+    lost: Mutex<Option<i64>>,
+}
+
+impl Sandbox {
+    fn new(meta: SandboxMeta, shim: Option<Shim>) -> Arc<Self> {
+        Arc::new(Sandbox { meta: Mutex::new(meta), shim: tokio::sync::Mutex::new(shim), op: Default::default(), lost: Mutex::new(None) })
+    }
+
+    fn lost_at(&self) -> Option<i64> {
+        *lock(&self.lost)
+    }
+}
+
+/// What startup reconciliation found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Sandboxes whose shim answered.
+    pub recovered: usize,
+    /// Sandboxes whose shim is gone.
+    pub lost: usize,
+    /// Half-created objects rolled back.
+    pub rolled_back: usize,
+    /// Interrupted removals finished.
+    pub finished_removals: usize,
+    /// Leftover folders with no record, cleaned.
+    pub orphans: usize,
 }
 
 /// The manager.
@@ -206,10 +259,10 @@ impl Manager {
                 cfg.state.display()
             )));
         }
-        let meta = cfg.root.join("metadata");
-        let sandbox_store = Store::open(meta.join("sandboxes"))?;
-        let container_store = Store::open(meta.join("containers"))?;
-        let images = ImageStore::open(&cfg.root, &meta)?;
+        let db = Db::open(&cfg.root.join("metadata.redb"))?;
+        let sandbox_store = Store::open(&db, "sandboxes")?;
+        let container_store = Store::open(&db, "containers")?;
+        let images = ImageStore::open(&cfg.root, &db)?;
         let m = Manager {
             cfg,
             log,
@@ -222,8 +275,7 @@ impl Manager {
         };
         for s in m.sandbox_store.load_all::<SandboxMeta>()? {
             lock(&m.names).insert(sandbox_key(&s.config.metadata.clone().unwrap_or_default()));
-            let sb = Sandbox { meta: Mutex::new(s.clone()), shim: tokio::sync::Mutex::new(None), op: Default::default() };
-            lock(&m.sandboxes).insert(s.id.clone(), Arc::new(sb));
+            lock(&m.sandboxes).insert(s.id.clone(), Sandbox::new(s, None));
         }
         for c in m.container_store.load_all::<ContainerMeta>()? {
             lock(&m.names).insert(container_key(&c.sandbox_id, &c.config.metadata.clone().unwrap_or_default()));
@@ -232,41 +284,217 @@ impl Manager {
         Ok(m)
     }
 
-    /// Connects to every known sandbox's shim. Returns (recovered, lost).
-    pub async fn reconnect(&self) -> (usize, usize) {
+    /// Reconciles with what runs, before berthd serves: reconnects to every
+    /// shim, rolls back objects a crash left half-created, finishes
+    /// interrupted removals, cleans folders no record owns, and starts
+    /// watching exits and shims.
+    pub async fn recover(self: &Arc<Self>) -> Result<Recovery> {
+        let mut r = Recovery::default();
         let sandboxes: Vec<_> = lock(&self.sandboxes).values().cloned().collect();
-        let (mut ok, mut lost) = (0, 0);
-        for sb in sandboxes {
-            let (id, dir) = {
-                let m = lock(&sb.meta);
-                (m.id.clone(), m.dir.clone())
-            };
-            match Shim::connect(&dir).await {
+        for sb in &sandboxes {
+            let meta = lock(&sb.meta).clone();
+            if meta.phase == Phase::Creating {
+                self.rollback_sandbox(&meta).await;
+                r.rolled_back += 1;
+                continue;
+            }
+            match Shim::connect(&meta.dir).await {
                 Ok(s) => {
                     *sb.shim.lock().await = Some(s);
-                    ok += 1;
+                    r.recovered += 1;
                 }
                 Err(e) => {
-                    warn!(self.log, "sandbox shim unreachable"; "sandbox_id" => &id, "error" => %e);
-                    lost += 1;
+                    warn!(self.log, "sandbox shim unreachable"; "sandbox_id" => &meta.id, "error" => %e);
+                    self.shim_lost(sb).await;
+                    r.lost += 1;
                 }
             }
         }
-        (ok, lost)
+        let containers: Vec<ContainerMeta> = lock(&self.containers).values().cloned().collect();
+        for c in &containers {
+            match c.phase {
+                Phase::Creating => {
+                    self.rollback_container(c).await;
+                    r.rolled_back += 1;
+                }
+                Phase::Removing => {
+                    self.remove_container(&c.id).await?;
+                    r.finished_removals += 1;
+                }
+                Phase::Ready => {}
+            }
+        }
+        for sb in &sandboxes {
+            let (id, phase) = {
+                let m = lock(&sb.meta);
+                (m.id.clone(), m.phase)
+            };
+            if phase == Phase::Removing {
+                self.remove_pod_sandbox(&id).await?;
+                r.finished_removals += 1;
+            }
+        }
+        r.orphans = self.clean_orphans().await;
+        for c in lock(&self.containers).values() {
+            self.watch_exit(&c.sandbox_id, &c.id);
+        }
+        Arc::clone(self).spawn_shim_monitor();
+        Ok(r)
+    }
+
+    /// Folders under the state and root dirs that no record owns: left by
+    /// a crash between a record's deletion and its files' removal.
+    async fn clean_orphans(&self) -> usize {
+        let mut n = 0;
+        let known_sb: HashSet<String> = lock(&self.sandboxes).keys().cloned().collect();
+        let known_c: HashSet<String> = lock(&self.containers).keys().cloned().collect();
+        for (dir, known, sandbox) in [
+            (self.cfg.state.join("sandboxes"), &known_sb, true),
+            (self.cfg.state.join("containers"), &known_c, false),
+            (self.cfg.root.join("containers"), &known_c, false),
+        ] {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if known.contains(&name) {
+                    continue;
+                }
+                warn!(self.log, "removing leftover folder"; "path" => e.path().display().to_string());
+                if sandbox {
+                    self.teardown_sandbox_dir(&e.path(), 0).await;
+                } else {
+                    self.force_delete_in_runtime(&name).await;
+                    let _ = rootfs::unmount(&e.path().join("rootfs"));
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Undoes a sandbox a crash left half-created.
+    async fn rollback_sandbox(&self, meta: &SandboxMeta) {
+        warn!(self.log, "rolling back half-created pod sandbox"; "sandbox_id" => &meta.id);
+        self.teardown_sandbox_dir(&meta.dir, meta.pod_init_pid).await;
+        let _ = self.sandbox_store.delete(&meta.id);
+        lock(&self.sandboxes).remove(&meta.id);
+        self.release(&sandbox_key(&meta.config.metadata.clone().unwrap_or_default()));
+    }
+
+    /// Undoes a container a crash left half-created.
+    async fn rollback_container(&self, meta: &ContainerMeta) {
+        warn!(self.log, "rolling back half-created container"; "container_id" => &meta.id, "sandbox_id" => &meta.sandbox_id);
+        self.delete_in_shim(meta).await;
+        let _ = rootfs::unmount(&meta.bundle.join("rootfs"));
+        let _ = std::fs::remove_dir_all(&meta.bundle);
+        let _ = std::fs::remove_dir_all(self.cfg.root.join("containers").join(&meta.id));
+        let _ = self.container_store.delete(&meta.id);
+        lock(&self.containers).remove(&meta.id);
+        self.release(&container_key(&meta.sandbox_id, &meta.config.metadata.clone().unwrap_or_default()));
+    }
+
+    /// Removes a container from its shim, or from the OCI runtime directly
+    /// when the shim is gone. Errors are logged: used where the caller
+    /// cleans up regardless.
+    async fn delete_in_shim(&self, meta: &ContainerMeta) {
+        let shim = match self.sandbox(&meta.sandbox_id) {
+            Ok(sb) if sb.lost_at().is_none() => self.shim_of(&sb).await.ok(),
+            _ => None,
+        };
+        match shim {
+            Some(shim) => {
+                if let Err(e) = shim.api().delete(shim_client::ctx(Some(CALL_TIMEOUT)), &shim_client::req(&meta.id)).await {
+                    warn!(self.log, "shim delete failed"; "container_id" => &meta.id, "error" => %e);
+                }
+            }
+            None => self.force_delete_in_runtime(&meta.id).await,
+        }
+    }
+
+    /// Watches for dead shims: a shim that is gone is noticed within a
+    /// fraction of a second, not at the next call.
+    fn spawn_shim_monitor(self: Arc<Self>) {
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SHIM_CHECK);
+            loop {
+                tick.tick().await;
+                let Some(m) = weak.upgrade() else { return };
+                let sandboxes: Vec<_> = lock(&m.sandboxes).values().cloned().collect();
+                for sb in sandboxes {
+                    let (pid, phase) = {
+                        let meta = lock(&sb.meta);
+                        (meta.shim_pid, meta.phase)
+                    };
+                    if phase == Phase::Ready && sb.lost_at().is_none() && !(running(pid) && is_shim(pid as i32)) {
+                        m.shim_lost(&sb).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// A sandbox's shim is gone: its containers have lost their monitor and
+    /// their log reader, so they are ended (through the OCI runtime) and
+    /// reported Exited; the pod's init is ended too. Its namespaces stay
+    /// pinned until the sandbox is removed.
+    async fn shim_lost(&self, sb: &Sandbox) {
+        {
+            let mut lost = lock(&sb.lost);
+            if lost.is_some() {
+                return;
+            }
+            *lost = Some(now_nanos());
+        }
+        *sb.shim.lock().await = None;
+        let meta = lock(&sb.meta).clone();
+        warn!(self.log, "shim is gone: pod is NotReady, its containers are ended"; "sandbox_id" => &meta.id, "shim_pid" => meta.shim_pid);
+        for c in self.containers_of(&meta.id) {
+            self.runtime_cmd(&["kill", "--all", &c.id, "KILL"]).await;
+        }
+        kill_pod_init(meta.pod_init_pid, &meta.id);
+    }
+
+    /// Follows a container until it exits, so its exit reaches berthd (and
+    /// its log) as it happens. Best effort: the shim's state stays the truth.
+    fn watch_exit(&self, sandbox_id: &str, container_id: &str) {
+        let Ok(sb) = self.sandbox(sandbox_id) else { return };
+        let log = self.log.clone();
+        let id = container_id.to_string();
+        tokio::spawn(async move {
+            let Some(shim) = sb.shim.lock().await.clone() else { return };
+            if let Ok(st) = shim.api().wait(shim_client::ctx(None), &shim_client::req(&id)).await {
+                info!(log, "container exited"; "container_id" => &id, "exit_code" => st.exit_code, "signal" => st.exit_signal);
+            }
+        });
     }
 
     fn sandbox(&self, id: &str) -> Result<Arc<Sandbox>> {
         ids::check_id("pod sandbox id", id)?;
-        lock(&self.sandboxes).get(id).cloned().ok_or_else(|| Error::not_found(format!("pod sandbox {id} not found")))
+        lock(&self.sandboxes)
+            .get(id)
+            .filter(|s| lock(&s.meta).phase != Phase::Creating)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("pod sandbox {id} not found")))
     }
 
     fn container(&self, id: &str) -> Result<ContainerMeta> {
         ids::check_id("container id", id)?;
-        lock(&self.containers).get(id).cloned().ok_or_else(|| Error::not_found(format!("container {id} not found")))
+        lock(&self.containers)
+            .get(id)
+            .filter(|c| c.phase != Phase::Creating)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("container {id} not found")))
     }
 
     /// The sandbox's shim, connecting if needed.
     async fn shim_of(&self, sb: &Sandbox) -> Result<Shim> {
+        if sb.lost_at().is_some() {
+            let id = lock(&sb.meta).id.clone();
+            return Err(Error::precondition(format!("the shim of pod sandbox {id} is gone; remove the pod")));
+        }
         let mut guard = sb.shim.lock().await;
         if let Some(s) = guard.as_ref() {
             return Ok(s.clone());
@@ -327,9 +555,31 @@ impl Manager {
         self.reserve(key.clone(), &format!("pod sandbox name {:?} (namespace {:?}, attempt {})", md.name, md.namespace, md.attempt))?;
         let id = ids::new_id();
         let dir = self.cfg.state.join("sandboxes").join(&id);
+        let mut pinned = Vec::new();
+        for (name, on) in [("net", !host_network), ("ipc", !host_ipc), ("uts", !host_network), ("pid", pod_pid)] {
+            if on {
+                pinned.push(name.to_string());
+            }
+        }
+        let mut meta = SandboxMeta {
+            id: id.clone(),
+            config: config.clone(),
+            created_at: now_nanos(),
+            runtime_handler: handler.to_string(),
+            stopped: false,
+            dir: dir.clone(),
+            pinned,
+            hostname: hostname.clone(),
+            shim_pid: 0,
+            pod_init_pid: 0,
+            phase: Phase::Creating,
+        };
         let result = async {
+            self.sandbox_store.put(&id, &meta)?;
+            failpoint::hit("run-pod-sandbox/recorded");
             std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
             pod_files::write(&dir, &hostname, host_network, config.dns_config.as_ref())?;
+            failpoint::hit("run-pod-sandbox/files-written");
             let launch = ShimLaunch {
                 binary: self.cfg.shim_binary.clone(),
                 id: id.clone(),
@@ -342,34 +592,20 @@ impl Manager {
                 pod_pid,
                 max_log_line: self.cfg.max_log_line,
             };
-            let shim_pid = shim_client::start(&launch).await?;
+            meta.shim_pid = shim_client::start(&launch).await?;
+            failpoint::hit("run-pod-sandbox/shim-started");
             let shim = Shim::connect(&dir).await?;
-            let mut pinned = Vec::new();
-            for (name, on) in [("net", !host_network), ("ipc", !host_ipc), ("uts", !host_network), ("pid", pod_pid)] {
-                if on {
-                    pinned.push(name.to_string());
-                }
-            }
-            let meta = SandboxMeta {
-                id: id.clone(),
-                config: config.clone(),
-                created_at: now_nanos(),
-                runtime_handler: handler.to_string(),
-                stopped: false,
-                dir: dir.clone(),
-                pinned,
-                hostname: hostname.clone(),
-                shim_pid,
-            };
+            meta.pod_init_pid = shim.info.pod_init_pid;
+            meta.phase = Phase::Ready;
             self.sandbox_store.put(&id, &meta)?;
-            let sb = Sandbox { meta: Mutex::new(meta), shim: tokio::sync::Mutex::new(Some(shim)), op: Default::default() };
-            lock(&self.sandboxes).insert(id.clone(), Arc::new(sb));
+            lock(&self.sandboxes).insert(id.clone(), Sandbox::new(meta.clone(), Some(shim)));
             Ok::<_, Error>(())
         }
         .await;
         if let Err(e) = result {
             warn!(self.log, "run pod sandbox failed, cleaning up"; "sandbox_id" => &id, "error" => %e);
-            self.teardown_sandbox_dir(&dir).await;
+            self.teardown_sandbox_dir(&dir, meta.pod_init_pid).await;
+            let _ = self.sandbox_store.delete(&id);
             self.release(&key);
             return Err(e);
         }
@@ -379,7 +615,7 @@ impl Manager {
 
     /// Stops a shim (if one answers) and removes everything in a sandbox
     /// folder: pinned namespaces, sockets, files.
-    async fn teardown_sandbox_dir(&self, dir: &Path) {
+    async fn teardown_sandbox_dir(&self, dir: &Path, pod_init_pid: u32) {
         if let Ok(shim) = Shim::connect(dir).await {
             let pid = shim.info.shim_pid;
             let _ = shim.api().shutdown(shim_client::ctx(Some(CALL_TIMEOUT)), &api::Empty::new()).await;
@@ -391,6 +627,10 @@ impl Manager {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
                 wait_gone(pid as u32, Duration::from_secs(5)).await;
             }
+        }
+        // The shim ends the pod init on Shutdown; a killed shim could not.
+        if let Some(id) = dir.file_name().and_then(|n| n.to_str()) {
+            kill_pod_init(pod_init_pid, id);
         }
         release_ns_dir(&dir.join("ns"));
         let _ = std::fs::remove_dir_all(dir);
@@ -407,6 +647,7 @@ impl Manager {
         for c in self.containers_of(id) {
             self.stop_container(&c.id, 0).await?;
         }
+        failpoint::hit("stop-pod-sandbox/containers-stopped");
         let meta = {
             let mut m = lock(&sb.meta);
             m.stopped = true;
@@ -425,14 +666,22 @@ impl Manager {
             Err(e) if e.kind == Kind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
+        let meta = {
+            let mut m = lock(&sb.meta);
+            m.phase = Phase::Removing;
+            m.clone()
+        };
+        self.sandbox_store.put(id, &meta)?;
+        failpoint::hit("remove-pod-sandbox/recorded");
         self.stop_pod_sandbox(id).await?;
         let _op = sb.op.lock().await;
         for c in self.containers_of(id) {
             self.remove_container(&c.id).await?;
         }
-        let meta = lock(&sb.meta).clone();
+        failpoint::hit("remove-pod-sandbox/containers-removed");
         *sb.shim.lock().await = None;
-        self.teardown_sandbox_dir(&meta.dir).await;
+        self.teardown_sandbox_dir(&meta.dir, meta.pod_init_pid).await;
+        failpoint::hit("remove-pod-sandbox/shim-stopped");
         self.sandbox_store.delete(id)?;
         lock(&self.sandboxes).remove(id);
         self.release(&sandbox_key(&meta.config.metadata.clone().unwrap_or_default()));
@@ -448,7 +697,7 @@ impl Manager {
     pub async fn pod_sandbox_status(&self, id: &str, verbose: bool) -> Result<(cri::PodSandboxStatus, HashMap<String, String>)> {
         let sb = self.sandbox(id)?;
         let meta = lock(&sb.meta).clone();
-        let shim_ok = self.shim_of(&sb).await.is_ok();
+        let shim_ok = sb.lost_at().is_none() && self.shim_of(&sb).await.is_ok();
         let state = if meta.stopped || !shim_ok { cri::PodSandboxState::SandboxNotready } else { cri::PodSandboxState::SandboxReady };
         let ns = meta
             .config
@@ -475,6 +724,8 @@ impl Manager {
                 "stateDir": meta.dir,
                 "pinnedNamespaces": meta.pinned,
                 "hostname": meta.hostname,
+                "podInitPid": meta.pod_init_pid,
+                "shimLost": sb.lost_at().is_some(),
                 "config": meta.config,
             });
             info.insert("info".to_string(), v.to_string());
@@ -485,7 +736,7 @@ impl Manager {
     /// ListPodSandbox.
     pub async fn list_pod_sandboxes(&self, filter: Option<cri::PodSandboxFilter>) -> Result<Vec<cri::PodSandbox>> {
         let f = filter.unwrap_or_default();
-        let ids: Vec<String> = lock(&self.sandboxes).keys().cloned().collect();
+        let ids: Vec<String> = lock(&self.sandboxes).values().filter(|s| lock(&s.meta).phase != Phase::Creating).map(|s| lock(&s.meta).id.clone()).collect();
         let mut out = Vec::new();
         for id in ids {
             if !f.id.is_empty() && !id.starts_with(&f.id) {
@@ -550,14 +801,31 @@ impl Manager {
         self.reserve(key.clone(), &format!("container name {:?} (attempt {}) in pod sandbox {sandbox_id}", md.name, md.attempt))?;
         let id = ids::new_id();
         let bundle = self.cfg.state.join("containers").join(&id);
-        let layer_root = self.cfg.root.join("containers").join(&id);
+        let mut meta = ContainerMeta {
+            id: id.clone(),
+            sandbox_id: sandbox_id.to_string(),
+            config: config.clone(),
+            image_id: image.id.clone(),
+            image_name: image_name.clone(),
+            layers: image.layers.clone(),
+            created_at: now_nanos(),
+            log_path: log_path.clone(),
+            bundle: bundle.clone(),
+            stop_signal: stop_signal(&config, &image.config),
+            phase: Phase::Creating,
+        };
         let result = async {
+            self.container_store.put(&id, &meta)?;
+            lock(&self.containers).insert(id.clone(), meta.clone());
+            failpoint::hit("create-container/recorded");
             let lowers = {
                 let store = self.images.lock().await;
                 image.layers.iter().map(|l| store.snapshot_path(l)).collect::<Result<Vec<_>>>()?
             };
+            let layer_root = self.cfg.root.join("containers").join(&id);
             let rootfs_dir = bundle.join("rootfs");
             rootfs::mount_overlay(&lowers, &layer_root.join("upper"), &layer_root.join("work"), &rootfs_dir)?;
+            failpoint::hit("create-container/rootfs-mounted");
             let view = SandboxView {
                 dir: smeta.dir.clone(),
                 pinned: smeta.pinned.clone(),
@@ -567,36 +835,22 @@ impl Manager {
             let defaults = ImageDefaults::from_config(&image.config);
             let spec = spec::build(&id, &config, &view, &defaults, &rootfs_dir)?;
             spec.save(bundle.join("config.json")).map_err(|e| Error::internal(format!("writing config.json: {e}")))?;
-            let meta = ContainerMeta {
-                id: id.clone(),
-                sandbox_id: sandbox_id.to_string(),
-                config: config.clone(),
-                image_id: image.id.clone(),
-                image_name: image_name.clone(),
-                layers: image.layers.clone(),
-                created_at: now_nanos(),
-                log_path: log_path.clone(),
-                bundle: bundle.clone(),
-                stop_signal: stop_signal(&config, &image.config),
-            };
-            self.container_store.put(&id, &meta)?;
-            lock(&self.containers).insert(id.clone(), meta);
+            failpoint::hit("create-container/bundle-written");
             let mut req = api::CreateRequest::new();
             req.id = id.clone();
             req.bundle = bundle.display().to_string();
             req.log_path = log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
             shim.api().create(shim_client::ctx(Some(CALL_TIMEOUT)), &req).await?;
+            failpoint::hit("create-container/shim-created");
+            meta.phase = Phase::Ready;
+            self.container_store.put(&id, &meta)?;
+            lock(&self.containers).insert(id.clone(), meta.clone());
             Ok::<_, Error>(())
         }
         .await;
         if let Err(e) = result {
             warn!(self.log, "create container failed, cleaning up"; "container_id" => &id, "sandbox_id" => sandbox_id, "error" => %e);
-            let _ = rootfs::unmount(&bundle.join("rootfs"));
-            let _ = std::fs::remove_dir_all(&bundle);
-            let _ = std::fs::remove_dir_all(&layer_root);
-            lock(&self.containers).remove(&id);
-            let _ = self.container_store.delete(&id);
-            self.release(&key);
+            self.rollback_container(&meta).await;
             return Err(e);
         }
         info!(self.log, "container created"; "container_id" => &id, "sandbox_id" => sandbox_id, "name" => &md.name);
@@ -608,15 +862,20 @@ impl Manager {
         let meta = self.container(id)?;
         let sb = self.sandbox(&meta.sandbox_id)?;
         let shim = self.shim_of(&sb).await?;
+        failpoint::hit("start-container/before-start");
         shim.api().start(shim_client::ctx(Some(CALL_TIMEOUT)), &shim_client::req(id)).await?;
+        self.watch_exit(&meta.sandbox_id, id);
         info!(self.log, "container started"; "container_id" => id, "sandbox_id" => &meta.sandbox_id);
         Ok(())
     }
 
     /// Runtime state of a container, from its shim.
     async fn runtime_state(&self, meta: &ContainerMeta) -> RuntimeState {
-        let Ok(sb) = self.sandbox(&meta.sandbox_id) else { return RuntimeState::shim_gone(meta) };
-        let Ok(shim) = self.shim_of(&sb).await else { return RuntimeState::shim_gone(meta) };
+        let Ok(sb) = self.sandbox(&meta.sandbox_id) else { return RuntimeState::shim_gone(now_nanos()) };
+        if let Some(at) = sb.lost_at() {
+            return RuntimeState::shim_gone(at);
+        }
+        let Ok(shim) = self.shim_of(&sb).await else { return RuntimeState::shim_gone(now_nanos()) };
         match shim.state(&meta.id).await {
             Ok(s) => RuntimeState::from_shim(&s),
             Err(e) if e.kind == Kind::NotFound => RuntimeState {
@@ -627,7 +886,7 @@ impl Manager {
             },
             Err(_) => {
                 *sb.shim.lock().await = None;
-                RuntimeState::shim_gone(meta)
+                RuntimeState::shim_gone(now_nanos())
             }
         }
     }
@@ -647,6 +906,7 @@ impl Manager {
         let shim = self.shim_of(&sb).await?;
         if timeout > 0 {
             shim.kill(id, meta.stop_signal, false).await?;
+            failpoint::hit("stop-container/signalled");
             if shim.wait(id, Duration::from_secs(timeout as u64)).await? {
                 info!(self.log, "container stopped"; "container_id" => id, "signal" => meta.stop_signal);
                 return Ok(());
@@ -667,24 +927,21 @@ impl Manager {
             Err(e) if e.kind == Kind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        self.stop_container(id, 0).await?;
-        if let Ok(sb) = self.sandbox(&meta.sandbox_id) {
-            match self.shim_of(&sb).await {
-                Ok(shim) => match shim.api().delete(shim_client::ctx(Some(CALL_TIMEOUT)), &shim_client::req(id)).await {
-                    Ok(_) => {}
-                    Err(e) => {
-                        let e = Error::from(e);
-                        if e.kind != Kind::NotFound {
-                            return Err(e.context(format!("removing container {id}")));
-                        }
-                    }
-                },
-                Err(_) => self.force_delete_in_runtime(id).await,
-            }
+        if meta.phase != Phase::Removing {
+            let mut m = meta.clone();
+            m.phase = Phase::Removing;
+            self.container_store.put(id, &m)?;
+            lock(&self.containers).insert(id.to_string(), m);
         }
+        failpoint::hit("remove-container/recorded");
+        self.stop_container(id, 0).await?;
+        failpoint::hit("remove-container/stopped");
+        self.delete_in_shim(&meta).await;
+        failpoint::hit("remove-container/deleted");
         rootfs::unmount(&meta.bundle.join("rootfs"))?;
         let _ = std::fs::remove_dir_all(&meta.bundle);
         let _ = std::fs::remove_dir_all(self.cfg.root.join("containers").join(id));
+        failpoint::hit("remove-container/files-removed");
         self.container_store.delete(id)?;
         lock(&self.containers).remove(id);
         self.release(&container_key(&meta.sandbox_id, &meta.config.metadata.clone().unwrap_or_default()));
@@ -694,15 +951,25 @@ impl Manager {
 
     /// With the shim gone, the OCI runtime may still hold the container.
     async fn force_delete_in_runtime(&self, id: &str) {
+        self.runtime_cmd(&["delete", "--force", id]).await;
+    }
+
+    /// Runs the OCI runtime directly (only for containers whose shim is
+    /// gone), with a timeout; failures are logged with its stderr.
+    async fn runtime_cmd(&self, args: &[&str]) {
         let mut cmd = tokio::process::Command::new(&self.cfg.runtime);
-        cmd.arg("--root").arg(self.cfg.state.join("runc")).args(["delete", "--force", id]);
-        cmd.kill_on_drop(true).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        cmd.arg("--root").arg(self.cfg.state.join("runc")).args(args);
+        cmd.kill_on_drop(true).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        let what = args.join(" ");
         match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
             Ok(Ok(o)) if !o.status.success() => {
-                warn!(self.log, "runtime delete failed"; "container_id" => id, "stderr" => String::from_utf8_lossy(&o.stderr).trim().to_string())
+                let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+                if !err.contains("does not exist") && !err.contains("not running") {
+                    warn!(self.log, "OCI runtime call failed"; "args" => what, "stderr" => err);
+                }
             }
-            Ok(Err(e)) => warn!(self.log, "runtime delete failed"; "container_id" => id, "error" => %e),
-            Err(_) => warn!(self.log, "runtime delete timed out"; "container_id" => id),
+            Ok(Err(e)) => warn!(self.log, "OCI runtime call failed"; "args" => what, "error" => %e),
+            Err(_) => warn!(self.log, "OCI runtime call timed out"; "args" => what),
             _ => {}
         }
     }
@@ -754,6 +1021,7 @@ impl Manager {
         let f = filter.unwrap_or_default();
         let metas: Vec<ContainerMeta> = lock(&self.containers)
             .values()
+            .filter(|c| c.phase != Phase::Creating)
             .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
             .filter(|c| f.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&f.pod_sandbox_id))
             .filter(|c| f.label_selector.iter().all(|(k, v)| c.config.labels.get(k) == Some(v)))
@@ -764,7 +1032,11 @@ impl Manager {
         for sid in metas.iter().map(|m| m.sandbox_id.clone()).collect::<BTreeSet<_>>() {
             let mut m = HashMap::new();
             if let Ok(sb) = self.sandbox(&sid) {
-                if let Ok(shim) = self.shim_of(&sb).await {
+                if let Some(at) = sb.lost_at() {
+                    for c in metas.iter().filter(|c| c.sandbox_id == sid) {
+                        m.insert(c.id.clone(), RuntimeState::shim_gone(at));
+                    }
+                } else if let Ok(shim) = self.shim_of(&sb).await {
                     match shim.list().await {
                         Ok(list) => {
                             for s in list {
@@ -783,7 +1055,7 @@ impl Manager {
                 .get(&meta.sandbox_id)
                 .and_then(|m| m.get(&meta.id))
                 .cloned()
-                .unwrap_or_else(|| RuntimeState::shim_gone(&meta));
+                .unwrap_or_else(|| RuntimeState::shim_gone(now_nanos()));
             if let Some(want) = &f.state {
                 if want.state != st.state {
                     continue;
@@ -848,6 +1120,18 @@ impl Manager {
     /// Layers used by existing containers (kept by image removal).
     pub fn layers_in_use(&self) -> BTreeSet<String> {
         lock(&self.containers).values().flat_map(|c| c.layers.iter().cloned()).collect()
+    }
+}
+
+/// Ends a pod's init process, if that pid still is one (its command line
+/// names the sandbox, so a reused pid is never signalled).
+fn kill_pod_init(pid: u32, sandbox_id: &str) {
+    if pid == 0 || !is_shim(pid as i32) {
+        return;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if String::from_utf8_lossy(&cmdline).contains(sandbox_id) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
     }
 }
 

@@ -5,7 +5,14 @@ use std::path::Path;
 use protocol::cri;
 
 use crate::error::{Error, Result};
-use crate::store::write_atomic;
+
+/// Writes `data` to `path` through a temp file and rename, so a reader (or a
+/// crash) never sees half a file.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).map_err(|e| Error::internal(format!("writing {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::internal(format!("renaming to {}: {e}", path.display())))
+}
 
 /// Checks a hostname (RFC 1123 labels, at most 64 bytes as the kernel allows).
 pub fn check_hostname(h: &str) -> Result<()> {

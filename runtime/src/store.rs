@@ -1,82 +1,106 @@
-//! Durable metadata: one JSON file per object under `<root>/metadata/<kind>/`,
-//! written to a temp file, fsynced and renamed, so a crash leaves either the
-//! old or the new record, never half of one.
-use std::io::Write;
+//! Durable metadata in one embedded transactional database (redb) at
+//! `<root>/metadata.redb`: a table per kind of object, JSON values by id.
+//! Each change commits (fsynced) before the call that made it returns; redb
+//! keeps a crash from leaving half a commit. redb also locks the file, so a
+//! second berthd cannot open the same root.
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
-/// A folder of records of one kind.
-#[derive(Clone, Debug)]
+/// The open database.
+#[derive(Clone)]
+pub struct Db {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+fn damaged(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::internal(format!("metadata store {} is damaged or unreadable: {e}", path.display()))
+}
+
+impl Db {
+    /// Opens (creating) the database file. A file that is not a redb
+    /// database, or is damaged, is an error naming it: Berth never starts
+    /// as if it had no metadata.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
+        }
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                Error::precondition(format!("metadata store {} is in use by another berthd", path.display()))
+            }
+            other => damaged(path, other),
+        })?;
+        Ok(Db { db: Arc::new(db), path: path.to_path_buf() })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// One table of records of one kind.
+#[derive(Clone)]
 pub struct Store {
-    dir: PathBuf,
+    db: Db,
+    table: TableDefinition<'static, &'static str, &'static [u8]>,
 }
 
 impl Store {
-    /// Opens (creating) the folder.
-    pub fn open(dir: PathBuf) -> Result<Self> {
-        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
-        Ok(Store { dir })
+    /// Opens (creating) the table `name`.
+    pub fn open(db: &Db, name: &'static str) -> Result<Self> {
+        let table = TableDefinition::new(name);
+        let w = db.db.begin_write().map_err(|e| damaged(&db.path, e))?;
+        w.open_table(table).map_err(|e| damaged(&db.path, e))?;
+        w.commit().map_err(|e| damaged(&db.path, e))?;
+        Ok(Store { db: db.clone(), table })
     }
 
-    fn path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
+    fn fail(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::internal(format!("metadata store {}: {what}: {e}", self.db.path.display()))
     }
 
-    /// Writes a record atomically.
+    /// Writes a record; committed when this returns.
     pub fn put<T: Serialize>(&self, id: &str, value: &T) -> Result<()> {
-        let data = serde_json::to_vec_pretty(value).map_err(|e| Error::internal(format!("encoding {id}: {e}")))?;
-        write_atomic(&self.path(id), &data)
+        let data = serde_json::to_vec(value).map_err(|e| Error::internal(format!("encoding {id}: {e}")))?;
+        let w = self.db.db.begin_write().map_err(|e| self.fail("begin", e))?;
+        {
+            let mut t = w.open_table(self.table).map_err(|e| self.fail("open table", e))?;
+            t.insert(id, data.as_slice()).map_err(|e| self.fail("insert", e))?;
+        }
+        w.commit().map_err(|e| self.fail("commit", e))
     }
 
     /// Removes a record; a missing one is fine.
     pub fn delete(&self, id: &str) -> Result<()> {
-        match std::fs::remove_file(self.path(id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::internal(format!("removing record {id}: {e}"))),
-            _ => Ok(()),
+        let w = self.db.db.begin_write().map_err(|e| self.fail("begin", e))?;
+        {
+            let mut t = w.open_table(self.table).map_err(|e| self.fail("open table", e))?;
+            t.remove(id).map_err(|e| self.fail("remove", e))?;
         }
+        w.commit().map_err(|e| self.fail("commit", e))
     }
 
-    /// Reads every record. A damaged one is an error naming its file: the
-    /// daemon must not start as if it did not exist.
+    /// Reads every record. One that does not decode is an error naming the
+    /// file and the record.
     pub fn load_all<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        let r = self.db.db.begin_read().map_err(|e| damaged(&self.db.path, e))?;
+        let t = r.open_table(self.table).map_err(|e| damaged(&self.db.path, e))?;
         let mut out = Vec::new();
-        let entries = std::fs::read_dir(&self.dir).ctx(|| format!("reading {}", self.dir.display()))?;
-        for e in entries {
-            let e = e.ctx(|| format!("reading {}", self.dir.display()))?;
-            let p = e.path();
-            if p.extension().and_then(|x| x.to_str()) != Some("json") {
-                // Leftover temp files from an interrupted write.
-                if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".tmp-")) {
-                    let _ = std::fs::remove_file(&p);
-                }
-                continue;
-            }
-            let data = std::fs::read(&p).ctx(|| format!("reading {}", p.display()))?;
-            let v = serde_json::from_slice(&data)
-                .map_err(|e| Error::internal(format!("metadata file {} is damaged: {e}", p.display())))?;
-            out.push(v);
+        for entry in t.iter().map_err(|e| damaged(&self.db.path, e))? {
+            let (k, v) = entry.map_err(|e| damaged(&self.db.path, e))?;
+            let value = serde_json::from_slice(v.value())
+                .map_err(|e| damaged(&self.db.path, format!("record {:?}: {e}", k.value())))?;
+            out.push(value);
         }
         Ok(out)
     }
-}
-
-/// Writes `data` to `path` through a temp file and rename, fsyncing both the
-/// file and its folder.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| Error::internal(format!("{} has no parent", path.display())))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("record");
-    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data).ctx(|| format!("writing {}", tmp.display()))?;
-    f.sync_all().ctx(|| format!("syncing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).ctx(|| format!("renaming to {}", path.display()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -84,25 +108,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn put_load_delete() {
+    fn put_load_delete_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path().join("x")).unwrap();
-        s.put("a", &vec![1, 2]).unwrap();
-        s.put("b", &vec![3]).unwrap();
-        let mut all: Vec<Vec<i32>> = s.load_all().unwrap();
-        all.sort();
-        assert_eq!(all, vec![vec![1, 2], vec![3]]);
-        s.delete("a").unwrap();
-        s.delete("a").unwrap();
-        assert_eq!(s.load_all::<Vec<i32>>().unwrap().len(), 1);
+        let path = dir.path().join("m.redb");
+        {
+            let db = Db::open(&path).unwrap();
+            let s = Store::open(&db, "x").unwrap();
+            s.put("a", &vec![1, 2]).unwrap();
+            s.put("b", &vec![3]).unwrap();
+            s.delete("a").unwrap();
+            s.delete("a").unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let s = Store::open(&db, "x").unwrap();
+        assert_eq!(s.load_all::<Vec<i32>>().unwrap(), vec![vec![3]]);
+        // A second opener is refused while the first holds it.
+        let e = Db::open(&path).err().unwrap();
+        assert!(e.message.contains("in use"), "{}", e.message);
     }
 
     #[test]
-    fn damaged_record_names_file() {
+    fn garbage_file_is_refused_naming_it() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path().to_path_buf()).unwrap();
-        std::fs::write(dir.path().join("bad.json"), b"{trunc").unwrap();
-        let e = s.load_all::<Vec<i32>>().unwrap_err();
-        assert!(e.message.contains("bad.json"), "{}", e.message);
+        let path = dir.path().join("m.redb");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let e = Db::open(&path).err().unwrap();
+        assert!(e.message.contains("m.redb"), "{}", e.message);
     }
 }

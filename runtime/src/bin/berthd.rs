@@ -81,16 +81,19 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
     let result = rt.block_on(async {
         let started = Instant::now();
-        let mgr = Manager::open(cfg.clone(), log.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (recovered, lost) = mgr.reconnect().await;
+        let mgr = Arc::new(Manager::open(cfg.clone(), log.clone()).map_err(|e| anyhow::anyhow!("{e}"))?);
+        let r = mgr.recover().await.map_err(|e| anyhow::anyhow!("recovering: {e}"))?;
         info!(log, "berthd ready";
             "version" => berth::cri_server::VERSION,
             "listen" => args.listen.display().to_string(),
             "root" => cfg.root.display().to_string(),
             "state" => cfg.state.display().to_string(),
             "oci_runtime" => cfg.runtime.display().to_string(),
-            "sandboxes_recovered" => recovered,
-            "sandboxes_unreachable" => lost,
+            "sandboxes_recovered" => r.recovered,
+            "sandboxes_lost" => r.lost,
+            "rolled_back" => r.rolled_back,
+            "removals_finished" => r.finished_removals,
+            "orphans_cleaned" => r.orphans,
             "recovery_ms" => started.elapsed().as_millis() as u64);
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -99,7 +102,7 @@ fn main() -> Result<()> {
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
-        berth::server::serve(&args.listen, Arc::new(mgr), log.clone(), shutdown).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        berth::server::serve(&args.listen, mgr, log.clone(), shutdown).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         info!(log, "berthd stopped; shims and containers keep running");
         Ok::<_, anyhow::Error>(())
     });
