@@ -65,7 +65,7 @@ pub struct Daemon {
     pub img: ImageServiceClient<Channel>,
 }
 
-fn spawn_berthd(dir: &Path, socket: &Path) -> Child {
+fn spawn_berthd(dir: &Path, socket: &Path, env: &[(&str, &str)]) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("berthd.log")).expect("berthd.log");
     Command::new(bin_dir().join("berthd"))
         .arg("--root")
@@ -76,6 +76,7 @@ fn spawn_berthd(dir: &Path, socket: &Path) -> Child {
         .arg(socket)
         .arg("--log-level")
         .arg("debug")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup log"))
         .stderr(log)
@@ -99,11 +100,16 @@ async fn connect(socket: &Path) -> Channel {
 impl Daemon {
     /// Starts berthd in a fresh temp folder and imports the test image.
     pub async fn start() -> Daemon {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts berthd with extra environment (for example a failpoint).
+    pub async fn start_with(env: &[(&str, &str)]) -> Daemon {
         // Short path: shim sockets live below it and unix socket paths are short.
         let dir = tempfile::Builder::new().prefix("b").tempdir_in("/tmp").expect("temp dir");
         let socket = dir.path().join("c.sock");
         let logs = dir.path().join("logs");
-        let child = spawn_berthd(dir.path(), &socket);
+        let child = spawn_berthd(dir.path(), &socket, env);
         let ch = connect(&socket).await;
         let mut d = Daemon {
             dir,
@@ -137,12 +143,52 @@ impl Daemon {
 
     /// Starts berthd again on the same folders.
     pub async fn restart(&mut self) {
+        self.restart_with(&[]).await
+    }
+
+    /// Starts berthd again on the same folders, with extra environment.
+    pub async fn restart_with(&mut self, env: &[(&str, &str)]) {
         self.kill9();
-        self.child = Some(spawn_berthd(self.dir.path(), &self.socket));
         let _ = std::fs::remove_file(&self.socket);
+        self.child = Some(spawn_berthd(self.dir.path(), &self.socket, env));
         let ch = connect(&self.socket).await;
         self.rt = RuntimeServiceClient::new(ch.clone());
         self.img = ImageServiceClient::new(ch);
+    }
+
+    /// Whether berthd has exited (and reaps it if so).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) => {
+                self.child = None;
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
+    /// Waits (up to `limit`) for berthd to exit by itself.
+    pub async fn wait_exited(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.exited() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Folders under the state and root dirs that hold per-object state.
+    pub fn leftovers(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for d in ["s/sandboxes", "s/containers", "r/containers"] {
+            if let Ok(entries) = std::fs::read_dir(self.dir.path().join(d)) {
+                out.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+        out
     }
 
     /// What berthd logged so far.
@@ -273,7 +319,7 @@ impl Daemon {
     }
 
     fn cleanup(&mut self) {
-        if self.child.is_some() {
+        if self.child.is_some() && !self.exited() {
             let socket = self.socket.clone();
             // Drop may run inside a test's runtime: use a thread of our own.
             let _ = std::thread::spawn(move || {
