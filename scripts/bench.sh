@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks Berth's lifecycle calls on this machine: medians and p90 of
 # RunPodSandbox, CreateContainer+StartContainer until Running, ExecSync
-# round trip and RemovePodSandbox, and the RSS/PSS of one idle shim.
-# usage: scripts/bench.sh   (BENCH_N=pods, default 20)
+# round trip and RemovePodSandbox, the RSS/PSS of idle shims (1 and 50 pods),
+# and berthd restart time until every container is listed (0 and 50 pods).
+# usage: scripts/bench.sh   (BENCH_N: lifecycle rounds, default 20; BENCH_PODS: default 50)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -69,6 +69,43 @@ async fn main() {
         let (m, p) = median_p90(v);
         println!("{name:<44} {m:>10.1} {p:>10.1}");
     }
-    println!("{:<44} {:>10} {:>10}", "idle shim RSS (KiB)", shim_rss[shim_rss.len() / 2], shim_rss[shim_rss.len() * 9 / 10]);
-    println!("{:<44} {:>10} {:>10}", "idle shim PSS (KiB)", shim_pss[shim_pss.len() / 2], shim_pss[shim_pss.len() * 9 / 10]);
+    println!("{:<44} {:>10} {:>10}", "idle shim RSS (KiB), 1 pod", shim_rss[shim_rss.len() / 2], shim_rss[shim_rss.len() * 9 / 10]);
+    println!("{:<44} {:>10} {:>10}", "idle shim PSS (KiB), 1 pod", shim_pss[shim_pss.len() / 2], shim_pss[shim_pss.len() * 9 / 10]);
+
+    // Recovery: berthd restart until ListContainers returns every container.
+    let pods: usize = std::env::var("BENCH_PODS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
+    let empty = recovery_time(&mut d, 0).await;
+    let mut shims = Vec::new();
+    for i in 0..pods {
+        let cfg = d.pod_config(&format!("idle-{i}"));
+        let pod = d.run_pod(&cfg).await;
+        let c = d.create(&pod, &cfg, "c", &["sleep", "100000"]).await;
+        d.start_container(&c).await;
+        shims.push(d.shim_pid(&pod).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss: u64 = shims.iter().map(|p| mem_kb(*p, "VmRSS:", "status")).sum();
+    let pss: u64 = shims.iter().map(|p| mem_kb(*p, "Pss:", "smaps_rollup")).sum();
+    let full = recovery_time(&mut d, pods).await;
+    let berthd_rss = mem_kb(d.pid() as i32, "VmRSS:", "status");
+    println!("{:<44} {:>10}", format!("idle shim RSS per pod (KiB), {pods} pods"), rss / pods.max(1) as u64);
+    println!("{:<44} {:>10}", format!("idle shim PSS per pod (KiB), {pods} pods"), pss / pods.max(1) as u64);
+    println!("{:<44} {:>10}", format!("berthd RSS after recovery (KiB), {pods} pods"), berthd_rss);
+    println!("{:<44} {:>10.1}", "berthd restart to full list (ms), 0 pods", empty);
+    println!("{:<44} {:>10.1}", format!("berthd restart to full list (ms), {pods} pods"), full);
+}
+
+/// Kills berthd and times a new one from spawn until ListContainers returns
+/// all `want` containers.
+async fn recovery_time(d: &mut Daemon, want: usize) -> f64 {
+    d.kill9();
+    let t = Instant::now();
+    d.restart().await;
+    loop {
+        let n = d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.map(|r| r.into_inner().containers.len()).unwrap_or(0);
+        if n >= want {
+            return t.elapsed().as_secs_f64() * 1000.0;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
