@@ -7,6 +7,7 @@ pub mod error;
 pub mod failpoint;
 pub mod ids;
 pub mod images;
+pub mod log_printer;
 pub mod logging;
 pub mod manager;
 pub mod pod_files;

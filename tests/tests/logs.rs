@@ -91,3 +91,125 @@ async fn reopen_after_rename_loses_nothing() {
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     assert!(!std::path::Path::new(&path).exists());
 }
+
+#[tokio::test]
+async fn every_kind_of_output_round_trips_exactly() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("format");
+    let pod = d.run_pod(&cfg).await;
+    // Mixed streams, empty lines, a 100 KiB line, binary bytes (including
+    // 0xff and a carriage return) and an unterminated last line.
+    let script = "printf 'one\\n\\n'; printf 'e1\\n' >&2; head -c 102400 /dev/zero | tr '\\0' y; echo; \
+                  printf '\\001\\002\\377\\r bin\\n' >&2; printf '\\n\\n'; printf 'no newline at the end'";
+    let c = d.create(&pod, &cfg, "format", &["sh", "-c", script]).await;
+    d.start_container(&c).await;
+    let st = d.wait_state(&c, cri::ContainerState::ContainerExited, Duration::from_secs(10)).await;
+    let data = std::fs::read(&st.log_path).unwrap();
+    for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        assert!(parse_line(line).is_some(), "unparsable: {:?}", String::from_utf8_lossy(&line[..line.len().min(80)]));
+    }
+    let (out, err) = split_streams(&data);
+    let mut want_out = b"one\n\n".to_vec();
+    want_out.extend(std::iter::repeat_n(b'y', 102400));
+    want_out.extend_from_slice(b"\n\n\nno newline at the end");
+    assert_eq!(out, want_out);
+    assert_eq!(err, b"e1\n\x01\x02\xff\r bin\n");
+}
+
+#[tokio::test]
+async fn no_line_is_lost_when_rotating_under_load() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("rotate-load");
+    let pod = d.run_pod(&cfg).await;
+    let c = d.create(&pod, &cfg, "burst", &["sh", "-c", "seq 1 200000; seq 1 200000 >&2"]).await;
+    d.start_container(&c).await;
+    let path = d.status(&c).await.log_path;
+    let mut files = Vec::new();
+    let mut n = 0;
+    loop {
+        let st = d.status(&c).await;
+        if st.state == cri::ContainerState::ContainerExited as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let to = format!("{path}.{n}");
+        n += 1;
+        if std::fs::rename(&path, &to).is_ok() {
+            files.push(to);
+            // The container may exit between the rename and the reopen.
+            let _ = d.rt.reopen_container_log(cri::ReopenContainerLogRequest { container_id: c.clone() }).await;
+        }
+    }
+    files.push(path);
+    let mut all = Vec::new();
+    for f in &files {
+        all.extend(std::fs::read(f).unwrap_or_default());
+    }
+    let (out, err) = split_streams(&all);
+    let want: String = (1..=200000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(String::from_utf8(out).unwrap(), want, "stdout lost or repeated lines over {} files", files.len());
+    assert_eq!(String::from_utf8(err).unwrap(), want, "stderr lost or repeated lines");
+}
+
+#[tokio::test]
+async fn berthctl_follow_reads_through_rotations_and_exits_with_the_container() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("follow");
+    let pod = d.run_pod(&cfg).await;
+    let script = "i=0; while [ $i -lt 600 ]; do echo line-$i; i=$((i+1)); [ $((i % 100)) = 0 ] && sleep 0.3; done; true";
+    let c = d.create(&pod, &cfg, "follow", &["sh", "-c", script]).await;
+    let path = d.status(&c).await.log_path;
+    // Started before the container is.
+    let follower = std::process::Command::new(berth_tests::bin_dir().join("berthctl"))
+        .arg("--endpoint")
+        .arg(format!("unix://{}", d.socket.display()))
+        .args(["logs", "--follow", &c])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.start_container(&c).await;
+    for n in 0..2 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        std::fs::rename(&path, format!("{path}.{n}")).unwrap();
+        d.rt.reopen_container_log(cri::ReopenContainerLogRequest { container_id: c.clone() }).await.unwrap();
+    }
+    let out = tokio::task::spawn_blocking(move || follower.wait_with_output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want: String = (0..600).map(|i| format!("line-{i}\n")).collect();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), want);
+}
+
+#[tokio::test]
+async fn berthctl_logs_options() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("opts");
+    let pod = d.run_pod(&cfg).await;
+    let c = d.create(&pod, &cfg, "opts", &["sh", "-c", "echo o1; echo e1 >&2; sleep 0.2; echo o2; echo o3"]).await;
+    d.start_container(&c).await;
+    d.wait_state(&c, cri::ContainerState::ContainerExited, Duration::from_secs(10)).await;
+    let ctl = |args: &[&str]| {
+        let o = std::process::Command::new(berth_tests::bin_dir().join("berthctl"))
+            .arg("--endpoint")
+            .arg(format!("unix://{}", d.socket.display()))
+            .arg("logs")
+            .args(args)
+            .arg(&c)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (String::from_utf8(o.stdout).unwrap(), String::from_utf8(o.stderr).unwrap())
+    };
+    assert_eq!(ctl(&[]), ("o1\no2\no3\n".to_string(), "e1\n".to_string()));
+    assert_eq!(ctl(&["--tail", "2"]), ("o2\no3\n".to_string(), String::new()));
+    assert_eq!(ctl(&["--stream", "stderr"]), (String::new(), "e1\n".to_string()));
+    assert_eq!(ctl(&["--stream", "stdout", "--limit-bytes", "4"]).0, "o1\no");
+    assert_eq!(ctl(&["--since", "1h"]).0, "o1\no2\no3\n");
+    assert_eq!(ctl(&["--since", "2100-01-01T00:00:00Z"]).0, "");
+    let (ts, _) = ctl(&["--timestamps"]);
+    for l in ts.lines() {
+        let (t, rest) = l.split_once(' ').unwrap();
+        assert!(berth::log_printer::parse_rfc3339(t).is_some() && rest.starts_with('o'), "{l}");
+    }
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use berth::cri_log_reader;
+use berth::log_printer;
 use clap::{Parser, Subcommand};
 use protocol::cri::{self, image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient};
 use protocol::images::images_client::ImagesClient;
@@ -110,12 +110,24 @@ enum Cmd {
     /// Print a container's log.
     Logs {
         container: String,
-        /// Keep printing until the container exits.
+        /// Keep printing (through rotation) until the container has exited and the file is drained.
         #[arg(short, long)]
         follow: bool,
         /// Prefix each line with its timestamp.
         #[arg(short, long)]
         timestamps: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+        /// Only lines since a time: RFC3339, a duration (5m, 1h30m) or Unix seconds.
+        #[arg(long)]
+        since: Option<String>,
+        /// Stop after this many bytes.
+        #[arg(long)]
+        limit_bytes: Option<u64>,
+        /// stdout, stderr or all.
+        #[arg(long, default_value = "all")]
+        stream: String,
     },
     /// List images.
     Images {
@@ -220,43 +232,30 @@ impl Ctl {
             .context("runtime returned no status")
     }
 
-    async fn logs(&mut self, container: &str, follow: bool, timestamps: bool) -> Result<()> {
+    async fn logs(&mut self, container: &str, follow: bool, opts: log_printer::Options) -> Result<()> {
         let id = self.container_id(container).await?;
         let st = self.container_status(&id).await?;
         if st.log_path.is_empty() {
             bail!("container {id} has no log file (its pod has no log_directory or it has no log_path)");
         }
-        let mut offset = 0usize;
-        let mut pending = Vec::new();
-        let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+        let path = PathBuf::from(&st.log_path);
+        let mut follower = log_printer::Follower::open(&path, opts.tail).with_context(|| format!("opening {}", path.display()))?;
+        let mut printer = log_printer::Printer::new(opts, std::io::stdout().lock(), std::io::stderr().lock());
         loop {
-            let data = std::fs::read(&st.log_path).unwrap_or_default();
-            if data.len() < offset {
-                offset = 0; // the file was replaced
-            }
-            pending.extend_from_slice(&data[offset..]);
-            offset = data.len();
-            while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=nl).collect();
-                let Some(r) = cri_log_reader::parse_line(&line[..line.len() - 1]) else { continue };
-                let w: &mut dyn Write = if r.stream == "stderr" { &mut err } else { &mut out };
-                if timestamps {
-                    write!(w, "{} ", r.timestamp)?;
-                }
-                w.write_all(r.content)?;
-                if r.full {
-                    w.write_all(b"\n")?;
-                }
-            }
-            out.flush()?;
-            if !follow {
+            // Whether it runs is asked before reading, so the last read after
+            // it stopped sees everything it wrote.
+            let running = follow
+                && self
+                    .container_status(&id)
+                    .await
+                    .map(|s| s.state != cri::ContainerState::ContainerExited as i32)
+                    .unwrap_or(false);
+            follower.poll(|l| if printer.done() { Ok(()) } else { printer.line(l) })?;
+            printer.flush()?;
+            if !running || printer.done() {
                 return Ok(());
             }
-            let running = self.container_status(&id).await.map(|s| s.state == cri::ContainerState::ContainerRunning as i32).unwrap_or(false);
-            if !running && std::fs::metadata(&st.log_path).map(|m| m.len() as usize).unwrap_or(0) == offset {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -417,7 +416,20 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
             std::io::stderr().write_all(&r.stderr)?;
             return Ok(r.exit_code);
         }
-        Cmd::Logs { container, follow, timestamps } => c.logs(&container, follow, timestamps).await?,
+        Cmd::Logs { container, follow, timestamps, tail, since, limit_bytes, stream } => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+            let since = match since {
+                Some(s) => Some(log_printer::parse_since(&s, now).with_context(|| format!("--since {s:?}: give RFC3339, a duration like 5m, or Unix seconds"))?),
+                None => None,
+            };
+            let stream = match stream.as_str() {
+                "all" | "" => log_printer::StreamFilter::All,
+                "stdout" => log_printer::StreamFilter::Stdout,
+                "stderr" => log_printer::StreamFilter::Stderr,
+                other => bail!("--stream {other:?}: stdout, stderr or all"),
+            };
+            c.logs(&container, follow, log_printer::Options { tail, since, timestamps, limit_bytes, stream }).await?
+        }
         Cmd::Images { output, quiet } => {
             let imgs = c.img.list_images(c.req(cri::ListImagesRequest { filter: None })).await?.into_inner().images;
             if quiet {
