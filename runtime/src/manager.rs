@@ -216,6 +216,8 @@ pub struct Manager {
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
     containers: Mutex<HashMap<String, ContainerMeta>>,
     names: Mutex<HashSet<String>>,
+    /// Log-writing errors already reported, by container.
+    log_errors: Mutex<HashMap<String, String>>,
     sandbox_store: Store,
     container_store: Store,
     /// The image store (blocking file work runs under this lock).
@@ -269,6 +271,7 @@ impl Manager {
             sandboxes: Mutex::new(HashMap::new()),
             containers: Mutex::new(HashMap::new()),
             names: Mutex::new(HashSet::new()),
+            log_errors: Mutex::new(HashMap::new()),
             sandbox_store,
             container_store,
             images: tokio::sync::Mutex::new(images),
@@ -877,7 +880,10 @@ impl Manager {
         }
         let Ok(shim) = self.shim_of(&sb).await else { return RuntimeState::shim_gone(now_nanos()) };
         match shim.state(&meta.id).await {
-            Ok(s) => RuntimeState::from_shim(&s),
+            Ok(s) => {
+                self.note_log_error(&meta.id, &s.message);
+                RuntimeState::from_shim(&s)
+            }
             Err(e) if e.kind == Kind::NotFound => RuntimeState {
                 state: cri::ContainerState::ContainerUnknown as i32,
                 reason: "Unknown".into(),
@@ -888,6 +894,24 @@ impl Manager {
                 *sb.shim.lock().await = None;
                 RuntimeState::shim_gone(now_nanos())
             }
+        }
+    }
+
+    /// Logs a container's log-writing trouble once when it starts and once
+    /// when it ends (the shim reports it in the container's state).
+    fn note_log_error(&self, id: &str, message: &str) {
+        let mut seen = lock(&self.log_errors);
+        match (message.is_empty(), seen.get(id)) {
+            (false, Some(m)) if m == message => {}
+            (false, _) => {
+                warn!(self.log, "container output cannot be logged"; "container_id" => id, "error" => message);
+                seen.insert(id.to_string(), message.to_string());
+            }
+            (true, Some(_)) => {
+                info!(self.log, "container logging resumed"; "container_id" => id);
+                seen.remove(id);
+            }
+            (true, None) => {}
         }
     }
 

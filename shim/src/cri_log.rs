@@ -76,13 +76,36 @@ impl LogSink {
     fn write_records(&self, buf: &[u8]) {
         let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let Some(file) = guard.as_mut() else { return };
-        let result = file.write_all(buf);
+        let mut written = 0;
+        let result = loop {
+            match file.write(&buf[written..]) {
+                Ok(0) => break Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+                Ok(n) => {
+                    written += n;
+                    if written == buf.len() {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
         let mut err = self.error.lock().unwrap_or_else(|e| e.into_inner());
         match result {
-            // The bytes are dropped, never blocking the container: a full disk
-            // must not stop the workload.
-            Err(e) => *err = Some(format!("writing log {}: {e}", self.path.as_deref().unwrap_or(Path::new("")).display())),
             Ok(()) => *err = None,
+            Err(e) => {
+                // A full disk took part of a record: cut the file back to the
+                // last whole record so it stays parseable. The bytes are
+                // dropped, never blocking the container.
+                let whole = buf[..written].iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
+                if written > whole {
+                    if let Ok(m) = file.metadata() {
+                        let _ = file.set_len(m.len().saturating_sub((written - whole) as u64));
+                    }
+                }
+                let path = self.path.as_deref().unwrap_or(Path::new(""));
+                *err = Some(format!("writing log {}: {e}; output is being dropped", path.display()));
+            }
         }
     }
 }

@@ -213,3 +213,56 @@ async fn berthctl_logs_options() {
         assert!(berth::log_printer::parse_rfc3339(t).is_some() && rest.starts_with('o'), "{l}");
     }
 }
+
+#[tokio::test]
+async fn a_full_log_disk_never_stops_the_container() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("fulldisk");
+    // The pod's log directory on a tiny tmpfs, mostly filled up front.
+    let dir = std::path::PathBuf::from(&cfg.log_directory);
+    std::fs::create_dir_all(&dir).unwrap();
+    nix::mount::mount(Some("tmpfs"), &dir, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=256k")).unwrap();
+    let filler = dir.join("filler");
+    let filled = std::process::Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=1k", "count=200"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(filled.success());
+    let pod = d.run_pod(&cfg).await;
+    let c = d.create(&pod, &cfg, "chatty", &["sh", "-c", "i=0; while true; do echo line-$i-padding-padding-padding; i=$((i+1)); sleep 0.002; done"]).await;
+    d.start_container(&c).await;
+
+    let mut full = false;
+    for _ in 0..300 {
+        let st = d.status(&c).await;
+        assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32, "the container stopped: {st:?}");
+        if st.message.contains("No space left") {
+            full = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(full, "a full log disk was never reported");
+    assert!(d.log().contains("container output cannot be logged"), "berthd did not log the condition");
+    let path = d.status(&c).await.log_path;
+    // The file stays parseable at the cut.
+    for line in std::fs::read(&path).unwrap().split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        assert!(parse_line(line).is_some());
+    }
+    let size_full = std::fs::metadata(&path).unwrap().len();
+    std::fs::remove_file(&filler).unwrap();
+    let mut resumed = false;
+    for _ in 0..200 {
+        let st = d.status(&c).await;
+        if st.message.is_empty() && std::fs::metadata(&path).unwrap().len() > size_full {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(resumed, "logging did not resume after space was freed");
+    assert_eq!(d.status(&c).await.state, cri::ContainerState::ContainerRunning as i32);
+    d.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+    nix::mount::umount(&dir).unwrap();
+}
