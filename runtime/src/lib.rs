@@ -8,6 +8,7 @@ pub mod failpoint;
 pub mod ids;
 pub mod images;
 pub mod log_printer;
+pub mod log_rotation;
 pub mod logging;
 pub mod manager;
 pub mod pod_files;

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use protocol::cri;
 use protocol::shim::{self as api, Status};
 use serde::{Deserialize, Serialize};
-use slog::{info, warn, Logger};
+use slog::{debug, info, warn, Logger};
 
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::failpoint;
@@ -41,6 +41,10 @@ pub struct Config {
     pub runtime: PathBuf,
     /// Longest log line before the shim splits it.
     pub max_log_line: usize,
+    /// berthd-side log rotation (None: leave it to kubelet).
+    pub log_rotation: Option<crate::log_rotation::Policy>,
+    /// How often logs are checked for rotation.
+    pub log_check_interval: Duration,
 }
 
 /// Where an object is in its life. Creating and Removing records exist
@@ -342,6 +346,9 @@ impl Manager {
             self.watch_exit(&c.sandbox_id, &c.id);
         }
         Arc::clone(self).spawn_shim_monitor();
+        if let Some(policy) = self.cfg.log_rotation {
+            Arc::clone(self).spawn_log_rotation(policy);
+        }
         Ok(r)
     }
 
@@ -458,6 +465,43 @@ impl Manager {
             self.runtime_cmd(&["kill", "--all", &c.id, "KILL"]).await;
         }
         kill_pod_init(meta.pod_init_pid, &meta.id);
+    }
+
+    /// Rotates running containers' logs by size (kubelet's semantics), for
+    /// nodes where kubelet does not.
+    fn spawn_log_rotation(self: Arc<Self>, policy: crate::log_rotation::Policy) {
+        let weak = Arc::downgrade(&self);
+        let interval = self.cfg.log_check_interval;
+        drop(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                let Some(m) = weak.upgrade() else { return };
+                let candidates: Vec<ContainerMeta> = lock(&m.containers)
+                    .values()
+                    .filter(|c| c.phase == Phase::Ready && c.log_path.as_deref().is_some_and(|p| crate::log_rotation::due(p, policy)))
+                    .cloned()
+                    .collect();
+                for c in candidates {
+                    if m.runtime_state(&c).await.state != cri::ContainerState::ContainerRunning as i32 {
+                        continue;
+                    }
+                    let Some(log) = c.log_path.clone() else { continue };
+                    let id = c.id.clone();
+                    let mgr = Arc::clone(&m);
+                    let r = crate::log_rotation::rotate(&log, policy, chrono::Utc::now(), || async move {
+                        mgr.reopen_container_log(&id).await
+                    })
+                    .await;
+                    match r {
+                        Ok(Some(to)) => debug!(m.log, "container log rotated"; "container_id" => &c.id, "rotated_to" => to.display().to_string()),
+                        Ok(None) => {}
+                        Err(e) => warn!(m.log, "container log rotation failed"; "container_id" => &c.id, "error" => %e),
+                    }
+                }
+            }
+        });
     }
 
     /// Follows a container until it exits, so its exit reaches berthd (and

@@ -59,13 +59,14 @@ pub struct Daemon {
     /// Folder for pod logs.
     pub logs: PathBuf,
     child: Option<Child>,
+    args: Vec<String>,
     /// RuntimeService client.
     pub rt: RuntimeServiceClient<Channel>,
     /// ImageService client.
     pub img: ImageServiceClient<Channel>,
 }
 
-fn spawn_berthd(dir: &Path, socket: &Path, env: &[(&str, &str)]) -> Child {
+fn spawn_berthd(dir: &Path, socket: &Path, env: &[(&str, &str)], args: &[String]) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("berthd.log")).expect("berthd.log");
     Command::new(bin_dir().join("berthd"))
         .arg("--root")
@@ -76,6 +77,7 @@ fn spawn_berthd(dir: &Path, socket: &Path, env: &[(&str, &str)]) -> Child {
         .arg(socket)
         .arg("--log-level")
         .arg("debug")
+        .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup log"))
@@ -105,17 +107,24 @@ impl Daemon {
 
     /// Starts berthd with extra environment (for example a failpoint).
     pub async fn start_with(env: &[(&str, &str)]) -> Daemon {
+        Self::start_full(env, &[]).await
+    }
+
+    /// Starts berthd with extra environment and extra flags (kept for restarts).
+    pub async fn start_full(env: &[(&str, &str)], args: &[&str]) -> Daemon {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         // Short path: shim sockets live below it and unix socket paths are short.
         let dir = tempfile::Builder::new().prefix("b").tempdir_in("/tmp").expect("temp dir");
         let socket = dir.path().join("c.sock");
         let logs = dir.path().join("logs");
-        let child = spawn_berthd(dir.path(), &socket, env);
+        let child = spawn_berthd(dir.path(), &socket, env, &args);
         let ch = connect(&socket).await;
         let mut d = Daemon {
             dir,
             socket,
             logs,
             child: Some(child),
+            args,
             rt: RuntimeServiceClient::new(ch.clone()),
             img: ImageServiceClient::new(ch.clone()),
         };
@@ -150,7 +159,7 @@ impl Daemon {
     pub async fn restart_with(&mut self, env: &[(&str, &str)]) {
         self.kill9();
         let _ = std::fs::remove_file(&self.socket);
-        self.child = Some(spawn_berthd(self.dir.path(), &self.socket, env));
+        self.child = Some(spawn_berthd(self.dir.path(), &self.socket, env, &self.args));
         let ch = connect(&self.socket).await;
         self.rt = RuntimeServiceClient::new(ch.clone());
         self.img = ImageServiceClient::new(ch);

@@ -30,6 +30,16 @@ struct Args {
     /// Longest container log line (bytes) before it is split into partial records.
     #[arg(long, default_value_t = 16 * 1024)]
     max_container_log_line_size: usize,
+    /// Rotate a running container's log when it reaches this size (bytes, or
+    /// 10Mi style); unset leaves rotation to kubelet.
+    #[arg(long)]
+    container_log_max_size: Option<String>,
+    /// Files kept per container log when berthd rotates, the current one included.
+    #[arg(long, default_value_t = 5)]
+    container_log_max_files: usize,
+    /// How often berthd checks log sizes (a duration like 10s or 500ms).
+    #[arg(long, default_value = "10s")]
+    container_log_check_interval: String,
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -70,12 +80,27 @@ fn main() -> Result<()> {
     };
     let runtime = find_on_path(&args.oci_runtime)
         .with_context(|| format!("OCI runtime {:?} not found (install runc or give --oci-runtime)", args.oci_runtime))?;
+    let log_rotation = match &args.container_log_max_size {
+        None => None,
+        Some(s) => {
+            let max_size = berth::log_rotation::parse_size(s).with_context(|| format!("--container-log-max-size {s:?}: give bytes or a size like 10Mi"))?;
+            if args.container_log_max_files < 2 {
+                bail!("--container-log-max-files must be at least 2");
+            }
+            Some(berth::log_rotation::Policy { max_size, max_files: args.container_log_max_files })
+        }
+    };
+    let log_check_interval = berth::log_printer::parse_duration(&args.container_log_check_interval)
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("--container-log-check-interval {:?}: give a duration like 10s", args.container_log_check_interval))?;
     let cfg = Config {
         root: absolute(&args.root)?,
         state: absolute(&args.state)?,
         shim_binary: shim_binary(args.shim)?,
         runtime,
         max_log_line: args.max_container_log_line_size,
+        log_rotation,
+        log_check_interval,
     };
     let (log, _guard) = berth::logging::init(level);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
