@@ -887,6 +887,9 @@ impl Manager {
             req.id = id.clone();
             req.bundle = bundle.display().to_string();
             req.log_path = log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            req.terminal = config.tty;
+            req.stdin = config.stdin;
+            req.stdin_once = config.stdin_once;
             shim.api().create(shim_client::ctx(Some(CALL_TIMEOUT)), &req).await?;
             failpoint::hit("create-container/shim-created");
             meta.phase = Phase::Ready;

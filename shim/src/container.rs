@@ -44,8 +44,27 @@ pub struct Container {
     pub bundle: PathBuf,
     /// Where its output goes.
     pub log: Arc<LogSink>,
+    /// The pty master of a TTY container (for resize and input).
+    pub pty: Option<std::os::fd::OwnedFd>,
+    /// The write end of the stdin pipe the shim holds open, when asked to.
+    pub stdin: Mutex<Option<std::os::fd::OwnedFd>>,
+    /// Close stdin when the first attach ends (read by attach, which comes
+    /// with the streaming server).
+    #[allow(dead_code)]
+    pub stdin_once: bool,
     record: Mutex<Record>,
     exited: watch::Sender<bool>,
+}
+
+/// How a container's input and terminal are held.
+#[derive(Default)]
+pub struct Io {
+    /// The pty master, for a TTY container.
+    pub pty: Option<std::os::fd::OwnedFd>,
+    /// The write end of its stdin pipe.
+    pub stdin: Option<std::os::fd::OwnedFd>,
+    /// Close stdin after the first attach.
+    pub stdin_once: bool,
 }
 
 /// Unix nanoseconds of a time.
@@ -55,10 +74,19 @@ pub fn nanos(t: SystemTime) -> i64 {
 
 impl Container {
     /// A container `runc create` has just made, with init `pid`.
-    pub fn new(id: String, bundle: PathBuf, log: Arc<LogSink>, pid: i32) -> Arc<Self> {
+    pub fn new(id: String, bundle: PathBuf, log: Arc<LogSink>, pid: i32, io: Io) -> Arc<Self> {
         let record = Record { pid, status: Status::CREATED, created_at: nanos(SystemTime::now()), ..Default::default() };
         let (exited, _) = watch::channel(false);
-        Arc::new(Container { id, bundle, log, record: Mutex::new(record), exited })
+        Arc::new(Container {
+            id,
+            bundle,
+            log,
+            pty: io.pty,
+            stdin: Mutex::new(io.stdin),
+            stdin_once: io.stdin_once,
+            record: Mutex::new(record),
+            exited,
+        })
     }
 
     /// Locks the record.

@@ -195,8 +195,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// Copies one stream from its pipe into the sink until the pipe closes.
-pub async fn forward(stream: Stream, mut pipe: tokio::net::unix::pipe::Receiver, sink: std::sync::Arc<LogSink>) {
+/// Copies one stream (a pipe, or a pty master) into the sink until it closes.
+pub async fn forward<R: tokio::io::AsyncRead + Unpin>(stream: Stream, mut pipe: R, sink: std::sync::Arc<LogSink>) {
     let mut splitter = LineSplitter::new(stream, sink.max_line);
     let mut buf = vec![0u8; 32 * 1024];
     let mut out = Vec::with_capacity(64 * 1024);

@@ -120,7 +120,7 @@ async fn run(
     let pidf = pid_path.to_string_lossy();
     runc.run(
         &["exec", "--detach", "--pid-file", &pidf, "--process", &spec, &c.id],
-        Output::PassThrough { stdout: out_w, stderr: err_w, log: log_path.to_path_buf() },
+        Output::PassThrough { stdin: None, stdout: out_w, stderr: err_w, log: log_path.to_path_buf() },
         DEFAULT_TIMEOUT,
     )
     .await?;

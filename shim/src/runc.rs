@@ -69,6 +69,8 @@ pub enum Output {
     /// Given to the process (and so to a container it starts); errors are
     /// read from the runtime's `--log` file instead.
     PassThrough {
+        /// The process's stdin (None: /dev/null).
+        stdin: Option<OwnedFd>,
         /// The process's stdout.
         stdout: OwnedFd,
         /// The process's stderr.
@@ -110,7 +112,10 @@ impl Runc {
             Output::Capture => {
                 cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             }
-            Output::PassThrough { stdout, stderr, .. } => {
+            Output::PassThrough { stdin, stdout, stderr, .. } => {
+                if let Some(i) = stdin {
+                    cmd.stdin(Stdio::from(i));
+                }
                 cmd.stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr));
             }
         }

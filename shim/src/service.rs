@@ -101,32 +101,74 @@ impl ShimService {
         let pipe = || -> TResult<(OwnedFd, OwnedFd)> {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| status(Code::INTERNAL, format!("pipe: {e}")))
         };
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        let forwarders: Vec<_> = [(Stream::Stdout, out_r), (Stream::Stderr, err_r)]
-            .into_iter()
-            .filter_map(|(stream, fd)| {
-                let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?;
-                Some(tokio::spawn(cri_log::forward(stream, rx, Arc::clone(&sink))))
-            })
-            .collect();
-        let pid_file = bundle.join("init.pid");
         let bundle_s = bundle.to_string_lossy().to_string();
+        let pid_file = bundle.join("init.pid");
         let pid_s = pid_file.to_string_lossy().to_string();
-        self.runc
+        let mut args = vec!["create".to_string(), "--bundle".into(), bundle_s, "--pid-file".into(), pid_s];
+        let mut io = crate::container::Io { stdin_once: req.stdin_once, ..Default::default() };
+        let mut forwarders = Vec::new();
+        let mut stdin_r = None;
+        if req.stdin && !req.terminal {
+            // The shim holds the write end, so the container's stdin stays
+            // open until CloseIO (or the first attach ends, with stdin_once).
+            let (r, w) = pipe()?;
+            stdin_r = Some(r);
+            io.stdin = Some(w);
+        }
+        let (out_w, err_w, console) = if req.terminal {
+            let sock = bundle.join("console.sock");
+            let _ = std::fs::remove_file(&sock);
+            let listener = tokio::net::UnixListener::bind(&sock).map_err(|e| status(Code::INTERNAL, format!("console socket: {e}")))?;
+            args.push("--console-socket".into());
+            args.push(sock.to_string_lossy().to_string());
+            let null = || std::fs::File::options().write(true).open("/dev/null").map(OwnedFd::from);
+            let (o, e) = (null(), null());
+            let (o, e) = o.and_then(|o| e.map(|e| (o, e))).map_err(|e| status(Code::INTERNAL, format!("/dev/null: {e}")))?;
+            (o, e, Some(tokio::spawn(crate::console::receive_master(listener))))
+        } else {
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            for (stream, fd) in [(Stream::Stdout, out_r), (Stream::Stderr, err_r)] {
+                if let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                    forwarders.push(tokio::spawn(cri_log::forward(stream, rx, Arc::clone(&sink))));
+                }
+            }
+            (out_w, err_w, None)
+        };
+        args.push(id.to_string());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let created = self
+            .runc
             .run(
-                &["create", "--bundle", &bundle_s, "--pid-file", &pid_s, id],
-                Output::PassThrough { stdout: out_w, stderr: err_w, log: bundle.join("runc.log") },
+                &argv,
+                Output::PassThrough { stdin: stdin_r, stdout: out_w, stderr: err_w, log: bundle.join("runc.log") },
                 runc::DEFAULT_TIMEOUT,
             )
-            .await
-            .map_err(|e| status(Code::INTERNAL, e))?;
+            .await;
+        if let Some(task) = &console {
+            if created.is_err() {
+                task.abort();
+            }
+        }
+        created.map_err(|e| status(Code::INTERNAL, e))?;
+        if let Some(task) = console {
+            let master = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+                .await
+                .map_err(|_| status(Code::INTERNAL, "the runtime sent no terminal"))?
+                .map_err(|e| status(Code::INTERNAL, format!("console: {e}")))?
+                .map_err(|e| status(Code::INTERNAL, format!("receiving the terminal: {e}")))?;
+            let _ = std::fs::remove_file(bundle.join("console.sock"));
+            let reader_fd = master.try_clone().map_err(|e| status(Code::INTERNAL, format!("dup terminal: {e}")))?;
+            let reader = crate::console::PtyReader::new(reader_fd).map_err(|e| status(Code::INTERNAL, format!("terminal: {e}")))?;
+            forwarders.push(tokio::spawn(cri_log::forward(Stream::Stdout, reader, Arc::clone(&sink))));
+            io.pty = Some(master);
+        }
         let pid: i32 = std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .ok_or_else(|| status(Code::INTERNAL, "the OCI runtime wrote no container pid"))?;
         let exit = self.reaper.subscribe(pid);
-        let c = Container::new(id.to_string(), bundle, sink, pid);
+        let c = Container::new(id.to_string(), bundle, sink, pid, io);
         c.monitor(exit, forwarders);
         self.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), Arc::clone(&c));
         info!(self.log, "container created"; "container_id" => id, "pid" => pid);
@@ -241,6 +283,23 @@ impl Shim for ShimService {
     async fn reopen_log(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> TResult<Empty> {
         let c = self.get(&req.id)?;
         c.log.reopen().map_err(|e| status(Code::INTERNAL, format!("reopening log: {e}")))?;
+        Ok(Empty::new())
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: protocol::shim::ResizePtyRequest) -> TResult<Empty> {
+        let c = self.get(&req.id)?;
+        let pty = c.pty.as_ref().ok_or_else(|| status(Code::FAILED_PRECONDITION, format!("container {} has no terminal", req.id)))?;
+        let (w, h) = (u16::try_from(req.width), u16::try_from(req.height));
+        let (Ok(w), Ok(h)) = (w, h) else {
+            return Err(status(Code::INVALID_ARGUMENT, "terminal size out of range"));
+        };
+        crate::console::resize(pty, w, h).map_err(|e| status(Code::INTERNAL, format!("resizing terminal: {e}")))?;
+        Ok(Empty::new())
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> TResult<Empty> {
+        let c = self.get(&req.id)?;
+        c.stdin.lock().unwrap_or_else(|e| e.into_inner()).take();
         Ok(Empty::new())
     }
 

@@ -339,3 +339,66 @@ async fn berthd_rotation_keeps_max_files_and_loses_no_line() {
         panic!("lines lost or repeated across rotations: {} lines, first difference at index {at}", all.len());
     }
 }
+
+#[tokio::test]
+async fn tty_output_is_logged_and_resize_reaches_the_container() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("tty");
+    let pod = d.run_pod(&cfg).await;
+    let mut cc = berth_tests::container_config("term", &["sh", "-c", "echo on-a-tty; while true; do stty size; sleep 0.1; done"]);
+    cc.tty = true;
+    cc.stdin = true;
+    let c = d.create_with(&pod, &cfg, cc).await.unwrap();
+    d.start_container(&c).await;
+    let path = d.status(&c).await.log_path;
+    // The shim's own API resizes the terminal (CRI does it through the
+    // streaming server, which kubelet drives).
+    let shim = berth::shim_client::Shim::connect(&d.dir.path().join("s/sandboxes").join(&pod)).await.unwrap();
+    let mut req = protocol::shim::ResizePtyRequest::new();
+    req.id = c.clone();
+    req.width = 123;
+    req.height = 45;
+    shim.api().resize_pty(berth::shim_client::ctx(Some(Duration::from_secs(5))), &req).await.unwrap();
+    let mut seen = String::new();
+    for _ in 0..100 {
+        let data = std::fs::read(&path).unwrap_or_default();
+        let (out, err) = split_streams(&data);
+        assert!(err.is_empty(), "a terminal has one stream");
+        seen = String::from_utf8_lossy(&out).to_string();
+        if seen.contains("45 123") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen.contains("on-a-tty"), "{seen}");
+    assert!(seen.contains("45 123"), "resize did not reach the container: {seen}");
+    // A terminal turns \n into \r\n; the log keeps what the terminal gave.
+    assert!(seen.contains("on-a-tty\r\n"), "{seen:?}");
+    d.rt.stop_container(cri::StopContainerRequest { container_id: c.clone(), timeout: 0 }).await.unwrap();
+    assert_eq!(d.status(&c).await.state, cri::ContainerState::ContainerExited as i32);
+}
+
+#[tokio::test]
+async fn stdin_stays_open_until_closed() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("stdin");
+    let pod = d.run_pod(&cfg).await;
+    // `cat` exits at end of input: with stdin kept open it keeps running.
+    let mut cc = berth_tests::container_config("reader", &["sh", "-c", "cat; echo input-closed"]);
+    cc.stdin = true;
+    let c = d.create_with(&pod, &cfg, cc).await.unwrap();
+    d.start_container(&c).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(d.status(&c).await.state, cri::ContainerState::ContainerRunning as i32, "stdin was not kept open");
+    let shim = berth::shim_client::Shim::connect(&d.dir.path().join("s/sandboxes").join(&pod)).await.unwrap();
+    shim.api().close_io(berth::shim_client::ctx(Some(Duration::from_secs(5))), &berth::shim_client::req(&c)).await.unwrap();
+    let st = d.wait_state(&c, cri::ContainerState::ContainerExited, Duration::from_secs(5)).await;
+    assert_eq!(st.exit_code, 0);
+    let (out, _) = split_streams(&std::fs::read(&st.log_path).unwrap());
+    assert_eq!(out, b"input-closed\n");
+    // Without stdin, the container's stdin is at end of file at once.
+    let c2 = d.create(&pod, &cfg, "no-stdin", &["sh", "-c", "cat; echo done"]).await;
+    d.start_container(&c2).await;
+    let st = d.wait_state(&c2, cri::ContainerState::ContainerExited, Duration::from_secs(5)).await;
+    assert_eq!(st.exit_code, 0);
+}
