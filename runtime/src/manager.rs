@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use protocol::cri;
 use protocol::shim::{self as api, Status};
 use serde::{Deserialize, Serialize};
-use slog::{debug, info, warn, Logger};
+use slog::{debug, error, info, warn, Logger};
 
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::failpoint;
@@ -309,6 +309,12 @@ impl Manager {
                 Ok(s) => {
                     *sb.shim.lock().await = Some(s);
                     r.recovered += 1;
+                }
+                Err(e) if e.kind == Kind::FailedPrecondition => {
+                    // A shim this berthd cannot speak to: left alone, and
+                    // every call on its pod says why.
+                    error!(self.log, "sandbox shim refused"; "sandbox_id" => &meta.id, "error" => %e);
+                    r.lost += 1;
                 }
                 Err(e) => {
                     warn!(self.log, "sandbox shim unreachable"; "sandbox_id" => &meta.id, "error" => %e);

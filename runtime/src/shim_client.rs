@@ -157,3 +157,39 @@ pub fn req(id: &str) -> api::ContainerRequest {
     r.id = id.to_string();
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use protocol::shim::{create_shim, ConnectRequest, ConnectResponse, Shim as ShimApi};
+    use ttrpc::r#async::TtrpcContext;
+
+    use super::*;
+
+    /// A shim from another build, speaking an API version this berthd does not know.
+    struct FutureShim;
+
+    #[async_trait::async_trait]
+    impl ShimApi for FutureShim {
+        async fn connect(&self, _ctx: &TtrpcContext, _req: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
+            let mut r = ConnectResponse::new();
+            r.api_version = API_VERSION + 1;
+            r.shim_pid = 4242;
+            Ok(r)
+        }
+    }
+
+    #[tokio::test]
+    async fn refuses_a_shim_of_an_unknown_api_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::UnixListener::bind(socket_path(dir.path())).unwrap();
+        let mut server = ttrpc::r#async::Server::new().add_listener(listener.into()).register_service(create_shim(Arc::new(FutureShim)));
+        server.start().await.unwrap();
+        let e = Shim::connect(dir.path()).await.err().expect("an unknown version must be refused");
+        assert_eq!(e.kind, Kind::FailedPrecondition);
+        assert!(e.message.contains(&format!("speaks shim API {}", API_VERSION + 1)), "{}", e.message);
+        assert!(e.message.contains("leaving it alone"), "{}", e.message);
+        let _ = server.shutdown().await;
+    }
+}
