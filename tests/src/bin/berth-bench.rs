@@ -93,6 +93,37 @@ async fn main() {
     println!("{:<44} {:>10}", format!("berthd RSS after recovery (KiB), {pods} pods"), berthd_rss);
     println!("{:<44} {:>10.1}", "berthd restart to full list (ms), 0 pods", empty);
     println!("{:<44} {:>10.1}", format!("berthd restart to full list (ms), {pods} pods"), full);
+
+    // Log throughput: a container writing 100-byte lines as fast as it can.
+    let bytes: u64 = std::env::var("BENCH_LOG_BYTES").ok().and_then(|s| s.parse().ok()).unwrap_or(1 << 30);
+    let cfg = d.pod_config("logbench");
+    let pod = d.run_pod(&cfg).await;
+    let line = "x".repeat(99);
+    let script = format!("yes {line} | head -c {bytes}");
+    let c = d.create(&pod, &cfg, "writer", &["sh", "-c", &script]).await;
+    let shim = d.shim_pid(&pod).await;
+    let cpu0 = cpu_seconds(shim);
+    let t = Instant::now();
+    d.start_container(&c).await;
+    let st = d.wait_state(&c, cri::ContainerState::ContainerExited, Duration::from_secs(3600)).await;
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(shim) - cpu0;
+    let file = std::fs::metadata(&st.log_path).map(|m| m.len()).unwrap_or(0);
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    println!("{:<44} {:>10.1}", format!("log throughput, {:.2} GiB of 100-byte lines (MB/s)", gib), bytes as f64 / 1e6 / secs);
+    println!("{:<44} {:>10.2}", "shim CPU seconds per GiB of output", cpu / gib);
+    println!("{:<44} {:>10.1}", "log file bytes per output byte", file as f64 / bytes as f64);
+    let _ = std::fs::remove_file(&st.log_path);
+}
+
+/// User plus system CPU seconds a process has used.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    // utime and stime are fields 14 and 15 of stat (11 and 12 after the name).
+    let ticks: f64 = fields.get(11).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0) + fields.get(12).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf reads a configuration value.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// Kills berthd and times a new one from spawn until ListContainers returns
