@@ -691,11 +691,7 @@ impl Manager {
 
     /// StopPodSandbox: kills every container; idempotent.
     pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
-        let sb = match self.sandbox(id) {
-            Ok(sb) => sb,
-            Err(e) if e.kind == Kind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
+        let Some(sb) = absent_ok(self.sandbox(id))? else { return Ok(()) };
         let _op = sb.op.lock().await;
         for c in self.containers_of(id) {
             self.stop_container(&c.id, 0).await?;
@@ -714,11 +710,7 @@ impl Manager {
     /// RemovePodSandbox: stops and removes its containers, ends its shim and
     /// removes everything it had; idempotent.
     pub async fn remove_pod_sandbox(&self, id: &str) -> Result<()> {
-        let sb = match self.sandbox(id) {
-            Ok(sb) => sb,
-            Err(e) if e.kind == Kind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
+        let Some(sb) = absent_ok(self.sandbox(id))? else { return Ok(()) };
         let meta = {
             let mut m = lock(&sb.meta);
             m.phase = Phase::Removing;
@@ -970,11 +962,7 @@ impl Manager {
 
     /// StopContainer: the stop signal, then SIGKILL after `timeout` seconds.
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
-        let meta = match self.container(id) {
-            Ok(m) => m,
-            Err(e) if e.kind == Kind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
+        let Some(meta) = absent_ok(self.container(id))? else { return Ok(()) };
         let st = self.runtime_state(&meta).await;
         if st.state != cri::ContainerState::ContainerRunning as i32 {
             return Ok(());
@@ -999,11 +987,7 @@ impl Manager {
 
     /// RemoveContainer: forcibly, as CRI asks; idempotent.
     pub async fn remove_container(&self, id: &str) -> Result<()> {
-        let meta = match self.container(id) {
-            Ok(m) => m,
-            Err(e) if e.kind == Kind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
+        let Some(meta) = absent_ok(self.container(id))? else { return Ok(()) };
         if meta.phase != Phase::Removing {
             let mut m = meta.clone();
             m.phase = Phase::Removing;
@@ -1197,6 +1181,16 @@ impl Manager {
     /// Layers used by existing containers (kept by image removal).
     pub fn layers_in_use(&self) -> BTreeSet<String> {
         lock(&self.containers).values().flat_map(|c| c.layers.iter().cloned()).collect()
+    }
+}
+
+/// Stop and remove of something already gone succeed (kubelet relies on
+/// it): NotFound becomes None.
+fn absent_ok<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind == Kind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -112,10 +112,13 @@ impl Container {
         s
     }
 
-    /// Marks the container running, unless it already stopped.
-    pub fn mark_started(&self) {
+    /// Marks the container running, unless it already stopped. `at` is
+    /// taken before the runtime started it: a container that exits at once
+    /// may be reaped before the start call returns, and its finish must not
+    /// come before its start.
+    pub fn mark_started(&self, at: SystemTime) {
         let mut r = self.record();
-        r.started_at = nanos(SystemTime::now());
+        r.started_at = nanos(at);
         if r.status == Status::CREATED {
             r.status = Status::RUNNING;
         }

@@ -197,8 +197,9 @@ impl Shim for ShimService {
         if st != Status::CREATED {
             return Err(status(Code::FAILED_PRECONDITION, format!("container {} is {:?}, not created", req.id, st)));
         }
+        let at = std::time::SystemTime::now();
         self.runc.start(&req.id).await.map_err(|e| status(Code::INTERNAL, e))?;
-        c.mark_started();
+        c.mark_started(at);
         info!(self.log, "container started"; "container_id" => &req.id);
         Ok(c.state())
     }

@@ -200,6 +200,18 @@ impl Daemon {
         out
     }
 
+    /// Waits (up to 5 s: berthd logs asynchronously) until its log contains `text`.
+    pub async fn log_contains(&self, text: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.log().contains(text) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     /// What berthd logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default()
@@ -269,28 +281,47 @@ impl Daemon {
             .expect("status present")
     }
 
-    /// pid of a container's init (from the verbose status).
-    pub async fn container_pid(&mut self, id: &str) -> i32 {
+    /// The `info` JSON of a verbose ContainerStatus.
+    pub async fn container_info(&mut self, id: &str) -> serde_json::Value {
         let r = self
             .rt
             .container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: true })
             .await
             .expect("container status")
             .into_inner();
-        let info: serde_json::Value = serde_json::from_str(&r.info["info"]).expect("info json");
-        info["pid"].as_i64().expect("pid") as i32
+        serde_json::from_str(&r.info["info"]).expect("info json")
     }
 
-    /// pid of a sandbox's shim (from the verbose status).
-    pub async fn shim_pid(&mut self, pod: &str) -> i32 {
+    /// The `info` JSON of a verbose PodSandboxStatus.
+    pub async fn pod_info(&mut self, pod: &str) -> serde_json::Value {
         let r = self
             .rt
             .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: true })
             .await
             .expect("pod status")
             .into_inner();
-        let info: serde_json::Value = serde_json::from_str(&r.info["info"]).expect("info json");
-        info["pid"].as_i64().expect("pid") as i32
+        serde_json::from_str(&r.info["info"]).expect("info json")
+    }
+
+    /// Status of a pod sandbox.
+    pub async fn pod_status(&mut self, pod: &str) -> cri::PodSandboxStatus {
+        self.rt
+            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: false })
+            .await
+            .expect("pod status")
+            .into_inner()
+            .status
+            .expect("status present")
+    }
+
+    /// pid of a container's init.
+    pub async fn container_pid(&mut self, id: &str) -> i32 {
+        self.container_info(id).await["pid"].as_i64().expect("pid") as i32
+    }
+
+    /// pid of a sandbox's shim.
+    pub async fn shim_pid(&mut self, pod: &str) -> i32 {
+        self.pod_info(pod).await["pid"].as_i64().expect("pid") as i32
     }
 
     /// Waits until the container reaches `state`.

@@ -244,7 +244,7 @@ async fn a_full_log_disk_never_stops_the_container() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(full, "a full log disk was never reported");
-    assert!(d.log().contains("container output cannot be logged"), "berthd did not log the condition");
+    assert!(d.log_contains("container output cannot be logged").await, "berthd did not log the condition");
     let path = d.status(&c).await.log_path;
     // The file stays parseable at the cut.
     for line in std::fs::read(&path).unwrap().split(|&b| b == b'\n').filter(|l| !l.is_empty()) {

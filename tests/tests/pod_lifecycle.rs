@@ -17,14 +17,7 @@ async fn pod_runs_reports_stops_and_is_removed_without_leftovers() {
     });
     let pod = d.run_pod(&cfg).await;
 
-    let st = d
-        .rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let st = d.pod_status(&pod).await;
     assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
     assert!(st.created_at > 0);
     assert_eq!(st.labels["app"], "web");
@@ -63,14 +56,7 @@ async fn pod_runs_reports_stops_and_is_removed_without_leftovers() {
     assert_eq!(listed[0].id, pod);
 
     d.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
-    let st = d
-        .rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let st = d.pod_status(&pod).await;
     assert_eq!(st.state, cri::PodSandboxState::SandboxNotready as i32);
     assert_eq!(d.status(&c).await.state, cri::ContainerState::ContainerExited as i32);
     assert!(wait_gone(container_pid, Duration::from_secs(5)).await, "container process survived stop");

@@ -103,14 +103,7 @@ async fn a_killed_shim_is_noticed_and_its_pod_cleans_up() {
     d.start_container(&c).await;
     d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(5)).await;
     let ctr_pid = d.container_pid(&c).await;
-    let info = d
-        .rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true })
-        .await
-        .unwrap()
-        .into_inner()
-        .info;
-    let info: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let info = d.pod_info(&pod).await;
     let shim = info["pid"].as_i64().unwrap() as i32;
     let pod_init = info["podInitPid"].as_i64().unwrap() as i32;
     assert!(pod_init > 0 && alive(pod_init));
@@ -118,14 +111,7 @@ async fn a_killed_shim_is_noticed_and_its_pod_cleans_up() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), nix::sys::signal::Signal::SIGKILL).unwrap();
     let t = Instant::now();
     loop {
-        let st = d
-            .rt
-            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
+        let st = d.pod_status(&pod).await;
         if st.state == cri::PodSandboxState::SandboxNotready as i32 {
             break;
         }

@@ -40,5 +40,5 @@ async fn shim_and_container_survive_berthd_kill9() {
     // A new berthd on the same folders knows the pod and the container.
     d.restart().await;
     assert_eq!(d.status(&c).await.state, cri::ContainerState::ContainerRunning as i32);
-    assert!(d.log().contains("sandboxes_recovered: 1"), "{}", d.log());
+    assert!(d.log_contains("sandboxes_recovered: 1").await, "{}", d.log());
 }
