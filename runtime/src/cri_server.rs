@@ -207,7 +207,11 @@ impl RuntimeService for CriServer {
 
     type GetContainerEventsStream = BoxStream<cri::ContainerEventResponse>;
     async fn get_container_events(&self, _req: Request<cri::GetEventsRequest>) -> Reply<Self::GetContainerEventsStream> {
-        Err(unimplemented("GetContainerEvents"))
+        use tokio_stream::StreamExt;
+        // A client too slow for the backlog misses events; like kubelet's
+        // evented PLEG it must relist, which is what a lag means.
+        let stream = tokio_stream::wrappers::BroadcastStream::new(self.mgr.subscribe_events()).filter_map(|e| e.ok().map(Ok));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_metric_descriptors(&self, _req: Request<cri::ListMetricDescriptorsRequest>) -> Reply<cri::ListMetricDescriptorsResponse> {

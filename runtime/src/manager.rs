@@ -22,6 +22,10 @@ use crate::shim_client::{self, Shim, ShimLaunch, CALL_TIMEOUT};
 use crate::spec::{self, ImageDefaults, SandboxView};
 use crate::store::{Db, Store};
 
+/// Events kept for a slow GetContainerEvents client before it misses some
+/// (it must then resync by listing, as kubelet does).
+const EVENT_BACKLOG: usize = 1024;
+
 /// How often berthd checks that every shim is alive.
 const SHIM_CHECK: Duration = Duration::from_millis(200);
 
@@ -226,6 +230,8 @@ pub struct Manager {
     container_store: Store,
     /// The image store (blocking file work runs under this lock).
     pub images: tokio::sync::Mutex<ImageStore>,
+    /// Container lifecycle events for CRI GetContainerEvents.
+    events: tokio::sync::broadcast::Sender<cri::ContainerEventResponse>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -279,6 +285,7 @@ impl Manager {
             sandbox_store,
             container_store,
             images: tokio::sync::Mutex::new(images),
+            events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
         };
         for s in m.sandbox_store.load_all::<SandboxMeta>()? {
             lock(&m.names).insert(sandbox_key(&s.config.metadata.clone().unwrap_or_default()));
@@ -510,16 +517,45 @@ impl Manager {
         });
     }
 
+    /// Subscribes to container lifecycle events.
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<cri::ContainerEventResponse> {
+        self.events.subscribe()
+    }
+
+    /// Publishes an event with the pod's status and its containers' statuses
+    /// as they are now. Best effort: with no subscriber it costs nothing.
+    async fn emit(&self, sandbox_id: &str, container_id: &str, kind: cri::ContainerEventType) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let pod_sandbox_status = self.pod_sandbox_status(sandbox_id, false).await.ok().map(|(s, _)| s);
+        let mut containers_statuses = Vec::new();
+        for c in self.containers_of(sandbox_id) {
+            if let Ok((st, _)) = self.container_status(&c.id, false).await {
+                containers_statuses.push(st);
+            }
+        }
+        let _ = self.events.send(cri::ContainerEventResponse {
+            container_id: container_id.to_string(),
+            container_event_type: kind as i32,
+            created_at: now_nanos(),
+            pod_sandbox_status,
+            containers_statuses,
+        });
+    }
+
     /// Follows a container until it exits, so its exit reaches berthd (and
     /// its log) as it happens. Best effort: the shim's state stays the truth.
-    fn watch_exit(&self, sandbox_id: &str, container_id: &str) {
+    fn watch_exit(self: &Arc<Self>, sandbox_id: &str, container_id: &str) {
         let Ok(sb) = self.sandbox(sandbox_id) else { return };
-        let log = self.log.clone();
-        let id = container_id.to_string();
+        let weak = Arc::downgrade(self);
+        let (sid, id) = (sandbox_id.to_string(), container_id.to_string());
         tokio::spawn(async move {
             let Some(shim) = sb.shim.lock().await.clone() else { return };
             if let Ok(st) = shim.api().wait(shim_client::ctx(None), &shim_client::req(&id)).await {
-                info!(log, "container exited"; "container_id" => &id, "exit_code" => st.exit_code, "signal" => st.exit_signal);
+                let Some(m) = weak.upgrade() else { return };
+                info!(m.log, "container exited"; "container_id" => &id, "exit_code" => st.exit_code, "signal" => st.exit_signal);
+                m.emit(&sid, &id, cri::ContainerEventType::ContainerStoppedEvent).await;
             }
         });
     }
@@ -902,11 +938,12 @@ impl Manager {
             return Err(e);
         }
         info!(self.log, "container created"; "container_id" => &id, "sandbox_id" => sandbox_id, "name" => &md.name);
+        self.emit(sandbox_id, &id, cri::ContainerEventType::ContainerCreatedEvent).await;
         Ok(id)
     }
 
     /// StartContainer.
-    pub async fn start_container(&self, id: &str) -> Result<()> {
+    pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<()> {
         let meta = self.container(id)?;
         let sb = self.sandbox(&meta.sandbox_id)?;
         let shim = self.shim_of(&sb).await?;
@@ -914,6 +951,7 @@ impl Manager {
         shim.api().start(shim_client::ctx(Some(CALL_TIMEOUT)), &shim_client::req(id)).await?;
         self.watch_exit(&meta.sandbox_id, id);
         info!(self.log, "container started"; "container_id" => id, "sandbox_id" => &meta.sandbox_id);
+        self.emit(&meta.sandbox_id, id, cri::ContainerEventType::ContainerStartedEvent).await;
         Ok(())
     }
 
@@ -1007,6 +1045,7 @@ impl Manager {
         lock(&self.containers).remove(id);
         self.release(&container_key(&meta.sandbox_id, &meta.config.metadata.clone().unwrap_or_default()));
         info!(self.log, "container removed"; "container_id" => id, "sandbox_id" => &meta.sandbox_id);
+        self.emit(&meta.sandbox_id, id, cri::ContainerEventType::ContainerDeletedEvent).await;
         Ok(())
     }
 

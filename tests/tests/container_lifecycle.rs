@@ -98,3 +98,32 @@ async fn stop_honours_the_grace_period() {
     d.rt.stop_container(cri::StopContainerRequest { container_id: stubborn, timeout: 2 }).await.unwrap();
     d.rt.stop_container(cri::StopContainerRequest { container_id: "0".repeat(64), timeout: 2 }).await.unwrap();
 }
+
+#[tokio::test]
+async fn container_events_stream_the_lifecycle() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("events");
+    let pod = d.run_pod(&cfg).await;
+    let mut events = d.rt.get_container_events(cri::GetEventsRequest {}).await.unwrap().into_inner();
+    let c = d.create(&pod, &cfg, "brief", &["sh", "-c", "sleep 0.2"]).await;
+    d.start_container(&c).await;
+    d.wait_state(&c, cri::ContainerState::ContainerExited, Duration::from_secs(10)).await;
+    d.rt.remove_container(cri::RemoveContainerRequest { container_id: c.clone() }).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.last() != Some(&cri::ContainerEventType::ContainerDeletedEvent) {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.message()).await.expect("event in time").unwrap().expect("stream open");
+        assert_eq!(e.container_id, c);
+        assert!(e.created_at > 0);
+        let kind = cri::ContainerEventType::try_from(e.container_event_type).unwrap();
+        if kind != cri::ContainerEventType::ContainerDeletedEvent {
+            assert_eq!(e.pod_sandbox_status.as_ref().unwrap().id, pod);
+            let me = e.containers_statuses.iter().find(|s| s.id == c).expect("the container's own status");
+            if kind == cri::ContainerEventType::ContainerStoppedEvent {
+                assert_eq!(me.state, cri::ContainerState::ContainerExited as i32);
+            }
+        }
+        seen.push(kind);
+    }
+    use cri::ContainerEventType::*;
+    assert_eq!(seen, vec![ContainerCreatedEvent, ContainerStartedEvent, ContainerStoppedEvent, ContainerDeletedEvent]);
+}
