@@ -37,9 +37,7 @@ fn main() {
 /// or inner doc comments, which both generators emit.
 fn strip_inner_attributes(path: &Path) {
     let text = std::fs::read_to_string(path).expect("read generated file");
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("#![") && !l.trim_start().starts_with("//!"))
-        .collect();
+    let kept: Vec<&str> =
+        text.lines().filter(|l| !l.trim_start().starts_with("#![") && !l.trim_start().starts_with("//!")).collect();
     std::fs::write(path, kept.join("\n")).expect("write generated file");
 }

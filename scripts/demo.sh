@@ -38,12 +38,15 @@ cat > "$state/container.json" <<'JSON'
  "command": ["sh", "-c", "i=0; while true; do echo \"hello from $(hostname), line $i\"; i=$((i+1)); sleep 1; done"],
  "log_path": "greeter/0.log"}
 JSON
-# A demo pod left by an interrupted run holds the name; remove it first.
+# A demo pod left by an interrupted run holds the name; remove it first, and
+# its old log, so the log shows this run.
 for old in $(ctl pods -q); do ctl rmp "$old" >/dev/null; done
+rm -rf "$state/logs"
 pod=$(ctl runp "$state/pod.json")
 ctr=$(ctl create "$pod" "$state/container.json" "$state/pod.json")
 ctl start "$ctr" >/dev/null
-echo "demo: pod ${pod:0:13}, container ${ctr:0:13}; log file $state/logs/demo/greeter/0.log"
+ip=$(ctl inspectp "$pod" | sed -n 's/.*"ip": "\([^"]*\)".*/\1/p' | head -1)
+echo "demo: pod ${pod:0:13} (IP ${ip:-none}), container ${ctr:0:13}; log file $state/logs/demo/greeter/0.log"
 ctl pods
 ctl ps
 echo "demo: following the container's log (Ctrl-C to stop)"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Berth needs on a fresh Debian machine: runc (the OCI
-# runtime), busybox-static (the test and demo image) and the tools the
-# scripts use. Idempotent: installs only what is missing.
+# runtime), busybox-static (the test and demo image), the CNI plugins and
+# iptables (pod networking), and the tools the scripts use; writes a default
+# CNI configuration when /etc/cni/net.d has none. Idempotent: installs only
+# what is missing and never overwrites a configuration.
 set -euo pipefail
 
 need=()
@@ -10,12 +12,30 @@ dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v gzip >/dev/null 2>&1 || need+=(gzip)
 command -v sha256sum >/dev/null 2>&1 || need+=(coreutils)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+[ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need+=(containernetworking-plugins)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# A default pod network: bridge cni0, 10.88.0.0/16, outbound NAT, host ports.
+if ! ls /etc/cni/net.d/*.conf /etc/cni/net.d/*.conflist >/dev/null 2>&1; then
+  mkdir -p /etc/cni/net.d
+  cat > /etc/cni/net.d/10-berth.conflist <<'JSON'
+{
+  "cniVersion": "1.0.0",
+  "name": "berth",
+  "plugins": [
+    {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+JSON
+  echo "setup: wrote the default CNI configuration /etc/cni/net.d/10-berth.conflist"
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo (Rust) is required" >&2; exit 1; }
 echo "setup: runc $(runc --version | head -1 | awk '{print $3}'), busybox-static $(dpkg-query -W -f='${Version}' busybox-static), $(cargo --version)"

@@ -59,30 +59,56 @@ impl RuntimeService for CriServer {
     async fn run_pod_sandbox(&self, req: Request<cri::RunPodSandboxRequest>) -> Reply<cri::RunPodSandboxResponse> {
         let r = req.into_inner();
         let config = r.config.ok_or_else(|| Status::invalid_argument("RunPodSandbox needs a config"))?;
-        ok(self.mgr.run_pod_sandbox(config, &r.runtime_handler).await.map(|pod_sandbox_id| cri::RunPodSandboxResponse { pod_sandbox_id }))
+        ok(self
+            .mgr
+            .run_pod_sandbox(config, &r.runtime_handler)
+            .await
+            .map(|pod_sandbox_id| cri::RunPodSandboxResponse { pod_sandbox_id }))
     }
 
     async fn stop_pod_sandbox(&self, req: Request<cri::StopPodSandboxRequest>) -> Reply<cri::StopPodSandboxResponse> {
         ok(self.mgr.stop_pod_sandbox(&req.into_inner().pod_sandbox_id).await.map(|()| cri::StopPodSandboxResponse {}))
     }
 
-    async fn remove_pod_sandbox(&self, req: Request<cri::RemovePodSandboxRequest>) -> Reply<cri::RemovePodSandboxResponse> {
-        ok(self.mgr.remove_pod_sandbox(&req.into_inner().pod_sandbox_id).await.map(|()| cri::RemovePodSandboxResponse {}))
+    async fn remove_pod_sandbox(
+        &self,
+        req: Request<cri::RemovePodSandboxRequest>,
+    ) -> Reply<cri::RemovePodSandboxResponse> {
+        ok(self
+            .mgr
+            .remove_pod_sandbox(&req.into_inner().pod_sandbox_id)
+            .await
+            .map(|()| cri::RemovePodSandboxResponse {}))
     }
 
-    async fn pod_sandbox_status(&self, req: Request<cri::PodSandboxStatusRequest>) -> Reply<cri::PodSandboxStatusResponse> {
+    async fn pod_sandbox_status(
+        &self,
+        req: Request<cri::PodSandboxStatusRequest>,
+    ) -> Reply<cri::PodSandboxStatusResponse> {
         let r = req.into_inner();
         let (status, info) = self.mgr.pod_sandbox_status(&r.pod_sandbox_id, r.verbose).await?;
         let containers_statuses = Vec::new();
-        Ok(Response::new(cri::PodSandboxStatusResponse { status: Some(status), info, containers_statuses, timestamp: now_nanos() }))
+        Ok(Response::new(cri::PodSandboxStatusResponse {
+            status: Some(status),
+            info,
+            containers_statuses,
+            timestamp: now_nanos(),
+        }))
     }
 
     async fn list_pod_sandbox(&self, req: Request<cri::ListPodSandboxRequest>) -> Reply<cri::ListPodSandboxResponse> {
-        ok(self.mgr.list_pod_sandboxes(req.into_inner().filter).await.map(|items| cri::ListPodSandboxResponse { items }))
+        ok(self
+            .mgr
+            .list_pod_sandboxes(req.into_inner().filter)
+            .await
+            .map(|items| cri::ListPodSandboxResponse { items }))
     }
 
     type StreamPodSandboxesStream = BoxStream<cri::StreamPodSandboxesResponse>;
-    async fn stream_pod_sandboxes(&self, req: Request<cri::StreamPodSandboxesRequest>) -> Reply<Self::StreamPodSandboxesStream> {
+    async fn stream_pod_sandboxes(
+        &self,
+        req: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Reply<Self::StreamPodSandboxesStream> {
         let pod_sandboxes = self.mgr.list_pod_sandboxes(req.into_inner().filter).await?;
         Ok(Response::new(once(cri::StreamPodSandboxesResponse { pod_sandboxes })))
     }
@@ -90,7 +116,11 @@ impl RuntimeService for CriServer {
     async fn create_container(&self, req: Request<cri::CreateContainerRequest>) -> Reply<cri::CreateContainerResponse> {
         let r = req.into_inner();
         let config = r.config.ok_or_else(|| Status::invalid_argument("CreateContainer needs a config"))?;
-        ok(self.mgr.create_container(&r.pod_sandbox_id, config).await.map(|container_id| cri::CreateContainerResponse { container_id }))
+        ok(self
+            .mgr
+            .create_container(&r.pod_sandbox_id, config)
+            .await
+            .map(|container_id| cri::CreateContainerResponse { container_id }))
     }
 
     async fn start_container(&self, req: Request<cri::StartContainerRequest>) -> Reply<cri::StartContainerResponse> {
@@ -107,11 +137,18 @@ impl RuntimeService for CriServer {
     }
 
     async fn list_containers(&self, req: Request<cri::ListContainersRequest>) -> Reply<cri::ListContainersResponse> {
-        ok(self.mgr.list_containers(req.into_inner().filter).await.map(|containers| cri::ListContainersResponse { containers }))
+        ok(self
+            .mgr
+            .list_containers(req.into_inner().filter)
+            .await
+            .map(|containers| cri::ListContainersResponse { containers }))
     }
 
     type StreamContainersStream = BoxStream<cri::StreamContainersResponse>;
-    async fn stream_containers(&self, req: Request<cri::StreamContainersRequest>) -> Reply<Self::StreamContainersStream> {
+    async fn stream_containers(
+        &self,
+        req: Request<cri::StreamContainersRequest>,
+    ) -> Reply<Self::StreamContainersStream> {
         let containers = self.mgr.list_containers(req.into_inner().filter).await?;
         Ok(Response::new(once(cri::StreamContainersResponse { containers })))
     }
@@ -122,12 +159,22 @@ impl RuntimeService for CriServer {
         Ok(Response::new(cri::ContainerStatusResponse { status: Some(status), info }))
     }
 
-    async fn update_container_resources(&self, _req: Request<cri::UpdateContainerResourcesRequest>) -> Reply<cri::UpdateContainerResourcesResponse> {
+    async fn update_container_resources(
+        &self,
+        _req: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Reply<cri::UpdateContainerResourcesResponse> {
         Err(unimplemented("UpdateContainerResources"))
     }
 
-    async fn reopen_container_log(&self, req: Request<cri::ReopenContainerLogRequest>) -> Reply<cri::ReopenContainerLogResponse> {
-        ok(self.mgr.reopen_container_log(&req.into_inner().container_id).await.map(|()| cri::ReopenContainerLogResponse {}))
+    async fn reopen_container_log(
+        &self,
+        req: Request<cri::ReopenContainerLogRequest>,
+    ) -> Reply<cri::ReopenContainerLogResponse> {
+        ok(self
+            .mgr
+            .reopen_container_log(&req.into_inner().container_id)
+            .await
+            .map(|()| cri::ReopenContainerLogResponse {}))
     }
 
     async fn exec_sync(&self, req: Request<cri::ExecSyncRequest>) -> Reply<cri::ExecSyncResponse> {
@@ -152,78 +199,131 @@ impl RuntimeService for CriServer {
         Err(unimplemented("ContainerStats"))
     }
 
-    async fn list_container_stats(&self, _req: Request<cri::ListContainerStatsRequest>) -> Reply<cri::ListContainerStatsResponse> {
+    async fn list_container_stats(
+        &self,
+        _req: Request<cri::ListContainerStatsRequest>,
+    ) -> Reply<cri::ListContainerStatsResponse> {
         Err(unimplemented("ListContainerStats"))
     }
 
     type StreamContainerStatsStream = BoxStream<cri::StreamContainerStatsResponse>;
-    async fn stream_container_stats(&self, _req: Request<cri::StreamContainerStatsRequest>) -> Reply<Self::StreamContainerStatsStream> {
+    async fn stream_container_stats(
+        &self,
+        _req: Request<cri::StreamContainerStatsRequest>,
+    ) -> Reply<Self::StreamContainerStatsStream> {
         Err(unimplemented("StreamContainerStats"))
     }
 
-    async fn pod_sandbox_stats(&self, _req: Request<cri::PodSandboxStatsRequest>) -> Reply<cri::PodSandboxStatsResponse> {
+    async fn pod_sandbox_stats(
+        &self,
+        _req: Request<cri::PodSandboxStatsRequest>,
+    ) -> Reply<cri::PodSandboxStatsResponse> {
         Err(unimplemented("PodSandboxStats"))
     }
 
-    async fn list_pod_sandbox_stats(&self, _req: Request<cri::ListPodSandboxStatsRequest>) -> Reply<cri::ListPodSandboxStatsResponse> {
+    async fn list_pod_sandbox_stats(
+        &self,
+        _req: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Reply<cri::ListPodSandboxStatsResponse> {
         Err(unimplemented("ListPodSandboxStats"))
     }
 
     type StreamPodSandboxStatsStream = BoxStream<cri::StreamPodSandboxStatsResponse>;
-    async fn stream_pod_sandbox_stats(&self, _req: Request<cri::StreamPodSandboxStatsRequest>) -> Reply<Self::StreamPodSandboxStatsStream> {
+    async fn stream_pod_sandbox_stats(
+        &self,
+        _req: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Reply<Self::StreamPodSandboxStatsStream> {
         Err(unimplemented("StreamPodSandboxStats"))
     }
 
-    async fn update_runtime_config(&self, _req: Request<cri::UpdateRuntimeConfigRequest>) -> Reply<cri::UpdateRuntimeConfigResponse> {
-        // kubelet sends the pod CIDR here; with no CNI yet there is nothing to configure.
+    async fn update_runtime_config(
+        &self,
+        _req: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Reply<cri::UpdateRuntimeConfigResponse> {
+        // kubelet sends the pod CIDR here; Berth's CNI configuration names its own ranges.
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 
     async fn status(&self, req: Request<cri::StatusRequest>) -> Reply<cri::StatusResponse> {
         let conditions = vec![
-            cri::RuntimeCondition { r#type: "RuntimeReady".into(), status: true, reason: String::new(), message: String::new() },
             cri::RuntimeCondition {
-                r#type: "NetworkReady".into(),
-                status: false,
-                reason: "NetworkPluginNotReady".into(),
-                message: "CNI networking is not implemented yet: pods get their own network namespace with loopback only".into(),
+                r#type: "RuntimeReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            match self.mgr.network_ready() {
+                Ok(()) => cri::RuntimeCondition {
+                    r#type: "NetworkReady".into(),
+                    status: true,
+                    reason: String::new(),
+                    message: String::new(),
+                },
+                Err(why) => cri::RuntimeCondition {
+                    r#type: "NetworkReady".into(),
+                    status: false,
+                    reason: "NetworkPluginNotReady".into(),
+                    message: format!("{why}: pods get their own network namespace with loopback only"),
+                },
             },
         ];
         let mut info = std::collections::HashMap::new();
         if req.into_inner().verbose {
-            info.insert("config".to_string(), serde_json::json!({ "runtime": "berth", "version": VERSION }).to_string());
+            info.insert(
+                "config".to_string(),
+                serde_json::json!({ "runtime": "berth", "version": VERSION }).to_string(),
+            );
         }
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
             info,
-            runtime_handlers: vec![cri::RuntimeHandler { name: String::new(), features: Some(cri::RuntimeHandlerFeatures::default()) }],
+            runtime_handlers: vec![cri::RuntimeHandler {
+                name: String::new(),
+                features: Some(cri::RuntimeHandlerFeatures::default()),
+            }],
             features: Some(cri::RuntimeFeatures::default()),
         }))
     }
 
-    async fn checkpoint_container(&self, _req: Request<cri::CheckpointContainerRequest>) -> Reply<cri::CheckpointContainerResponse> {
+    async fn checkpoint_container(
+        &self,
+        _req: Request<cri::CheckpointContainerRequest>,
+    ) -> Reply<cri::CheckpointContainerResponse> {
         Err(unimplemented("CheckpointContainer"))
     }
 
     type GetContainerEventsStream = BoxStream<cri::ContainerEventResponse>;
-    async fn get_container_events(&self, _req: Request<cri::GetEventsRequest>) -> Reply<Self::GetContainerEventsStream> {
+    async fn get_container_events(
+        &self,
+        _req: Request<cri::GetEventsRequest>,
+    ) -> Reply<Self::GetContainerEventsStream> {
         use tokio_stream::StreamExt;
         // A client too slow for the backlog misses events; like kubelet's
         // evented PLEG it must relist, which is what a lag means.
-        let stream = tokio_stream::wrappers::BroadcastStream::new(self.mgr.subscribe_events()).filter_map(|e| e.ok().map(Ok));
+        let stream =
+            tokio_stream::wrappers::BroadcastStream::new(self.mgr.subscribe_events()).filter_map(|e| e.ok().map(Ok));
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn list_metric_descriptors(&self, _req: Request<cri::ListMetricDescriptorsRequest>) -> Reply<cri::ListMetricDescriptorsResponse> {
+    async fn list_metric_descriptors(
+        &self,
+        _req: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Reply<cri::ListMetricDescriptorsResponse> {
         Err(unimplemented("ListMetricDescriptors"))
     }
 
-    async fn list_pod_sandbox_metrics(&self, _req: Request<cri::ListPodSandboxMetricsRequest>) -> Reply<cri::ListPodSandboxMetricsResponse> {
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _req: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Reply<cri::ListPodSandboxMetricsResponse> {
         Err(unimplemented("ListPodSandboxMetrics"))
     }
 
     type StreamPodSandboxMetricsStream = BoxStream<cri::StreamPodSandboxMetricsResponse>;
-    async fn stream_pod_sandbox_metrics(&self, _req: Request<cri::StreamPodSandboxMetricsRequest>) -> Reply<Self::StreamPodSandboxMetricsStream> {
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _req: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Reply<Self::StreamPodSandboxMetricsStream> {
         Err(unimplemented("StreamPodSandboxMetrics"))
     }
 
@@ -233,7 +333,10 @@ impl RuntimeService for CriServer {
         }))
     }
 
-    async fn update_pod_sandbox_resources(&self, _req: Request<cri::UpdatePodSandboxResourcesRequest>) -> Reply<cri::UpdatePodSandboxResourcesResponse> {
+    async fn update_pod_sandbox_resources(
+        &self,
+        _req: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Reply<cri::UpdatePodSandboxResourcesResponse> {
         Err(unimplemented("UpdatePodSandboxResources"))
     }
 }
@@ -291,7 +394,10 @@ impl ImageService for CriServer {
         let rec = store.resolve(&name);
         let mut info = std::collections::HashMap::new();
         if let (Some(rec), true) = (rec, r.verbose) {
-            info.insert("info".to_string(), serde_json::json!({ "imageSpec": rec.config, "layers": rec.layers }).to_string());
+            info.insert(
+                "info".to_string(),
+                serde_json::json!({ "imageSpec": rec.config, "layers": rec.layers }).to_string(),
+            );
         }
         Ok(Response::new(cri::ImageStatusResponse { image: rec.map(to_cri_image), info }))
     }

@@ -8,6 +8,7 @@ pub const STEPS: &[&str] = &[
     "run-pod-sandbox/recorded",
     "run-pod-sandbox/files-written",
     "run-pod-sandbox/shim-started",
+    "run-pod-sandbox/network-added",
     "create-container/recorded",
     "create-container/rootfs-mounted",
     "create-container/bundle-written",

@@ -94,7 +94,10 @@ mod tests {
 
     #[test]
     fn log_paths() {
-        assert_eq!(log_path("/var/log/pods/x", "c/0.log").unwrap(), std::path::PathBuf::from("/var/log/pods/x/c/0.log"));
+        assert_eq!(
+            log_path("/var/log/pods/x", "c/0.log").unwrap(),
+            std::path::PathBuf::from("/var/log/pods/x/c/0.log")
+        );
         assert!(log_path("/l", "../x.log").is_err());
         assert!(log_path("/l", "a/../../x.log").is_err());
         assert!(log_path("/l", "/etc/passwd").is_err());

@@ -30,7 +30,8 @@ pub struct ImageRecord {
     pub config: serde_json::Value,
 }
 
-const INDEX_TYPES: &[&str] = &["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
+const INDEX_TYPES: &[&str] =
+    &["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
 
 /// The node's platform, as OCI names it.
 pub fn host_arch() -> &'static str {
@@ -137,7 +138,8 @@ impl ImageStore {
         )
         .map_err(|e| Error::invalid(format!("{} is not valid JSON: {e}", index_path.display())))?;
         let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
-        let top = manifests.first().ok_or_else(|| Error::invalid(format!("{} lists no manifests", index_path.display())))?;
+        let top =
+            manifests.first().ok_or_else(|| Error::invalid(format!("{} lists no manifests", index_path.display())))?;
         let annotated = top["annotations"]["io.containerd.image.name"]
             .as_str()
             .or_else(|| top["annotations"]["org.opencontainers.image.ref.name"].as_str());
@@ -145,7 +147,8 @@ impl ImageStore {
         let reference = Reference::parse(name)?;
 
         let copy = |store: &Self, desc: &serde_json::Value| -> Result<String> {
-            let digest = desc["digest"].as_str().ok_or_else(|| Error::invalid("descriptor without digest"))?.to_string();
+            let digest =
+                desc["digest"].as_str().ok_or_else(|| Error::invalid("descriptor without digest"))?.to_string();
             let src = dir.join("blobs/sha256").join(digest_hex(&digest)?);
             let mut f = std::fs::File::open(&src).map_err(|e| Error::invalid(format!("{}: {e}", src.display())))?;
             store.put_blob(&digest, desc["size"].as_u64(), &mut f)?;
@@ -164,7 +167,8 @@ impl ImageStore {
                 .as_array()
                 .and_then(|m| {
                     m.iter().find(|x| {
-                        x["platform"]["os"].as_str() == Some("linux") && x["platform"]["architecture"].as_str() == Some(host_arch())
+                        x["platform"]["os"].as_str() == Some("linux")
+                            && x["platform"]["architecture"].as_str() == Some(host_arch())
                     })
                 })
                 .cloned()
@@ -184,8 +188,14 @@ impl ImageStore {
 
     /// Records an image whose manifest, config and layer blobs are stored:
     /// unpacks missing layer snapshots and moves `reference`'s tag to it.
-    pub fn commit(&mut self, reference: &Reference, manifest_digest: &str, manifest: &serde_json::Value) -> Result<ImageRecord> {
-        let config_digest = manifest["config"]["digest"].as_str().ok_or_else(|| Error::invalid("manifest has no config"))?;
+    pub fn commit(
+        &mut self,
+        reference: &Reference,
+        manifest_digest: &str,
+        manifest: &serde_json::Value,
+    ) -> Result<ImageRecord> {
+        let config_digest =
+            manifest["config"]["digest"].as_str().ok_or_else(|| Error::invalid("manifest has no config"))?;
         let config = self.read_json(config_digest)?;
         let mut size = manifest["config"]["size"].as_u64().unwrap_or(0);
         let mut layers = Vec::new();
@@ -199,7 +209,8 @@ impl ImageStore {
             layers.push(d);
         }
         let id = config_digest.to_string();
-        let mut rec = self.images.get(&id).cloned().unwrap_or_else(|| ImageRecord { id: id.clone(), ..Default::default() });
+        let mut rec =
+            self.images.get(&id).cloned().unwrap_or_else(|| ImageRecord { id: id.clone(), ..Default::default() });
         rec.size = size;
         rec.layers = layers;
         rec.config = config;

@@ -130,7 +130,11 @@ impl<O: Write, E: Write> Printer<O, E> {
             buf.truncate(room);
         }
         self.written += buf.len() as u64;
-        if idx == 1 { self.err.write_all(&buf) } else { self.out.write_all(&buf) }
+        if idx == 1 {
+            self.err.write_all(&buf)
+        } else {
+            self.out.write_all(&buf)
+        }
     }
 
     /// Flushes both outputs.

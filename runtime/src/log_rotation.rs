@@ -26,10 +26,11 @@ pub struct Policy {
 /// K, M, G).
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
-    let (num, mult) = [("Ki", 1u64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("K", 1000), ("M", 1_000_000), ("G", 1_000_000_000)]
-        .iter()
-        .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
-        .unwrap_or((s, 1));
+    let (num, mult) =
+        [("Ki", 1u64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("K", 1000), ("M", 1_000_000), ("G", 1_000_000_000)]
+            .iter()
+            .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
+            .unwrap_or((s, 1));
     num.trim().parse::<u64>().ok().map(|n| n * mult).filter(|n| *n > 0)
 }
 
@@ -93,7 +94,12 @@ pub fn due(log: &Path, policy: Policy) -> bool {
 }
 
 /// Rotates `log`; `reopen` asks the shim to reopen it by path.
-pub async fn rotate<F, Fut>(log: &Path, policy: Policy, now: chrono::DateTime<chrono::Utc>, reopen: F) -> Result<Option<PathBuf>>
+pub async fn rotate<F, Fut>(
+    log: &Path,
+    policy: Policy,
+    now: chrono::DateTime<chrono::Utc>,
+    reopen: F,
+) -> Result<Option<PathBuf>>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<()>>,

@@ -49,6 +49,8 @@ pub struct Config {
     pub log_rotation: Option<crate::log_rotation::Policy>,
     /// How often logs are checked for rotation.
     pub log_check_interval: Duration,
+    /// CNI configuration and plugins.
+    pub cni: crate::cni::Cni,
 }
 
 /// Where an object is in its life. Creating and Removing records exist
@@ -92,6 +94,15 @@ pub struct SandboxMeta {
     /// Life phase.
     #[serde(default)]
     pub phase: Phase,
+    /// The CNI ADD result, when the pod has CNI networking.
+    #[serde(default)]
+    pub network: Option<serde_json::Value>,
+    /// The pod's IPs from CNI.
+    #[serde(default)]
+    pub ips: Vec<String>,
+    /// CNI DEL has run (on stop).
+    #[serde(default)]
+    pub network_released: bool,
 }
 
 /// Durable record of a container.
@@ -194,7 +205,12 @@ struct Sandbox {
 
 impl Sandbox {
     fn new(meta: SandboxMeta, shim: Option<Shim>) -> Arc<Self> {
-        Arc::new(Sandbox { meta: Mutex::new(meta), shim: tokio::sync::Mutex::new(shim), op: Default::default(), lost: Mutex::new(None) })
+        Arc::new(Sandbox {
+            meta: Mutex::new(meta),
+            shim: tokio::sync::Mutex::new(shim),
+            op: Default::default(),
+            lost: Mutex::new(None),
+        })
     }
 
     fn lost_at(&self) -> Option<i64> {
@@ -261,7 +277,13 @@ fn stop_signal(config: &cri::ContainerConfig, image: &serde_json::Value) -> i32 
 impl Manager {
     /// Opens the manager's stores under `cfg.root` and `cfg.state`.
     pub fn open(cfg: Config, log: Logger) -> Result<Self> {
-        for d in [&cfg.root, &cfg.state, &cfg.state.join("sandboxes"), &cfg.state.join("containers"), &cfg.state.join("runc")] {
+        for d in [
+            &cfg.root,
+            &cfg.state,
+            &cfg.state.join("sandboxes"),
+            &cfg.state.join("containers"),
+            &cfg.state.join("runc"),
+        ] {
             std::fs::create_dir_all(d).ctx(|| format!("creating {}", d.display()))?;
         }
         let sock_len = shim_client::socket_path(&cfg.state.join("sandboxes").join(ids::new_id())).as_os_str().len();
@@ -399,6 +421,10 @@ impl Manager {
     /// Undoes a sandbox a crash left half-created.
     async fn rollback_sandbox(&self, meta: &SandboxMeta) {
         warn!(self.log, "rolling back half-created pod sandbox"; "sandbox_id" => &meta.id);
+        // The crash may have come after CNI ADD; DEL is idempotent.
+        if let Err(e) = self.release_network(meta).await {
+            warn!(self.log, "CNI DEL failed"; "sandbox_id" => &meta.id, "error" => %e);
+        }
         self.teardown_sandbox_dir(&meta.dir, meta.pod_init_pid).await;
         let _ = self.sandbox_store.delete(&meta.id);
         lock(&self.sandboxes).remove(&meta.id);
@@ -427,7 +453,9 @@ impl Manager {
         };
         match shim {
             Some(shim) => {
-                if let Err(e) = shim.api().delete(shim_client::ctx(Some(CALL_TIMEOUT)), &shim_client::req(&meta.id)).await {
+                if let Err(e) =
+                    shim.api().delete(shim_client::ctx(Some(CALL_TIMEOUT)), &shim_client::req(&meta.id)).await
+                {
                     warn!(self.log, "shim delete failed"; "container_id" => &meta.id, "error" => %e);
                 }
             }
@@ -493,7 +521,10 @@ impl Manager {
                 let Some(m) = weak.upgrade() else { return };
                 let candidates: Vec<ContainerMeta> = lock(&m.containers)
                     .values()
-                    .filter(|c| c.phase == Phase::Ready && c.log_path.as_deref().is_some_and(|p| crate::log_rotation::due(p, policy)))
+                    .filter(|c| {
+                        c.phase == Phase::Ready
+                            && c.log_path.as_deref().is_some_and(|p| crate::log_rotation::due(p, policy))
+                    })
                     .cloned()
                     .collect();
                 for c in candidates {
@@ -508,7 +539,9 @@ impl Manager {
                     })
                     .await;
                     match r {
-                        Ok(Some(to)) => debug!(m.log, "container log rotated"; "container_id" => &c.id, "rotated_to" => to.display().to_string()),
+                        Ok(Some(to)) => {
+                            debug!(m.log, "container log rotated"; "container_id" => &c.id, "rotated_to" => to.display().to_string())
+                        }
                         Ok(None) => {}
                         Err(e) => warn!(m.log, "container log rotation failed"; "container_id" => &c.id, "error" => %e),
                     }
@@ -610,7 +643,9 @@ impl Manager {
     /// RunPodSandbox.
     pub async fn run_pod_sandbox(&self, config: cri::PodSandboxConfig, handler: &str) -> Result<String> {
         if !handler.is_empty() && handler != "runc" {
-            return Err(Error::invalid(format!("unknown runtime handler {handler:?}; Berth has \"runc\" (the default)")));
+            return Err(Error::invalid(format!(
+                "unknown runtime handler {handler:?}; Berth has \"runc\" (the default)"
+            )));
         }
         let md = config.metadata.clone().ok_or_else(|| Error::invalid("pod sandbox config has no metadata"))?;
         ids::check_name("pod sandbox name", &md.name)?;
@@ -641,7 +676,10 @@ impl Manager {
         pod_files::resolv_conf(config.dns_config.as_ref())?;
 
         let key = sandbox_key(&md);
-        self.reserve(key.clone(), &format!("pod sandbox name {:?} (namespace {:?}, attempt {})", md.name, md.namespace, md.attempt))?;
+        self.reserve(
+            key.clone(),
+            &format!("pod sandbox name {:?} (namespace {:?}, attempt {})", md.name, md.namespace, md.attempt),
+        )?;
         let id = ids::new_id();
         let dir = self.cfg.state.join("sandboxes").join(&id);
         let mut pinned = Vec::new();
@@ -662,6 +700,9 @@ impl Manager {
             shim_pid: 0,
             pod_init_pid: 0,
             phase: Phase::Creating,
+            network: None,
+            ips: Vec::new(),
+            network_released: false,
         };
         let result = async {
             self.sandbox_store.put(&id, &meta)?;
@@ -685,6 +726,18 @@ impl Manager {
             failpoint::hit("run-pod-sandbox/shim-started");
             let shim = Shim::connect(&dir).await?;
             meta.pod_init_pid = shim.info.pod_init_pid;
+            if !host_network {
+                if let Some(net) = self.cfg.cni.load()? {
+                    let md = config.metadata.clone().unwrap_or_default();
+                    let netns = dir.join("ns/net");
+                    let pod =
+                        crate::cni::PodRef { id: &id, netns: &netns, metadata: &md, ports: &config.port_mappings };
+                    let result = self.cfg.cni.add(&net, &pod).await?;
+                    meta.ips = crate::cni::result_ips(&result);
+                    meta.network = Some(result);
+                    failpoint::hit("run-pod-sandbox/network-added");
+                }
+            }
             meta.phase = Phase::Ready;
             self.sandbox_store.put(&id, &meta)?;
             lock(&self.sandboxes).insert(id.clone(), Sandbox::new(meta.clone(), Some(shim)));
@@ -693,6 +746,9 @@ impl Manager {
         .await;
         if let Err(e) = result {
             warn!(self.log, "run pod sandbox failed, cleaning up"; "sandbox_id" => &id, "error" => %e);
+            if let Err(e) = self.release_network(&meta).await {
+                warn!(self.log, "CNI DEL failed"; "sandbox_id" => &id, "error" => %e);
+            }
             self.teardown_sandbox_dir(&dir, meta.pod_init_pid).await;
             let _ = self.sandbox_store.delete(&id);
             self.release(&key);
@@ -710,7 +766,9 @@ impl Manager {
             let _ = shim.api().shutdown(shim_client::ctx(Some(CALL_TIMEOUT)), &api::Empty::new()).await;
             drop(shim);
             wait_gone(pid, Duration::from_secs(5)).await;
-        } else if let Some(pid) = std::fs::read_to_string(dir.join("shim.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+        } else if let Some(pid) =
+            std::fs::read_to_string(dir.join("shim.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok())
+        {
             // A shim that does not answer but still runs is ended by pid.
             if is_shim(pid) {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
@@ -733,14 +791,46 @@ impl Manager {
             self.stop_container(&c.id, 0).await?;
         }
         failpoint::hit("stop-pod-sandbox/containers-stopped");
+        let current = lock(&sb.meta).clone();
+        if !current.network_released {
+            self.release_network(&current).await?;
+        }
         let meta = {
             let mut m = lock(&sb.meta);
             m.stopped = true;
+            m.network_released = true;
             m.clone()
         };
         self.sandbox_store.put(id, &meta)?;
         info!(self.log, "pod sandbox stopped"; "sandbox_id" => id);
         Ok(())
+    }
+
+    /// CNI DEL for a pod (nothing for host-network pods or without a CNI
+    /// configuration).
+    async fn release_network(&self, meta: &SandboxMeta) -> Result<()> {
+        let host_network = !meta.pinned.iter().any(|p| p == "net");
+        if host_network {
+            return Ok(());
+        }
+        let Some(net) = self.cfg.cni.load()? else { return Ok(()) };
+        let md = meta.config.metadata.clone().unwrap_or_default();
+        let netns = meta.dir.join("ns/net");
+        let pod = crate::cni::PodRef { id: &meta.id, netns: &netns, metadata: &md, ports: &meta.config.port_mappings };
+        self.cfg
+            .cni
+            .del(&net, &pod, meta.network.as_ref())
+            .await
+            .map_err(|e| e.context(format!("releasing the network of pod sandbox {}", meta.id)))
+    }
+
+    /// Whether pods get CNI networking (a configuration is there).
+    pub fn network_ready(&self) -> std::result::Result<(), String> {
+        match self.cfg.cni.load() {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(format!("no CNI configuration in {}", self.cfg.cni.conf_dir.display())),
+            Err(e) => Err(e.message),
+        }
     }
 
     /// RemovePodSandbox: stops and removes its containers, ends its shim and
@@ -775,11 +865,19 @@ impl Manager {
     }
 
     /// PodSandboxStatus (and the pieces ListPodSandbox needs).
-    pub async fn pod_sandbox_status(&self, id: &str, verbose: bool) -> Result<(cri::PodSandboxStatus, HashMap<String, String>)> {
+    pub async fn pod_sandbox_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<(cri::PodSandboxStatus, HashMap<String, String>)> {
         let sb = self.sandbox(id)?;
         let meta = lock(&sb.meta).clone();
         let shim_ok = sb.lost_at().is_none() && self.shim_of(&sb).await.is_ok();
-        let state = if meta.stopped || !shim_ok { cri::PodSandboxState::SandboxNotready } else { cri::PodSandboxState::SandboxReady };
+        let state = if meta.stopped || !shim_ok {
+            cri::PodSandboxState::SandboxNotready
+        } else {
+            cri::PodSandboxState::SandboxReady
+        };
         let ns = meta
             .config
             .linux
@@ -792,7 +890,10 @@ impl Manager {
             metadata: meta.config.metadata.clone(),
             state: state as i32,
             created_at: meta.created_at,
-            network: Some(cri::PodSandboxNetworkStatus::default()),
+            network: Some(cri::PodSandboxNetworkStatus {
+                ip: meta.ips.first().cloned().unwrap_or_default(),
+                additional_ips: meta.ips.iter().skip(1).map(|ip| cri::PodIp { ip: ip.clone() }).collect(),
+            }),
             linux: Some(cri::LinuxPodSandboxStatus { namespaces: Some(cri::Namespace { options: Some(ns) }) }),
             labels: meta.config.labels.clone(),
             annotations: meta.config.annotations.clone(),
@@ -817,7 +918,11 @@ impl Manager {
     /// ListPodSandbox.
     pub async fn list_pod_sandboxes(&self, filter: Option<cri::PodSandboxFilter>) -> Result<Vec<cri::PodSandbox>> {
         let f = filter.unwrap_or_default();
-        let ids: Vec<String> = lock(&self.sandboxes).values().filter(|s| lock(&s.meta).phase != Phase::Creating).map(|s| lock(&s.meta).id.clone()).collect();
+        let ids: Vec<String> = lock(&self.sandboxes)
+            .values()
+            .filter(|s| lock(&s.meta).phase != Phase::Creating)
+            .map(|s| lock(&s.meta).id.clone())
+            .collect();
         let mut out = Vec::new();
         for id in ids {
             if !f.id.is_empty() && !id.starts_with(&f.id) {
@@ -872,14 +977,20 @@ impl Manager {
         let log_path = if !config.log_path.is_empty() && !smeta.config.log_directory.is_empty() {
             Some(ids::log_path(&smeta.config.log_directory, &config.log_path)?)
         } else if config.log_path.starts_with('/') || config.log_path.contains("..") {
-            return Err(Error::invalid(format!("log_path {:?} must be relative to the sandbox's log_directory", config.log_path)));
+            return Err(Error::invalid(format!(
+                "log_path {:?} must be relative to the sandbox's log_directory",
+                config.log_path
+            )));
         } else {
             None
         };
         let shim = self.shim_of(&sb).await?;
 
         let key = container_key(sandbox_id, &md);
-        self.reserve(key.clone(), &format!("container name {:?} (attempt {}) in pod sandbox {sandbox_id}", md.name, md.attempt))?;
+        self.reserve(
+            key.clone(),
+            &format!("container name {:?} (attempt {}) in pod sandbox {sandbox_id}", md.name, md.attempt),
+        )?;
         let id = ids::new_id();
         let bundle = self.cfg.state.join("containers").join(&id);
         let mut meta = ContainerMeta {
@@ -1017,7 +1128,10 @@ impl Manager {
         }
         shim.kill(id, libc::SIGKILL, true).await?;
         if !shim.wait(id, KILL_WAIT).await? {
-            return Err(Error::new(Kind::DeadlineExceeded, format!("container {id} did not stop within {}s of SIGKILL", KILL_WAIT.as_secs())));
+            return Err(Error::new(
+                Kind::DeadlineExceeded,
+                format!("container {id} did not stop within {}s of SIGKILL", KILL_WAIT.as_secs()),
+            ));
         }
         info!(self.log, "container killed"; "container_id" => id);
         Ok(())
@@ -1059,7 +1173,10 @@ impl Manager {
     async fn runtime_cmd(&self, args: &[&str]) {
         let mut cmd = tokio::process::Command::new(&self.cfg.runtime);
         cmd.arg("--root").arg(self.cfg.state.join("runc")).args(args);
-        cmd.kill_on_drop(true).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        cmd.kill_on_drop(true)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
         let what = args.join(" ");
         match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
             Ok(Ok(o)) if !o.status.success() => {
@@ -1091,7 +1208,12 @@ impl Manager {
             annotations: meta.config.annotations.clone(),
             mounts: meta.config.mounts.clone(),
             log_path: meta.log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-            resources: meta.config.linux.as_ref().and_then(|l| l.resources.clone()).map(|r| cri::ContainerResources { linux: Some(r), windows: None }),
+            resources: meta
+                .config
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.clone())
+                .map(|r| cri::ContainerResources { linux: Some(r), windows: None }),
             image_id: meta.image_id.clone(),
             user: None,
             stop_signal: meta.config.stop_signal,
@@ -1099,7 +1221,11 @@ impl Manager {
     }
 
     /// ContainerStatus.
-    pub async fn container_status(&self, id: &str, verbose: bool) -> Result<(cri::ContainerStatus, HashMap<String, String>)> {
+    pub async fn container_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<(cri::ContainerStatus, HashMap<String, String>)> {
         let meta = self.container(id)?;
         let st = self.runtime_state(&meta).await;
         let mut info = HashMap::new();
@@ -1197,7 +1323,10 @@ impl Manager {
         let deadline = (timeout > 0).then(|| Duration::from_secs(timeout as u64) + CALL_TIMEOUT);
         let resp = shim.api().exec_sync(shim_client::ctx(deadline), &req).await?;
         if resp.timed_out {
-            return Err(Error::new(Kind::DeadlineExceeded, format!("command {cmd:?} timed out after {timeout}s and was killed")));
+            return Err(Error::new(
+                Kind::DeadlineExceeded,
+                format!("command {cmd:?} timed out after {timeout}s and was killed"),
+            ));
         }
         Ok(cri::ExecSyncResponse { stdout: resp.stdout, stderr: resp.stderr, exit_code: resp.exit_code })
     }

@@ -17,11 +17,14 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 /// Checks a hostname (RFC 1123 labels, at most 64 bytes as the kernel allows).
 pub fn check_hostname(h: &str) -> Result<()> {
     let ok = h.len() <= 64
-        && h.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        && h.split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid(format!("hostname {h:?} is not a valid hostname (letters, digits, '-', '.'; at most 64 bytes)")))
+        Err(Error::invalid(format!(
+            "hostname {h:?} is not a valid hostname (letters, digits, '-', '.'; at most 64 bytes)"
+        )))
     }
 }
 
@@ -74,7 +77,11 @@ mod tests {
 
     #[test]
     fn dns_from_config() {
-        let d = cri::DnsConfig { servers: vec!["10.0.0.10".into()], searches: vec!["svc.local".into()], options: vec!["ndots:5".into()] };
+        let d = cri::DnsConfig {
+            servers: vec!["10.0.0.10".into()],
+            searches: vec!["svc.local".into()],
+            options: vec!["ndots:5".into()],
+        };
         assert_eq!(resolv_conf(Some(&d)).unwrap(), "search svc.local\nnameserver 10.0.0.10\noptions ndots:5\n");
         let bad = cri::DnsConfig { servers: vec!["x; rm".into()], ..Default::default() };
         assert!(resolv_conf(Some(&bad)).is_err());

@@ -54,7 +54,9 @@ impl Reference {
         };
         let path = if domain == "docker.io" && !path.contains('/') { format!("library/{path}") } else { path };
         for comp in path.split('/') {
-            if comp.is_empty() || !comp.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)) {
+            if comp.is_empty()
+                || !comp.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            {
                 return Err(bad("repository path components must be lowercase [a-z0-9._-]"));
             }
         }

@@ -17,7 +17,12 @@ use crate::manager::Manager;
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// Binds `listen` (0660) and serves until `shutdown` resolves.
-pub async fn serve(listen: &Path, mgr: Arc<Manager>, log: Logger, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+pub async fn serve(
+    listen: &Path,
+    mgr: Arc<Manager>,
+    log: Logger,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     if let Some(dir) = listen.parent() {
         std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
     }
@@ -28,11 +33,20 @@ pub async fn serve(listen: &Path, mgr: Arc<Manager>, log: Logger, shutdown: impl
         _ => {}
     }
     let listener = tokio::net::UnixListener::bind(listen).ctx(|| format!("binding {}", listen.display()))?;
-    std::fs::set_permissions(listen, std::fs::Permissions::from_mode(0o660)).ctx(|| format!("chmod {}", listen.display()))?;
+    std::fs::set_permissions(listen, std::fs::Permissions::from_mode(0o660))
+        .ctx(|| format!("chmod {}", listen.display()))?;
     let svc = CriServer::new(mgr, log);
     tonic::transport::Server::builder()
-        .add_service(RuntimeServiceServer::new(svc.clone()).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
-        .add_service(ImageServiceServer::new(svc.clone()).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
+        .add_service(
+            RuntimeServiceServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            ImageServiceServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
         .add_service(ImagesServer::new(svc))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await

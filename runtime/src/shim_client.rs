@@ -68,10 +68,7 @@ pub async fn start(l: &ShimLaunch) -> Result<u32> {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(Error::internal(format!("berth-shim failed: {}", err.trim())));
     }
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .map_err(|_| Error::internal("berth-shim printed no pid"))
+    String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| Error::internal("berth-shim printed no pid"))
 }
 
 /// A connected shim.
@@ -184,7 +181,9 @@ mod tests {
     async fn refuses_a_shim_of_an_unknown_api_version() {
         let dir = tempfile::tempdir().unwrap();
         let listener = tokio::net::UnixListener::bind(socket_path(dir.path())).unwrap();
-        let mut server = ttrpc::r#async::Server::new().add_listener(listener.into()).register_service(create_shim(Arc::new(FutureShim)));
+        let mut server = ttrpc::r#async::Server::new()
+            .add_listener(listener.into())
+            .register_service(create_shim(Arc::new(FutureShim)));
         server.start().await.unwrap();
         let e = Shim::connect(dir.path()).await.err().expect("an unknown version must be refused");
         assert_eq!(e.kind, Kind::FailedPrecondition);

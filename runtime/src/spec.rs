@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder,
+    Spec, UserBuilder,
 };
 use protocol::cri;
 
@@ -61,8 +61,20 @@ impl ImageDefaults {
 
 /// containerd's default capability set for unprivileged containers.
 const DEFAULT_CAPS: &[&str] = &[
-    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP", "SETPCAP",
-    "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
 ];
 
 fn oci(e: oci_spec::OciSpecError) -> Error {
@@ -112,13 +124,7 @@ fn merge_env(image: &[String], cri_envs: &[cri::KeyValue], hostname: &str) -> Ve
 fn bind(dest: &str, source: &Path, readonly: bool, extra: &[&str]) -> Result<Mount> {
     let mut options = vec!["rbind".to_string(), if readonly { "ro" } else { "rw" }.to_string()];
     options.extend(extra.iter().map(|s| s.to_string()));
-    MountBuilder::default()
-        .destination(dest)
-        .typ("bind")
-        .source(source)
-        .options(options)
-        .build()
-        .map_err(oci)
+    MountBuilder::default().destination(dest).typ("bind").source(source).options(options).build().map_err(oci)
 }
 
 /// oom_score_adj the container can actually get: without CAP_SYS_RESOURCE a
@@ -171,11 +177,8 @@ pub fn build(
     }
     let user = UserBuilder::default().uid(ident.uid).gid(ident.gid).additional_gids(gids).build().map_err(oci)?;
 
-    let mut caps: HashSet<Capability> = if sc.privileged {
-        all_caps()
-    } else {
-        DEFAULT_CAPS.iter().map(|c| parse_cap(c)).collect::<Result<_>>()?
-    };
+    let mut caps: HashSet<Capability> =
+        if sc.privileged { all_caps() } else { DEFAULT_CAPS.iter().map(|c| parse_cap(c)).collect::<Result<_>>()? };
     if let Some(c) = &sc.capabilities {
         for a in &c.add_capabilities {
             if a.eq_ignore_ascii_case("ALL") {
@@ -263,7 +266,9 @@ pub fn build(
     let ns_opts = sc.namespace_options.clone().unwrap_or_default();
     let mut namespaces = vec![LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Mount).build().map_err(oci)?];
     let ns_dir = sandbox.dir.join("ns");
-    for (name, typ) in [("net", LinuxNamespaceType::Network), ("ipc", LinuxNamespaceType::Ipc), ("uts", LinuxNamespaceType::Uts)] {
+    for (name, typ) in
+        [("net", LinuxNamespaceType::Network), ("ipc", LinuxNamespaceType::Ipc), ("uts", LinuxNamespaceType::Uts)]
+    {
         if sandbox.pinned.iter().any(|p| p == name) {
             namespaces.push(LinuxNamespaceBuilder::default().typ(typ).path(ns_dir.join(name)).build().map_err(oci)?);
         }
@@ -274,7 +279,11 @@ pub fn build(
         2 => {}
         0 if sandbox.pinned.iter().any(|p| p == "pid") => {
             namespaces.push(
-                LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Pid).path(ns_dir.join("pid")).build().map_err(oci)?,
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::Pid)
+                    .path(ns_dir.join("pid"))
+                    .build()
+                    .map_err(oci)?,
             );
         }
         3 => return Err(Error::invalid("pid namespace mode TARGET is not supported")),
@@ -357,12 +366,47 @@ pub fn build(
 fn all_caps() -> HashSet<Capability> {
     // Every capability oci-spec knows; runc drops those the kernel lacks.
     [
-        "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "BPF", "CHECKPOINT_RESTORE", "CHOWN",
-        "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "IPC_LOCK", "IPC_OWNER", "KILL", "LEASE",
-        "LINUX_IMMUTABLE", "MAC_ADMIN", "MAC_OVERRIDE", "MKNOD", "NET_ADMIN", "NET_BIND_SERVICE", "NET_BROADCAST",
-        "NET_RAW", "PERFMON", "SETGID", "SETFCAP", "SETPCAP", "SETUID", "SYS_ADMIN", "SYS_BOOT", "SYS_CHROOT",
-        "SYS_MODULE", "SYS_NICE", "SYS_PACCT", "SYS_PTRACE", "SYS_RAWIO", "SYS_RESOURCE", "SYS_TIME",
-        "SYS_TTY_CONFIG", "SYSLOG", "WAKE_ALARM",
+        "AUDIT_CONTROL",
+        "AUDIT_READ",
+        "AUDIT_WRITE",
+        "BLOCK_SUSPEND",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "KILL",
+        "LEASE",
+        "LINUX_IMMUTABLE",
+        "MAC_ADMIN",
+        "MAC_OVERRIDE",
+        "MKNOD",
+        "NET_ADMIN",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_RAW",
+        "PERFMON",
+        "SETGID",
+        "SETFCAP",
+        "SETPCAP",
+        "SETUID",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_CHROOT",
+        "SYS_MODULE",
+        "SYS_NICE",
+        "SYS_PACCT",
+        "SYS_PTRACE",
+        "SYS_RAWIO",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "SYSLOG",
+        "WAKE_ALARM",
     ]
     .iter()
     .filter_map(|c| parse_cap(c).ok())
@@ -393,7 +437,11 @@ mod tests {
 
     #[test]
     fn env_later_wins() {
-        let env = merge_env(&["A=1".into(), "PATH=/img".into()], &[cri::KeyValue { key: "A".into(), value: "2".into() }], "h");
+        let env = merge_env(
+            &["A=1".into(), "PATH=/img".into()],
+            &[cri::KeyValue { key: "A".into(), value: "2".into() }],
+            "h",
+        );
         assert!(env.contains(&"A=2".to_string()));
         assert!(env.contains(&"PATH=/img".to_string()));
         assert!(env.contains(&"HOSTNAME=h".to_string()));

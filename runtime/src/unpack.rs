@@ -27,7 +27,8 @@ pub fn unpack_layer(blob: &Path, dest: &Path) -> Result<()> {
 }
 
 fn open_layer(blob: &Path) -> Result<Box<dyn Read>> {
-    let mut f = std::fs::File::open(blob).map_err(|e| Error::internal(format!("opening layer {}: {e}", blob.display())))?;
+    let mut f =
+        std::fs::File::open(blob).map_err(|e| Error::internal(format!("opening layer {}: {e}", blob.display())))?;
     let mut magic = [0u8; 2];
     let n = f.read(&mut magic).map_err(|e| Error::internal(format!("reading layer: {e}")))?;
     let head = std::io::Cursor::new(magic[..n].to_vec());
@@ -63,7 +64,9 @@ fn safe_dir(root: &Path, rel: &Path) -> Result<PathBuf> {
         match std::fs::symlink_metadata(&cur) {
             Ok(m) if m.file_type().is_dir() => {}
             Ok(_) => return Err(Error::invalid(format!("layer path {} goes through a non-directory", rel.display()))),
-            Err(_) => std::fs::create_dir(&cur).map_err(|e| Error::internal(format!("creating {}: {e}", cur.display())))?,
+            Err(_) => {
+                std::fs::create_dir(&cur).map_err(|e| Error::internal(format!("creating {}: {e}", cur.display())))?
+            }
         }
     }
     Ok(cur)
@@ -177,7 +180,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         for bad in [
             layer(&[("../evil", tar::EntryType::Regular, b"x", None)]),
-            layer(&[("link", tar::EntryType::Symlink, b"", Some("/")), ("link/etc/evil", tar::EntryType::Regular, b"x", None)]),
+            layer(&[
+                ("link", tar::EntryType::Symlink, b"", Some("/")),
+                ("link/etc/evil", tar::EntryType::Regular, b"x", None),
+            ]),
             layer(&[("hl", tar::EntryType::Link, b"", Some("../../outside"))]),
         ] {
             let dest = d.path().join("snap");

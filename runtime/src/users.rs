@@ -93,7 +93,8 @@ mod tests {
     fn resolves_from_image_files() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("etc")).unwrap();
-        std::fs::write(d.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n").unwrap();
+        std::fs::write(d.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n")
+            .unwrap();
         std::fs::write(d.path().join("etc/group"), "root:x:0:\napp:x:1000:\nextra:x:2000:app,other\n").unwrap();
         assert_eq!(resolve(d.path(), "").unwrap(), Identity { uid: 0, gid: 0, additional_gids: vec![] });
         assert_eq!(resolve(d.path(), "app").unwrap(), Identity { uid: 1000, gid: 1000, additional_gids: vec![2000] });

@@ -72,7 +72,9 @@ impl AsyncRead for PtyReader {
         loop {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|inner| nix::unistd::read(inner.get_ref().as_fd(), unfilled).map_err(std::io::Error::from)) {
+            match guard
+                .try_io(|inner| nix::unistd::read(inner.get_ref().as_fd(), unfilled).map_err(std::io::Error::from))
+            {
                 Ok(Ok(n)) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));

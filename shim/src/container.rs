@@ -75,7 +75,8 @@ pub fn nanos(t: SystemTime) -> i64 {
 impl Container {
     /// A container `runc create` has just made, with init `pid`.
     pub fn new(id: String, bundle: PathBuf, log: Arc<LogSink>, pid: i32, io: Io) -> Arc<Self> {
-        let record = Record { pid, status: Status::CREATED, created_at: nanos(SystemTime::now()), ..Default::default() };
+        let record =
+            Record { pid, status: Status::CREATED, created_at: nanos(SystemTime::now()), ..Default::default() };
         let (exited, _) = watch::channel(false);
         Arc::new(Container {
             id,

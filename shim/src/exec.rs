@@ -101,8 +101,10 @@ async fn run(
 ) -> Result<ExecResult, ExecError> {
     // The exec runs as the container's process does (user, env, cwd,
     // capabilities), with its own args and no terminal.
-    let config = std::fs::read(c.bundle.join("config.json")).map_err(|e| ExecError::Prepare(format!("reading config.json: {e}")))?;
-    let config: serde_json::Value = serde_json::from_slice(&config).map_err(|e| ExecError::Prepare(format!("parsing config.json: {e}")))?;
+    let config = std::fs::read(c.bundle.join("config.json"))
+        .map_err(|e| ExecError::Prepare(format!("reading config.json: {e}")))?;
+    let config: serde_json::Value =
+        serde_json::from_slice(&config).map_err(|e| ExecError::Prepare(format!("parsing config.json: {e}")))?;
     let mut process = config.get("process").cloned().unwrap_or_else(|| serde_json::json!({}));
     process["args"] = serde_json::json!(args);
     process["terminal"] = serde_json::json!(false);

@@ -106,7 +106,9 @@ fn launch() -> Result<()> {
                     println!("{}", pid.trim());
                     Ok(())
                 }
-                None if msg.is_empty() => bail!("shim exited before it was ready (see {})", args.dir.join("shim.log").display()),
+                None if msg.is_empty() => {
+                    bail!("shim exited before it was ready (see {})", args.dir.join("shim.log").display())
+                }
                 None => bail!("{}", msg.trim_start_matches("err ").trim()),
             }
         }
@@ -148,11 +150,8 @@ fn detach(dir: &std::path::Path) -> Result<()> {
     // stays ignored across exec, into runc and the containers.
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::new(std::sync::atomic::AtomicBool::new(false)))
         .context("SIGHUP handler")?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("shim.log"))
-        .context("opening shim.log")?;
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("shim.log")).context("opening shim.log")?;
     let null = File::open("/dev/null").context("/dev/null")?;
     nix::unistd::dup2_stdin(&null).context("stdin")?;
     nix::unistd::dup2_stdout(&log).context("stdout")?;
@@ -201,9 +200,8 @@ async fn serve(args: Args, pinned: namespaces::Pinned, log: Logger, ready: &mut 
     let _ = std::fs::remove_file(&sock);
     let listener = tokio::net::UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).context("chmod shim.sock")?;
-    let mut server = ttrpc::r#async::Server::new()
-        .add_listener(listener.into())
-        .register_service(protocol::shim::create_shim(svc));
+    let mut server =
+        ttrpc::r#async::Server::new().add_listener(listener.into()).register_service(protocol::shim::create_shim(svc));
     server.start().await.context("starting ttrpc server")?;
     info!(log, "shim ready"; "socket" => sock.display().to_string(), "pod_init_pid" => pod_init.unwrap_or(0));
     if let Some(mut r) = ready.take() {

@@ -102,7 +102,9 @@ pub fn create(dir: &Path, opts: &NamespaceOptions) -> Result<Pinned, NsError> {
     }
     io(std::fs::create_dir_all(dir), format!("create {}", dir.display()))?;
     sys(mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>), "bind ns folder")?;
-    if let Err(e) = sys(mount(None::<&str>, dir, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>), "make ns folder private") {
+    if let Err(e) =
+        sys(mount(None::<&str>, dir, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>), "make ns folder private")
+    {
         let _ = umount2(dir, MntFlags::MNT_DETACH);
         return Err(e);
     }
@@ -224,11 +226,14 @@ fn pod_init() -> ! {
     let _ = set.thread_block();
     loop {
         match set.wait() {
-            Ok(Signal::SIGCHLD) => while let Ok(s) = nix::sys::wait::waitpid(Pid::from_raw(-1), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-                if s == nix::sys::wait::WaitStatus::StillAlive {
-                    break;
+            Ok(Signal::SIGCHLD) => {
+                while let Ok(s) = nix::sys::wait::waitpid(Pid::from_raw(-1), Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+                {
+                    if s == nix::sys::wait::WaitStatus::StillAlive {
+                        break;
+                    }
                 }
-            },
+            }
             Ok(_) => {
                 // SAFETY: leaving the process without running the parent's
                 // destructors, which this forked copy does not own.

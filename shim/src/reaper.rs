@@ -87,9 +87,7 @@ impl Reaper {
                 }
                 None => {
                     let now = SystemTime::now();
-                    inner
-                        .unclaimed
-                        .retain(|_, s| now.duration_since(s.at).map(|d| d < UNCLAIMED_TTL).unwrap_or(true));
+                    inner.unclaimed.retain(|_, s| now.duration_since(s.at).map(|d| d < UNCLAIMED_TTL).unwrap_or(true));
                     inner.unclaimed.insert(pid, status);
                 }
             }

@@ -119,10 +119,8 @@ impl Runc {
                 cmd.stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr));
             }
         }
-        let (mut child, exit) = self
-            .reaper
-            .spawn(&mut cmd)
-            .map_err(|source| RuncError::Spawn { bin: bin.clone(), source })?;
+        let (mut child, exit) =
+            self.reaper.spawn(&mut cmd).map_err(|source| RuncError::Spawn { bin: bin.clone(), source })?;
         // Drop our copies of pass-through fds now, so the container's pipes
         // close when the container (not the shim) closes them.
         drop(cmd);

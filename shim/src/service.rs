@@ -55,7 +55,14 @@ pub struct ShimService {
 
 impl ShimService {
     /// A service for `sandbox_id`.
-    pub fn new(sandbox_id: String, runc: Runc, reaper: Reaper, pinned: Pinned, max_log_line: usize, log: Logger) -> Self {
+    pub fn new(
+        sandbox_id: String,
+        runc: Runc,
+        reaper: Reaper,
+        pinned: Pinned,
+        max_log_line: usize,
+        log: Logger,
+    ) -> Self {
         ShimService {
             sandbox_id,
             runc,
@@ -84,7 +91,10 @@ impl ShimService {
 
     async fn do_create(&self, req: &CreateRequest) -> TResult<Arc<Container>> {
         let id = req.id.as_str();
-        if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+        if id.is_empty()
+            || id.len() > 128
+            || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
             return Err(status(Code::INVALID_ARGUMENT, format!("invalid container id {id:?}")));
         }
         if self.containers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(id) {
@@ -118,12 +128,14 @@ impl ShimService {
         let (out_w, err_w, console) = if req.terminal {
             let sock = bundle.join("console.sock");
             let _ = std::fs::remove_file(&sock);
-            let listener = tokio::net::UnixListener::bind(&sock).map_err(|e| status(Code::INTERNAL, format!("console socket: {e}")))?;
+            let listener = tokio::net::UnixListener::bind(&sock)
+                .map_err(|e| status(Code::INTERNAL, format!("console socket: {e}")))?;
             args.push("--console-socket".into());
             args.push(sock.to_string_lossy().to_string());
             let null = || std::fs::File::options().write(true).open("/dev/null").map(OwnedFd::from);
             let (o, e) = (null(), null());
-            let (o, e) = o.and_then(|o| e.map(|e| (o, e))).map_err(|e| status(Code::INTERNAL, format!("/dev/null: {e}")))?;
+            let (o, e) =
+                o.and_then(|o| e.map(|e| (o, e))).map_err(|e| status(Code::INTERNAL, format!("/dev/null: {e}")))?;
             (o, e, Some(tokio::spawn(crate::console::receive_master(listener))))
         } else {
             let (out_r, out_w) = pipe()?;
@@ -159,7 +171,8 @@ impl ShimService {
                 .map_err(|e| status(Code::INTERNAL, format!("receiving the terminal: {e}")))?;
             let _ = std::fs::remove_file(bundle.join("console.sock"));
             let reader_fd = master.try_clone().map_err(|e| status(Code::INTERNAL, format!("dup terminal: {e}")))?;
-            let reader = crate::console::PtyReader::new(reader_fd).map_err(|e| status(Code::INTERNAL, format!("terminal: {e}")))?;
+            let reader = crate::console::PtyReader::new(reader_fd)
+                .map_err(|e| status(Code::INTERNAL, format!("terminal: {e}")))?;
             forwarders.push(tokio::spawn(cri_log::forward(Stream::Stdout, reader, Arc::clone(&sink))));
             io.pty = Some(master);
         }
@@ -211,7 +224,9 @@ impl Shim for ShimService {
         }
         if let Err(e) = self.runc.kill(&req.id, req.signal as i32, req.all).await {
             // The container may have exited between the check and the kill.
-            let gone = c.record().status == Status::STOPPED || e.stderr().contains("not running") || runc::is_not_found(e.stderr());
+            let gone = c.record().status == Status::STOPPED
+                || e.stderr().contains("not running")
+                || runc::is_not_found(e.stderr());
             if !gone {
                 return Err(status(Code::INTERNAL, e));
             }
@@ -289,7 +304,10 @@ impl Shim for ShimService {
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: protocol::shim::ResizePtyRequest) -> TResult<Empty> {
         let c = self.get(&req.id)?;
-        let pty = c.pty.as_ref().ok_or_else(|| status(Code::FAILED_PRECONDITION, format!("container {} has no terminal", req.id)))?;
+        let pty = c
+            .pty
+            .as_ref()
+            .ok_or_else(|| status(Code::FAILED_PRECONDITION, format!("container {} has no terminal", req.id)))?;
         let (w, h) = (u16::try_from(req.width), u16::try_from(req.height));
         let (Ok(w), Ok(h)) = (w, h) else {
             return Err(status(Code::INVALID_ARGUMENT, "terminal size out of range"));

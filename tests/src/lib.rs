@@ -77,6 +77,9 @@ fn spawn_berthd(dir: &Path, socket: &Path, env: &[(&str, &str)], args: &[String]
         .arg(socket)
         .arg("--log-level")
         .arg("debug")
+        // No CNI unless a test writes a configuration into its own folder.
+        .arg("--cni-conf-dir")
+        .arg(dir.join("cni"))
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -221,12 +224,20 @@ impl Daemon {
     /// namespace per container, as kubelet asks for v1 pods.
     pub fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
         cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata { name: name.into(), namespace: "default".into(), uid: format!("uid-{name}"), attempt: 0 }),
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                namespace: "default".into(),
+                uid: format!("uid-{name}"),
+                attempt: 0,
+            }),
             hostname: name.replace('.', "-"),
             log_directory: self.logs.join(name).display().to_string(),
             linux: Some(cri::LinuxPodSandboxConfig {
                 security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption { pid: cri::NamespaceMode::Container as i32, ..Default::default() }),
+                    namespace_options: Some(cri::NamespaceOption {
+                        pid: cri::NamespaceMode::Container as i32,
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -252,7 +263,12 @@ impl Daemon {
     }
 
     /// Creates a container from a full config.
-    pub async fn create_with(&mut self, pod: &str, pod_config: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> Result<String, tonic::Status> {
+    pub async fn create_with(
+        &mut self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
         Ok(self
             .rt
             .create_container(cri::CreateContainerRequest {
@@ -341,7 +357,11 @@ impl Daemon {
     pub async fn exec(&mut self, id: &str, cmd: &[&str], timeout: i64) -> Result<cri::ExecSyncResponse, tonic::Status> {
         Ok(self
             .rt
-            .exec_sync(cri::ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout })
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout,
+            })
             .await?
             .into_inner())
     }
@@ -365,7 +385,11 @@ impl Daemon {
             let _ = std::thread::spawn(move || {
                 let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
                 rt.block_on(async {
-                    let Ok(ch) = berth::cri_client::connect(&socket.display().to_string(), Duration::from_secs(2)).await else { return };
+                    let Ok(ch) =
+                        berth::cri_client::connect(&socket.display().to_string(), Duration::from_secs(2)).await
+                    else {
+                        return;
+                    };
                     let mut c = RuntimeServiceClient::new(ch);
                     if let Ok(pods) = c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await {
                         for p in pods.into_inner().items {
@@ -380,7 +404,9 @@ impl Daemon {
         // Anything a failed test left: shims by their pid files, then mounts.
         if let Ok(entries) = std::fs::read_dir(self.dir.path().join("s/sandboxes")) {
             for e in entries.flatten() {
-                if let Some(pid) = std::fs::read_to_string(e.path().join("shim.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+                if let Some(pid) =
+                    std::fs::read_to_string(e.path().join("shim.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok())
+                {
                     kill_tree(pid);
                 }
             }
@@ -405,9 +431,10 @@ pub fn kill_tree(pid: i32) {
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
             let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let ppid = std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1).and_then(|x| x.parse::<i32>().ok())));
+            let ppid = std::fs::read_to_string(format!("/proc/{p}/stat")).ok().and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1).and_then(|x| x.parse::<i32>().ok()))
+            });
             if ppid == Some(pid) {
                 children.push(p);
             }
@@ -459,5 +486,52 @@ pub fn container_config(name: &str, cmd: &[&str]) -> cri::ContainerConfig {
         log_path: format!("{name}.log"),
         linux: Some(cri::LinuxContainerConfig::default()),
         ..Default::default()
+    }
+}
+
+/// The test's network; deletes its bridge when dropped.
+pub struct TestNet {
+    /// Bridge name.
+    pub bridge: String,
+    /// First three octets of the /24.
+    pub prefix: String,
+    /// host-local's data folder.
+    pub ipam: std::path::PathBuf,
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.bridge]).status();
+    }
+}
+
+/// Whether Debian's CNI plugins are installed.
+pub fn cni_available() -> bool {
+    Path::new("/usr/lib/cni/bridge").exists() || Path::new("/opt/cni/bin/bridge").exists()
+}
+
+impl TestNet {
+    /// Writes a bridge + host-local + portmap configuration unique to this daemon.
+    pub fn new(d: &Daemon) -> TestNet {
+        let tag: String =
+            d.dir.path().file_name().unwrap().to_string_lossy().chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+        let tag = tag.to_ascii_lowercase();
+        let h = tag.bytes().fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
+        let prefix = format!("10.{}.{}", 100 + h % 100, (h / 100) % 250);
+        let bridge = format!("bt{}", &tag[tag.len().saturating_sub(8)..]);
+        let ipam = d.dir.path().join("ipam");
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": format!("berth-test-{tag}"),
+            "plugins": [
+                {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false, "hairpinMode": true,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("{prefix}.0/24")}]], "dataDir": ipam}},
+                {"type": "portmap", "capabilities": {"portMappings": true}}
+            ]
+        });
+        let dir = d.dir.path().join("cni");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("10-test.conflist"), serde_json::to_vec_pretty(&conf).unwrap()).unwrap();
+        TestNet { bridge, prefix, ipam }
     }
 }

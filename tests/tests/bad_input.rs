@@ -7,8 +7,10 @@ use protocol::cri;
 use tonic::Code;
 
 async fn counts(d: &mut Daemon) -> (usize, usize) {
-    let pods = d.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner().items.len();
-    let cs = d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers.len();
+    let pods =
+        d.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner().items.len();
+    let cs =
+        d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers.len();
     (pods, cs)
 }
 
@@ -24,9 +26,15 @@ async fn bad_input_is_refused_with_the_right_status() {
     let unknown = "f".repeat(64);
 
     // Unknown ids.
-    let e = d.rt.container_status(cri::ContainerStatusRequest { container_id: unknown.clone(), verbose: false }).await.unwrap_err();
+    let e =
+        d.rt.container_status(cri::ContainerStatusRequest { container_id: unknown.clone(), verbose: false })
+            .await
+            .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    let e = d.rt.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: unknown.clone(), verbose: false }).await.unwrap_err();
+    let e =
+        d.rt.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: unknown.clone(), verbose: false })
+            .await
+            .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let e = d.rt.start_container(cri::StartContainerRequest { container_id: unknown.clone() }).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
@@ -36,7 +44,10 @@ async fn bad_input_is_refused_with_the_right_status() {
     assert_eq!(e.code(), Code::NotFound);
 
     // Duplicate names.
-    let e = d.rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() }).await.unwrap_err();
+    let e =
+        d.rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() })
+            .await
+            .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
     let e = d.create_with(&pod, &cfg, container_config("main", &["true"])).await.unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
@@ -45,14 +56,27 @@ async fn bad_input_is_refused_with_the_right_status() {
     for bad in ["", "a/b", "nul\0byte", &"x".repeat(254)] {
         let mut p = d.pod_config("placeholder");
         p.metadata.as_mut().unwrap().name = bad.to_string();
-        let e = d.rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(p), runtime_handler: String::new() }).await.unwrap_err();
+        let e =
+            d.rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(p), runtime_handler: String::new() })
+                .await
+                .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "pod name {bad:?}: {e:?}");
         let e = d.create_with(&pod, &cfg, container_config(bad, &["true"])).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "container name {bad:?}: {e:?}");
     }
-    let e = d.rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cri::PodSandboxConfig::default()), runtime_handler: String::new() }).await.unwrap_err();
+    let e =
+        d.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cri::PodSandboxConfig::default()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = d.rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(d.pod_config("h")), runtime_handler: "nope".into() }).await.unwrap_err();
+    let e = d
+        .rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(d.pod_config("h")), runtime_handler: "nope".into() })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 
     // Log paths that leave the log directory.
@@ -86,7 +110,20 @@ async fn bad_input_is_refused_with_the_right_status() {
     d.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: unknown.clone() }).await.unwrap();
     d.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: unknown }).await.unwrap();
     // Images: status of a missing one is empty, removal of it succeeds.
-    let r = d.img.image_status(cri::ImageStatusRequest { image: Some(cri::ImageSpec { image: "not-there".into(), ..Default::default() }), verbose: false }).await.unwrap().into_inner();
+    let r = d
+        .img
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec { image: "not-there".into(), ..Default::default() }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.image.is_none());
-    d.img.remove_image(cri::RemoveImageRequest { image: Some(cri::ImageSpec { image: "not-there".into(), ..Default::default() }) }).await.unwrap();
+    d.img
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec { image: "not-there".into(), ..Default::default() }),
+        })
+        .await
+        .unwrap();
 }

@@ -11,7 +11,11 @@ fn ctl(d: &Daemon, args: &[&str]) -> (i32, String, String) {
         .args(args)
         .output()
         .expect("run berthctl");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 fn ok(d: &Daemon, args: &[&str]) -> String {

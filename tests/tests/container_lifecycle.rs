@@ -36,9 +36,8 @@ async fn create_start_exit_codes_and_reasons() {
     assert_eq!(st.reason, "Completed");
 
     // ListContainers: filters by state and sandbox.
-    let running = d
-        .rt
-        .list_containers(cri::ListContainersRequest {
+    let running =
+        d.rt.list_containers(cri::ListContainersRequest {
             filter: Some(cri::ContainerFilter {
                 state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
                 pod_sandbox_id: pod.clone(),
@@ -68,9 +67,11 @@ async fn stop_honours_the_grace_period() {
     let cfg = d.pod_config("grace");
     let pod = d.run_pod(&cfg).await;
     // Exits promptly on SIGTERM.
-    let polite = d.create(&pod, &cfg, "polite", &["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]).await;
+    let polite =
+        d.create(&pod, &cfg, "polite", &["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]).await;
     // Ignores SIGTERM.
-    let stubborn = d.create(&pod, &cfg, "stubborn", &["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]).await;
+    let stubborn =
+        d.create(&pod, &cfg, "stubborn", &["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]).await;
     for c in [&polite, &stubborn] {
         d.start_container(c).await;
         d.wait_state(c, cri::ContainerState::ContainerRunning, Duration::from_secs(5)).await;
@@ -111,7 +112,11 @@ async fn container_events_stream_the_lifecycle() {
     d.rt.remove_container(cri::RemoveContainerRequest { container_id: c.clone() }).await.unwrap();
     let mut seen = Vec::new();
     while seen.last() != Some(&cri::ContainerEventType::ContainerDeletedEvent) {
-        let e = tokio::time::timeout(Duration::from_secs(10), events.message()).await.expect("event in time").unwrap().expect("stream open");
+        let e = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("event in time")
+            .unwrap()
+            .expect("stream open");
         assert_eq!(e.container_id, c);
         assert!(e.created_at > 0);
         let kind = cri::ContainerEventType::try_from(e.container_event_type).unwrap();

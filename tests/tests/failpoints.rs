@@ -42,9 +42,11 @@ struct Run {
 async fn perform(d: &mut Daemon, run: &mut Run, op: Op) -> Result<(), tonic::Status> {
     match op {
         Op::RunPod => {
-            run.pod = d
-                .rt
-                .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(run.cfg.clone()), runtime_handler: String::new() })
+            run.pod =
+                d.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(run.cfg.clone()),
+                    runtime_handler: String::new(),
+                })
                 .await?
                 .into_inner()
                 .pod_sandbox_id
@@ -77,6 +79,13 @@ async fn perform(d: &mut Daemon, run: &mut Run, op: Op) -> Result<(), tonic::Sta
 
 async fn crash_at(step: &str) {
     let mut d = Daemon::start_with(&[("BERTH_FAILPOINT", step)]).await;
+    // The network step needs a network.
+    let _net = (step == "run-pod-sandbox/network-added" && berth_tests::cni_available())
+        .then(|| berth_tests::TestNet::new(&d));
+    if step == "run-pod-sandbox/network-added" && _net.is_none() {
+        eprintln!("skipped: containernetworking-plugins are not installed (scripts/setup.sh installs them)");
+        return;
+    }
     let mut run = Run { cfg: d.pod_config("fp"), pod: String::new(), ctr: String::new() };
     let target = op_of(step);
     for op in OPS {
@@ -89,10 +98,13 @@ async fn crash_at(step: &str) {
         assert!(d.wait_exited(Duration::from_secs(5)).await, "berthd did not die at {step}");
         d.restart().await;
         let pods = d.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner().items;
-        let cs = d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers;
+        let cs =
+            d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers;
         // No half object: whatever is listed is whole (its status answers).
         for p in &pods {
-            d.rt.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: p.id.clone(), verbose: false }).await.unwrap();
+            d.rt.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: p.id.clone(), verbose: false })
+                .await
+                .unwrap();
         }
         for c in &cs {
             d.status(&c.id).await;
@@ -135,6 +147,7 @@ failpoint_tests! {
     run_pod_recorded => "run-pod-sandbox/recorded",
     run_pod_files_written => "run-pod-sandbox/files-written",
     run_pod_shim_started => "run-pod-sandbox/shim-started",
+    run_pod_network_added => "run-pod-sandbox/network-added",
     create_recorded => "create-container/recorded",
     create_rootfs_mounted => "create-container/rootfs-mounted",
     create_bundle_written => "create-container/bundle-written",

@@ -58,7 +58,14 @@ async fn reopen_after_rename_loses_nothing() {
     let mut d = Daemon::start().await;
     let cfg = d.pod_config("reopen");
     let pod = d.run_pod(&cfg).await;
-    let c = d.create(&pod, &cfg, "counter", &["sh", "-c", "i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); done; sleep 1000"]).await;
+    let c = d
+        .create(
+            &pod,
+            &cfg,
+            "counter",
+            &["sh", "-c", "i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); done; sleep 1000"],
+        )
+        .await;
     d.start_container(&c).await;
     let path = d.status(&c).await.log_path;
     let mut rotated = Vec::new();
@@ -156,7 +163,8 @@ async fn berthctl_follow_reads_through_rotations_and_exits_with_the_container() 
     let mut d = Daemon::start().await;
     let cfg = d.pod_config("follow");
     let pod = d.run_pod(&cfg).await;
-    let script = "i=0; while [ $i -lt 600 ]; do echo line-$i; i=$((i+1)); [ $((i % 100)) = 0 ] && sleep 0.3; done; true";
+    let script =
+        "i=0; while [ $i -lt 600 ]; do echo line-$i; i=$((i+1)); [ $((i % 100)) = 0 ] && sleep 0.3; done; true";
     let c = d.create(&pod, &cfg, "follow", &["sh", "-c", script]).await;
     let path = d.status(&c).await.log_path;
     // Started before the container is.
@@ -230,7 +238,14 @@ async fn a_full_log_disk_never_stops_the_container() {
         .unwrap();
     assert!(filled.success());
     let pod = d.run_pod(&cfg).await;
-    let c = d.create(&pod, &cfg, "chatty", &["sh", "-c", "i=0; while true; do echo line-$i-padding-padding-padding; i=$((i+1)); sleep 0.002; done"]).await;
+    let c = d
+        .create(
+            &pod,
+            &cfg,
+            "chatty",
+            &["sh", "-c", "i=0; while true; do echo line-$i-padding-padding-padding; i=$((i+1)); sleep 0.002; done"],
+        )
+        .await;
     d.start_container(&c).await;
 
     let mut full = false;
@@ -273,7 +288,14 @@ async fn a_full_log_disk_never_stops_the_container() {
 async fn rotate_run(max_files: &str) -> (Vec<usize>, usize) {
     let mut d = Daemon::start_full(
         &[],
-        &["--container-log-max-size", "8Ki", "--container-log-max-files", max_files, "--container-log-check-interval", "50ms"],
+        &[
+            "--container-log-max-size",
+            "8Ki",
+            "--container-log-max-files",
+            max_files,
+            "--container-log-check-interval",
+            "50ms",
+        ],
     )
     .await;
     let cfg = d.pod_config("rotation");
@@ -314,7 +336,8 @@ async fn rotate_run(max_files: &str) -> (Vec<usize>, usize) {
         }
     }
     let (out, _) = split_streams(&all);
-    let numbers = String::from_utf8(out).unwrap().lines().map(|l| l.strip_prefix("n-").unwrap().parse().unwrap()).collect();
+    let numbers =
+        String::from_utf8(out).unwrap().lines().map(|l| l.strip_prefix("n-").unwrap().parse().unwrap()).collect();
     (numbers, most)
 }
 
@@ -329,7 +352,11 @@ async fn berthd_rotation_keeps_max_files_and_loses_no_line() {
     let want: Vec<usize> = (first..4000).collect();
     if kept != want {
         let at = kept.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(kept.len().min(want.len()));
-        panic!("kept files have a gap or a repeat at index {at}: {:?} (want from {first} to 3999, got {} lines)", &kept[at.saturating_sub(2)..(at + 3).min(kept.len())], kept.len());
+        panic!(
+            "kept files have a gap or a repeat at index {at}: {:?} (want from {first} to 3999, got {} lines)",
+            &kept[at.saturating_sub(2)..(at + 3).min(kept.len())],
+            kept.len()
+        );
     }
     // Room for every file: the union is the whole output, once and in order.
     let (all, _) = rotate_run("1000").await;
@@ -345,7 +372,10 @@ async fn tty_output_is_logged_and_resize_reaches_the_container() {
     let mut d = Daemon::start().await;
     let cfg = d.pod_config("tty");
     let pod = d.run_pod(&cfg).await;
-    let mut cc = berth_tests::container_config("term", &["sh", "-c", "echo on-a-tty; while true; do stty size; sleep 0.1; done"]);
+    let mut cc = berth_tests::container_config(
+        "term",
+        &["sh", "-c", "echo on-a-tty; while true; do stty size; sleep 0.1; done"],
+    );
     cc.tty = true;
     cc.stdin = true;
     let c = d.create_with(&pod, &cfg, cc).await.unwrap();
@@ -391,7 +421,10 @@ async fn stdin_stays_open_until_closed() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(d.status(&c).await.state, cri::ContainerState::ContainerRunning as i32, "stdin was not kept open");
     let shim = berth::shim_client::Shim::connect(&d.dir.path().join("s/sandboxes").join(&pod)).await.unwrap();
-    shim.api().close_io(berth::shim_client::ctx(Some(Duration::from_secs(5))), &berth::shim_client::req(&c)).await.unwrap();
+    shim.api()
+        .close_io(berth::shim_client::ctx(Some(Duration::from_secs(5))), &berth::shim_client::req(&c))
+        .await
+        .unwrap();
     let st = d.wait_state(&c, cri::ContainerState::ContainerExited, Duration::from_secs(5)).await;
     assert_eq!(st.exit_code, 0);
     let (out, _) = split_streams(&std::fs::read(&st.log_path).unwrap());

@@ -25,7 +25,10 @@ async fn containers_share_pod_net_and_ipc_not_hosts() {
         assert_ne!(in_a, host, "{ns} is the host's");
     }
     // pid namespace per container (kubelet's default for v1 pods).
-    assert_ne!(d.exec_out(&a, &["readlink", "/proc/self/ns/pid"]).await, d.exec_out(&b, &["readlink", "/proc/self/ns/pid"]).await);
+    assert_ne!(
+        d.exec_out(&a, &["readlink", "/proc/self/ns/pid"]).await,
+        d.exec_out(&b, &["readlink", "/proc/self/ns/pid"]).await
+    );
     // Loopback is up in the pod's network namespace.
     let lo = d.exec_out(&a, &["cat", "/sys/class/net/lo/operstate"]).await;
     assert!(lo == "unknown" || lo == "up", "loopback state {lo}");
@@ -35,5 +38,8 @@ async fn containers_share_pod_net_and_ipc_not_hosts() {
     let c = d.create(&pod2, &cfg2, "c", &["sleep", "1000"]).await;
     d.start_container(&c).await;
     d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(5)).await;
-    assert_ne!(d.exec_out(&a, &["readlink", "/proc/self/ns/net"]).await, d.exec_out(&c, &["readlink", "/proc/self/ns/net"]).await);
+    assert_ne!(
+        d.exec_out(&a, &["readlink", "/proc/self/ns/net"]).await,
+        d.exec_out(&c, &["readlink", "/proc/self/ns/net"]).await
+    );
 }

@@ -39,9 +39,8 @@ async fn pod_runs_reports_stops_and_is_removed_without_leftovers() {
     // Listing by label and state.
     let mut sel = std::collections::HashMap::new();
     sel.insert("app".to_string(), "web".to_string());
-    let listed = d
-        .rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest {
+    let listed =
+        d.rt.list_pod_sandbox(cri::ListPodSandboxRequest {
             filter: Some(cri::PodSandboxFilter {
                 label_selector: sel,
                 state: Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
@@ -94,5 +93,8 @@ async fn pod_pid_namespace_is_shared_when_asked() {
     assert!(ps.contains("sleep 1001"), "{ps}");
     let one = d.exec_out(&b, &["cat", "/proc/1/cmdline"]).await;
     assert!(!one.contains("sleep"), "pid 1 should be the pod init: {one:?}");
-    assert_eq!(d.exec_out(&a, &["readlink", "/proc/self/ns/pid"]).await, d.exec_out(&b, &["readlink", "/proc/self/ns/pid"]).await);
+    assert_eq!(
+        d.exec_out(&a, &["readlink", "/proc/self/ns/pid"]).await,
+        d.exec_out(&b, &["readlink", "/proc/self/ns/pid"]).await
+    );
 }

@@ -15,7 +15,8 @@ fn nanos_now() -> i64 {
 async fn snapshot(d: &mut Daemon) -> (serde_json::Value, serde_json::Value) {
     let mut pods = d.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner().items;
     pods.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut cs = d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers;
+    let mut cs =
+        d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers;
     cs.sort_by(|a, b| a.id.cmp(&b.id));
     (serde_json::to_value(pods).unwrap(), serde_json::to_value(cs).unwrap())
 }
@@ -66,7 +67,8 @@ async fn an_exit_while_berthd_is_down_is_reported_after_restart() {
     let cfg = d.pod_config("away");
     let pod = d.run_pod(&cfg).await;
     let quitter = d.create(&pod, &cfg, "quitter", &["sh", "-c", "sleep 0.5; exit 7"]).await;
-    let stayer = d.create(&pod, &cfg, "stayer", &["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]).await;
+    let stayer =
+        d.create(&pod, &cfg, "stayer", &["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]).await;
     d.start_container(&stayer).await;
     d.start_container(&quitter).await;
     d.kill9();

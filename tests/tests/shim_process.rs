@@ -16,7 +16,9 @@ async fn shim_and_container_survive_berthd_kill9() {
     let mut d = Daemon::start().await;
     let cfg = d.pod_config("survivor");
     let pod = d.run_pod(&cfg).await;
-    let c = d.create(&pod, &cfg, "ticker", &["sh", "-c", "i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.05; done"]).await;
+    let c = d
+        .create(&pod, &cfg, "ticker", &["sh", "-c", "i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.05; done"])
+        .await;
     d.start_container(&c).await;
     d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(5)).await;
     let berthd = d.pid() as i32;

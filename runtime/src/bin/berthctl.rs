@@ -17,7 +17,13 @@ use tonic::transport::Channel;
 #[command(name = "berthctl", version, about = "Drive Berth (or any CRI runtime) from the command line")]
 struct Cli {
     /// CRI endpoint.
-    #[arg(short = 'r', long, env = "CONTAINER_RUNTIME_ENDPOINT", default_value = "unix:///run/berth/berth.sock", global = true)]
+    #[arg(
+        short = 'r',
+        long,
+        env = "CONTAINER_RUNTIME_ENDPOINT",
+        default_value = "unix:///run/berth/berth.sock",
+        global = true
+    )]
     endpoint: String,
     /// Per-call timeout in seconds (0: none).
     #[arg(long = "request-timeout", default_value_t = 0, global = true)]
@@ -179,7 +185,8 @@ fn short(id: &str) -> &str {
 }
 
 fn ago(nanos: i64) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
     let s = ((now - nanos) / 1_000_000_000).max(0);
     match s {
         0..=59 => format!("{s} seconds ago"),
@@ -205,7 +212,12 @@ impl Ctl {
 
     async fn pod_id(&mut self, prefix: &str) -> Result<String> {
         let filter = cri::PodSandboxFilter { id: prefix.to_string(), ..Default::default() };
-        let items = self.rt.list_pod_sandbox(self.req(cri::ListPodSandboxRequest { filter: Some(filter) })).await?.into_inner().items;
+        let items = self
+            .rt
+            .list_pod_sandbox(self.req(cri::ListPodSandboxRequest { filter: Some(filter) }))
+            .await?
+            .into_inner()
+            .items;
         match items.len() {
             1 => Ok(items[0].id.clone()),
             0 => Ok(prefix.to_string()),
@@ -215,7 +227,12 @@ impl Ctl {
 
     async fn container_id(&mut self, prefix: &str) -> Result<String> {
         let filter = cri::ContainerFilter { id: prefix.to_string(), ..Default::default() };
-        let cs = self.rt.list_containers(self.req(cri::ListContainersRequest { filter: Some(filter) })).await?.into_inner().containers;
+        let cs = self
+            .rt
+            .list_containers(self.req(cri::ListContainersRequest { filter: Some(filter) }))
+            .await?
+            .into_inner()
+            .containers;
         match cs.len() {
             1 => Ok(cs[0].id.clone()),
             0 => Ok(prefix.to_string()),
@@ -239,7 +256,8 @@ impl Ctl {
             bail!("container {id} has no log file (its pod has no log_directory or it has no log_path)");
         }
         let path = PathBuf::from(&st.log_path);
-        let mut follower = log_printer::Follower::open(&path, opts.tail).with_context(|| format!("opening {}", path.display()))?;
+        let mut follower =
+            log_printer::Follower::open(&path, opts.tail).with_context(|| format!("opening {}", path.display()))?;
         let mut printer = log_printer::Printer::new(opts, std::io::stdout().lock(), std::io::stderr().lock());
         loop {
             // Whether it runs is asked before reading, so the last read after
@@ -286,7 +304,10 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
     match cmd {
         Cmd::Version => {
             let v = c.rt.version(c.req(cri::VersionRequest { version: "v1".into() })).await?.into_inner();
-            println!("Version:  {}\nRuntimeName:  {}\nRuntimeVersion:  {}\nRuntimeApiVersion:  {}", v.version, v.runtime_name, v.runtime_version, v.runtime_api_version);
+            println!(
+                "Version:  {}\nRuntimeName:  {}\nRuntimeVersion:  {}\nRuntimeApiVersion:  {}",
+                v.version, v.runtime_name, v.runtime_version, v.runtime_api_version
+            );
         }
         Cmd::Info => {
             let s = c.rt.status(c.req(cri::StatusRequest { verbose: true })).await?.into_inner();
@@ -294,18 +315,28 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
         }
         Cmd::Runp { config } => {
             let config: cri::PodSandboxConfig = read_config(&config)?;
-            let r = c.rt.run_pod_sandbox(c.req(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })).await?;
+            let r =
+                c.rt.run_pod_sandbox(
+                    c.req(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }),
+                )
+                .await?;
             println!("{}", r.into_inner().pod_sandbox_id);
         }
         Cmd::Pods { output, name, state, quiet } => {
             let state = match state.as_deref().map(str::to_ascii_lowercase).as_deref() {
                 None => None,
                 Some("ready") => Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
-                Some("notready") => Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxNotready as i32 }),
+                Some("notready") => {
+                    Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxNotready as i32 })
+                }
                 Some(s) => bail!("unknown state {s:?}: ready or notready"),
             };
             let filter = cri::PodSandboxFilter { state, ..Default::default() };
-            let mut items = c.rt.list_pod_sandbox(c.req(cri::ListPodSandboxRequest { filter: Some(filter) })).await?.into_inner().items;
+            let mut items =
+                c.rt.list_pod_sandbox(c.req(cri::ListPodSandboxRequest { filter: Some(filter) }))
+                    .await?
+                    .into_inner()
+                    .items;
             if let Some(n) = name {
                 items.retain(|p| p.metadata.as_ref().is_some_and(|m| m.name == n));
             }
@@ -314,19 +345,39 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
             } else if output == Format::Json {
                 print_json(&serde_json::json!({ "items": items }))?;
             } else {
-                println!("{:<13}  {:<16}  {:<10}  {:<24}  {:<16}  {:<7}", "POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT");
+                println!(
+                    "{:<13}  {:<16}  {:<10}  {:<24}  {:<16}  {:<7}",
+                    "POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT"
+                );
                 for p in items {
                     let m = p.metadata.unwrap_or_default();
-                    let st = cri::PodSandboxState::try_from(p.state).map(|s| s.as_str_name().trim_start_matches("SANDBOX_").to_string()).unwrap_or_default();
-                    println!("{:<13}  {:<16}  {:<10}  {:<24}  {:<16}  {:<7}", short(&p.id), ago(p.created_at), st, m.name, m.namespace, m.attempt);
+                    let st = cri::PodSandboxState::try_from(p.state)
+                        .map(|s| s.as_str_name().trim_start_matches("SANDBOX_").to_string())
+                        .unwrap_or_default();
+                    println!(
+                        "{:<13}  {:<16}  {:<10}  {:<24}  {:<16}  {:<7}",
+                        short(&p.id),
+                        ago(p.created_at),
+                        st,
+                        m.name,
+                        m.namespace,
+                        m.attempt
+                    );
                 }
             }
         }
         Cmd::Inspectp { ids } => {
             for id in ids {
                 let id = c.pod_id(&id).await?;
-                let r = c.rt.pod_sandbox_status(c.req(cri::PodSandboxStatusRequest { pod_sandbox_id: id, verbose: true })).await?.into_inner();
-                let info: HashMap<String, serde_json::Value> = r.info.iter().map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone())))).collect();
+                let r =
+                    c.rt.pod_sandbox_status(c.req(cri::PodSandboxStatusRequest { pod_sandbox_id: id, verbose: true }))
+                        .await?
+                        .into_inner();
+                let info: HashMap<String, serde_json::Value> = r
+                    .info
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone()))))
+                    .collect();
                 print_json(&serde_json::json!({ "status": r.status, "info": info }))?;
             }
         }
@@ -348,7 +399,13 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
             let config: cri::ContainerConfig = read_config(&container_config)?;
             let sandbox: cri::PodSandboxConfig = read_config(&pod_config)?;
             let pod_id = c.pod_id(&pod_id).await?;
-            let r = c.rt.create_container(c.req(cri::CreateContainerRequest { pod_sandbox_id: pod_id, config: Some(config), sandbox_config: Some(sandbox) })).await?;
+            let r =
+                c.rt.create_container(c.req(cri::CreateContainerRequest {
+                    pod_sandbox_id: pod_id,
+                    config: Some(config),
+                    sandbox_config: Some(sandbox),
+                }))
+                .await?;
             println!("{}", r.into_inner().container_id);
         }
         Cmd::Start { ids } => {
@@ -361,7 +418,8 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
         Cmd::Stop { grace, ids } => {
             for id in ids {
                 let id = c.container_id(&id).await?;
-                c.rt.stop_container(c.req(cri::StopContainerRequest { container_id: id.clone(), timeout: grace })).await?;
+                c.rt.stop_container(c.req(cri::StopContainerRequest { container_id: id.clone(), timeout: grace }))
+                    .await?;
                 println!("{id}");
             }
         }
@@ -386,40 +444,74 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
             if !all {
                 filter.state = Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 });
             }
-            let cs = c.rt.list_containers(c.req(cri::ListContainersRequest { filter: Some(filter) })).await?.into_inner().containers;
+            let cs =
+                c.rt.list_containers(c.req(cri::ListContainersRequest { filter: Some(filter) }))
+                    .await?
+                    .into_inner()
+                    .containers;
             if quiet {
                 cs.iter().for_each(|x| println!("{}", x.id));
             } else if output == Format::Json {
                 print_json(&serde_json::json!({ "containers": cs }))?;
             } else {
-                println!("{:<13}  {:<28}  {:<16}  {:<18}  {:<20}  {:<7}  {:<13}", "CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD ID");
+                println!(
+                    "{:<13}  {:<28}  {:<16}  {:<18}  {:<20}  {:<7}  {:<13}",
+                    "CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD ID"
+                );
                 for x in cs {
                     let m = x.metadata.unwrap_or_default();
-                    let st = cri::ContainerState::try_from(x.state).map(|s| s.as_str_name().trim_start_matches("CONTAINER_").to_string()).unwrap_or_default();
+                    let st = cri::ContainerState::try_from(x.state)
+                        .map(|s| s.as_str_name().trim_start_matches("CONTAINER_").to_string())
+                        .unwrap_or_default();
                     let image = x.image.map(|i| i.image).unwrap_or_default();
-                    println!("{:<13}  {:<28}  {:<16}  {:<18}  {:<20}  {:<7}  {:<13}", short(&x.id), image, ago(x.created_at), st, m.name, m.attempt, short(&x.pod_sandbox_id));
+                    println!(
+                        "{:<13}  {:<28}  {:<16}  {:<18}  {:<20}  {:<7}  {:<13}",
+                        short(&x.id),
+                        image,
+                        ago(x.created_at),
+                        st,
+                        m.name,
+                        m.attempt,
+                        short(&x.pod_sandbox_id)
+                    );
                 }
             }
         }
         Cmd::Inspect { ids } => {
             for id in ids {
                 let id = c.container_id(&id).await?;
-                let r = c.rt.container_status(c.req(cri::ContainerStatusRequest { container_id: id, verbose: true })).await?.into_inner();
-                let info: HashMap<String, serde_json::Value> = r.info.iter().map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone())))).collect();
+                let r =
+                    c.rt.container_status(c.req(cri::ContainerStatusRequest { container_id: id, verbose: true }))
+                        .await?
+                        .into_inner();
+                let info: HashMap<String, serde_json::Value> = r
+                    .info
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone()))))
+                    .collect();
                 print_json(&serde_json::json!({ "status": r.status, "info": info }))?;
             }
         }
         Cmd::Exec { sync: _, exec_timeout, container, cmd } => {
             let id = c.container_id(&container).await?;
-            let r = c.rt.exec_sync(c.req(cri::ExecSyncRequest { container_id: id, cmd, timeout: exec_timeout })).await?.into_inner();
+            let r =
+                c.rt.exec_sync(c.req(cri::ExecSyncRequest { container_id: id, cmd, timeout: exec_timeout }))
+                    .await?
+                    .into_inner();
             std::io::stdout().write_all(&r.stdout)?;
             std::io::stderr().write_all(&r.stderr)?;
             return Ok(r.exit_code);
         }
         Cmd::Logs { container, follow, timestamps, tail, since, limit_bytes, stream } => {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0);
             let since = match since {
-                Some(s) => Some(log_printer::parse_since(&s, now).with_context(|| format!("--since {s:?}: give RFC3339, a duration like 5m, or Unix seconds"))?),
+                Some(s) => Some(
+                    log_printer::parse_since(&s, now)
+                        .with_context(|| format!("--since {s:?}: give RFC3339, a duration like 5m, or Unix seconds"))?,
+                ),
                 None => None,
             };
             let stream = match stream.as_str() {
@@ -455,23 +547,41 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
             let dir = std::fs::canonicalize(&dir).with_context(|| format!("{}", dir.display()))?;
             let r = c
                 .berth
-                .import(c.req(protocol::images::ImportRequest { path: dir.display().to_string(), name: name.unwrap_or_default() }))
+                .import(c.req(protocol::images::ImportRequest {
+                    path: dir.display().to_string(),
+                    name: name.unwrap_or_default(),
+                }))
                 .await?
                 .into_inner();
             println!("Imported {} as {}", r.id, r.repo_tags.join(", "));
         }
         Cmd::Rmi { images } => {
             for i in images {
-                c.img.remove_image(c.req(cri::RemoveImageRequest { image: Some(cri::ImageSpec { image: i.clone(), ..Default::default() }) })).await?;
+                c.img
+                    .remove_image(c.req(cri::RemoveImageRequest {
+                        image: Some(cri::ImageSpec { image: i.clone(), ..Default::default() }),
+                    }))
+                    .await?;
                 println!("Deleted: {i}");
             }
         }
         Cmd::Inspecti { image } => {
-            let r = c.img.image_status(c.req(cri::ImageStatusRequest { image: Some(cri::ImageSpec { image: image.clone(), ..Default::default() }), verbose: true })).await?.into_inner();
+            let r = c
+                .img
+                .image_status(c.req(cri::ImageStatusRequest {
+                    image: Some(cri::ImageSpec { image: image.clone(), ..Default::default() }),
+                    verbose: true,
+                }))
+                .await?
+                .into_inner();
             if r.image.is_none() {
                 bail!("image {image:?} not found");
             }
-            let info: HashMap<String, serde_json::Value> = r.info.iter().map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone())))).collect();
+            let info: HashMap<String, serde_json::Value> = r
+                .info
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone()))))
+                .collect();
             print_json(&serde_json::json!({ "status": r.image, "info": info }))?;
         }
         Cmd::Imagefsinfo => {
@@ -481,8 +591,22 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
         Cmd::Run { container_config, pod_config } => {
             let config: cri::ContainerConfig = read_config(&container_config)?;
             let sandbox: cri::PodSandboxConfig = read_config(&pod_config)?;
-            let pod = c.rt.run_pod_sandbox(c.req(cri::RunPodSandboxRequest { config: Some(sandbox.clone()), runtime_handler: String::new() })).await?.into_inner().pod_sandbox_id;
-            let id = c.rt.create_container(c.req(cri::CreateContainerRequest { pod_sandbox_id: pod, config: Some(config), sandbox_config: Some(sandbox) })).await?.into_inner().container_id;
+            let pod =
+                c.rt.run_pod_sandbox(
+                    c.req(cri::RunPodSandboxRequest { config: Some(sandbox.clone()), runtime_handler: String::new() }),
+                )
+                .await?
+                .into_inner()
+                .pod_sandbox_id;
+            let id =
+                c.rt.create_container(c.req(cri::CreateContainerRequest {
+                    pod_sandbox_id: pod,
+                    config: Some(config),
+                    sandbox_config: Some(sandbox),
+                }))
+                .await?
+                .into_inner()
+                .container_id;
             c.rt.start_container(c.req(cri::StartContainerRequest { container_id: id.clone() })).await?;
             println!("{id}");
         }

@@ -40,6 +40,12 @@ struct Args {
     /// How often berthd checks log sizes (a duration like 10s or 500ms).
     #[arg(long, default_value = "10s")]
     container_log_check_interval: String,
+    /// CNI network configurations (the first *.conflist/*.conf is used).
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// Folders with CNI plugin binaries, ':'-separated.
+    #[arg(long, default_value = "/opt/cni/bin:/usr/lib/cni")]
+    cni_bin_dir: String,
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -78,12 +84,14 @@ fn main() -> Result<()> {
     let Some(level) = berth::logging::parse_level(&args.log_level) else {
         bail!("unknown --log-level {:?}", args.log_level);
     };
-    let runtime = find_on_path(&args.oci_runtime)
-        .with_context(|| format!("OCI runtime {:?} not found (install runc or give --oci-runtime)", args.oci_runtime))?;
+    let runtime = find_on_path(&args.oci_runtime).with_context(|| {
+        format!("OCI runtime {:?} not found (install runc or give --oci-runtime)", args.oci_runtime)
+    })?;
     let log_rotation = match &args.container_log_max_size {
         None => None,
         Some(s) => {
-            let max_size = berth::log_rotation::parse_size(s).with_context(|| format!("--container-log-max-size {s:?}: give bytes or a size like 10Mi"))?;
+            let max_size = berth::log_rotation::parse_size(s)
+                .with_context(|| format!("--container-log-max-size {s:?}: give bytes or a size like 10Mi"))?;
             if args.container_log_max_files < 2 {
                 bail!("--container-log-max-files must be at least 2");
             }
@@ -92,7 +100,9 @@ fn main() -> Result<()> {
     };
     let log_check_interval = berth::log_printer::parse_duration(&args.container_log_check_interval)
         .filter(|d| !d.is_zero())
-        .with_context(|| format!("--container-log-check-interval {:?}: give a duration like 10s", args.container_log_check_interval))?;
+        .with_context(|| {
+            format!("--container-log-check-interval {:?}: give a duration like 10s", args.container_log_check_interval)
+        })?;
     let cfg = Config {
         root: absolute(&args.root)?,
         state: absolute(&args.state)?,
@@ -101,6 +111,10 @@ fn main() -> Result<()> {
         max_log_line: args.max_container_log_line_size,
         log_rotation,
         log_check_interval,
+        cni: berth::cni::Cni {
+            conf_dir: args.cni_conf_dir.clone(),
+            bin_dirs: std::env::split_paths(&args.cni_bin_dir).collect(),
+        },
     };
     let (log, _guard) = berth::logging::init(level);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;

@@ -69,8 +69,18 @@ async fn main() {
         let (m, p) = median_p90(v);
         println!("{name:<44} {m:>10.1} {p:>10.1}");
     }
-    println!("{:<44} {:>10} {:>10}", "idle shim RSS (KiB), 1 pod", shim_rss[shim_rss.len() / 2], shim_rss[shim_rss.len() * 9 / 10]);
-    println!("{:<44} {:>10} {:>10}", "idle shim PSS (KiB), 1 pod", shim_pss[shim_pss.len() / 2], shim_pss[shim_pss.len() * 9 / 10]);
+    println!(
+        "{:<44} {:>10} {:>10}",
+        "idle shim RSS (KiB), 1 pod",
+        shim_rss[shim_rss.len() / 2],
+        shim_rss[shim_rss.len() * 9 / 10]
+    );
+    println!(
+        "{:<44} {:>10} {:>10}",
+        "idle shim PSS (KiB), 1 pod",
+        shim_pss[shim_pss.len() / 2],
+        shim_pss[shim_pss.len() * 9 / 10]
+    );
 
     // Recovery: berthd restart until ListContainers returns every container.
     let pods: usize = std::env::var("BENCH_PODS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
@@ -110,7 +120,11 @@ async fn main() {
     let cpu = cpu_seconds(shim) - cpu0;
     let file = std::fs::metadata(&st.log_path).map(|m| m.len()).unwrap_or(0);
     let gib = bytes as f64 / (1u64 << 30) as f64;
-    println!("{:<44} {:>10.1}", format!("log throughput, {:.2} GiB of 100-byte lines (MB/s)", gib), bytes as f64 / 1e6 / secs);
+    println!(
+        "{:<44} {:>10.1}",
+        format!("log throughput, {:.2} GiB of 100-byte lines (MB/s)", gib),
+        bytes as f64 / 1e6 / secs
+    );
     println!("{:<44} {:>10.2}", "shim CPU seconds per GiB of output", cpu / gib);
     println!("{:<44} {:>10.1}", "log file bytes per output byte", file as f64 / bytes as f64);
     let _ = std::fs::remove_file(&st.log_path);
@@ -121,7 +135,8 @@ fn cpu_seconds(pid: i32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
     // utime and stime are fields 14 and 15 of stat (11 and 12 after the name).
-    let ticks: f64 = fields.get(11).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0) + fields.get(12).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks: f64 = fields.get(11).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
     // SAFETY: sysconf reads a configuration value.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
@@ -133,7 +148,11 @@ async fn recovery_time(d: &mut Daemon, want: usize) -> f64 {
     let t = Instant::now();
     d.restart().await;
     loop {
-        let n = d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.map(|r| r.into_inner().containers.len()).unwrap_or(0);
+        let n =
+            d.rt.list_containers(cri::ListContainersRequest { filter: None })
+                .await
+                .map(|r| r.into_inner().containers.len())
+                .unwrap_or(0);
         if n >= want {
             return t.elapsed().as_secs_f64() * 1000.0;
         }
