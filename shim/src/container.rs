@@ -34,6 +34,8 @@ pub struct Record {
     pub started_at: i64,
     /// Unix nanoseconds, 0 until stopped.
     pub finished_at: i64,
+    /// The OOM killer struck in the container's cgroup.
+    pub oom_killed: bool,
 }
 
 /// A container held by the shim.
@@ -107,6 +109,7 @@ impl Container {
         s.created_at = r.created_at;
         s.started_at = r.started_at;
         s.finished_at = r.finished_at;
+        s.oom_killed = r.oom_killed;
         if let Some(e) = self.log.error() {
             s.message = e;
         }
@@ -135,8 +138,13 @@ impl Container {
     /// records the exit and wakes waiters.
     pub fn monitor(self: &Arc<Self>, exit: oneshot::Receiver<ExitStatus>, forwarders: Vec<JoinHandle<()>>) {
         let c = Arc::clone(self);
+        // Found now, while the init lives; read after it exits, before the
+        // runtime deletes the cgroup, so even an OOM at start is seen.
+        let cgroups = crate::cgroup::Cgroups::of(self.record().pid);
+        let oom_before = cgroups.as_ref().map(|cg| cg.oom_kills()).unwrap_or(0);
         tokio::spawn(async move {
             let status = exit.await.ok();
+            let oom = cgroups.as_ref().is_some_and(|cg| cg.oom_kills() > oom_before);
             let drain = async {
                 for f in forwarders {
                     let _ = f.await;
@@ -146,6 +154,7 @@ impl Container {
             {
                 let mut r = c.record();
                 r.status = Status::STOPPED;
+                r.oom_killed = oom;
                 match status {
                     Some(s) => {
                         r.exit_code = s.code;

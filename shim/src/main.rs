@@ -4,6 +4,7 @@
 //! namespaces and serves the shim API on `SANDBOX_DIR/shim.sock`, then
 //! exits once the daemon is ready, printing its pid. The daemon is then no
 //! child of berthd and outlives it.
+mod cgroup;
 mod console;
 mod container;
 mod cri_log;
