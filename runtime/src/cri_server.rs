@@ -195,45 +195,63 @@ impl RuntimeService for CriServer {
         Err(unimplemented("PortForward"))
     }
 
-    async fn container_stats(&self, _req: Request<cri::ContainerStatsRequest>) -> Reply<cri::ContainerStatsResponse> {
-        Err(unimplemented("ContainerStats"))
+    async fn container_stats(&self, req: Request<cri::ContainerStatsRequest>) -> Reply<cri::ContainerStatsResponse> {
+        ok(self
+            .mgr
+            .container_stats(&req.into_inner().container_id)
+            .await
+            .map(|s| cri::ContainerStatsResponse { stats: Some(s) }))
     }
 
     async fn list_container_stats(
         &self,
-        _req: Request<cri::ListContainerStatsRequest>,
+        req: Request<cri::ListContainerStatsRequest>,
     ) -> Reply<cri::ListContainerStatsResponse> {
-        Err(unimplemented("ListContainerStats"))
+        ok(self
+            .mgr
+            .list_container_stats(req.into_inner().filter)
+            .await
+            .map(|stats| cri::ListContainerStatsResponse { stats }))
     }
 
     type StreamContainerStatsStream = BoxStream<cri::StreamContainerStatsResponse>;
     async fn stream_container_stats(
         &self,
-        _req: Request<cri::StreamContainerStatsRequest>,
+        req: Request<cri::StreamContainerStatsRequest>,
     ) -> Reply<Self::StreamContainerStatsStream> {
-        Err(unimplemented("StreamContainerStats"))
+        let container_stats = self.mgr.list_container_stats(req.into_inner().filter).await?;
+        Ok(Response::new(once(cri::StreamContainerStatsResponse { container_stats })))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _req: Request<cri::PodSandboxStatsRequest>,
+        req: Request<cri::PodSandboxStatsRequest>,
     ) -> Reply<cri::PodSandboxStatsResponse> {
-        Err(unimplemented("PodSandboxStats"))
+        ok(self
+            .mgr
+            .pod_sandbox_stats(&req.into_inner().pod_sandbox_id)
+            .await
+            .map(|s| cri::PodSandboxStatsResponse { stats: Some(s) }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _req: Request<cri::ListPodSandboxStatsRequest>,
+        req: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Reply<cri::ListPodSandboxStatsResponse> {
-        Err(unimplemented("ListPodSandboxStats"))
+        ok(self
+            .mgr
+            .list_pod_sandbox_stats(req.into_inner().filter)
+            .await
+            .map(|stats| cri::ListPodSandboxStatsResponse { stats }))
     }
 
     type StreamPodSandboxStatsStream = BoxStream<cri::StreamPodSandboxStatsResponse>;
     async fn stream_pod_sandbox_stats(
         &self,
-        _req: Request<cri::StreamPodSandboxStatsRequest>,
+        req: Request<cri::StreamPodSandboxStatsRequest>,
     ) -> Reply<Self::StreamPodSandboxStatsStream> {
-        Err(unimplemented("StreamPodSandboxStats"))
+        let pod_sandbox_stats = self.mgr.list_pod_sandbox_stats(req.into_inner().filter).await?;
+        Ok(Response::new(once(cri::StreamPodSandboxStatsResponse { pod_sandbox_stats })))
     }
 
     async fn update_runtime_config(

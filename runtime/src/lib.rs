@@ -18,6 +18,7 @@ pub mod rootfs;
 pub mod server;
 pub mod shim_client;
 pub mod spec;
+pub mod stats;
 pub mod store;
 pub mod unpack;
 pub mod users;

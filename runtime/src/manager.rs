@@ -249,6 +249,8 @@ pub struct Manager {
     pub images: tokio::sync::Mutex<ImageStore>,
     /// Container lifecycle events for CRI GetContainerEvents.
     events: tokio::sync::broadcast::Sender<cri::ContainerEventResponse>,
+    /// Previous CPU samples, for CPU rates.
+    cpu_rates: crate::stats::CpuRates,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -309,6 +311,7 @@ impl Manager {
             container_store,
             images: tokio::sync::Mutex::new(images),
             events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
+            cpu_rates: Default::default(),
         };
         for s in m.sandbox_store.load_all::<SandboxMeta>()? {
             lock(&m.names).insert(sandbox_key(&s.config.metadata.clone().unwrap_or_default()));
@@ -1158,6 +1161,7 @@ impl Manager {
         failpoint::hit("remove-container/files-removed");
         self.container_store.delete(id)?;
         lock(&self.containers).remove(id);
+        self.cpu_rates.forget(id);
         self.release(&container_key(&meta.sandbox_id, &meta.config.metadata.clone().unwrap_or_default()));
         info!(self.log, "container removed"; "container_id" => id, "sandbox_id" => &meta.sandbox_id);
         self.emit(&meta.sandbox_id, id, cri::ContainerEventType::ContainerDeletedEvent).await;
@@ -1345,6 +1349,134 @@ impl Manager {
         let shim = self.shim_of(&sb).await?;
         shim.api().reopen_log(shim_client::ctx(Some(CALL_TIMEOUT)), &shim_client::req(id)).await?;
         Ok(())
+    }
+
+    /// Stats of one container: CPU and memory from its cgroups (through the
+    /// shim) while it runs, and its writable layer's disk usage.
+    pub async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
+        let meta = self.container(id)?;
+        let now = now_nanos();
+        let md = meta.config.metadata.clone();
+        let attributes = cri::ContainerAttributes {
+            id: meta.id.clone(),
+            metadata: md,
+            labels: meta.config.labels.clone(),
+            annotations: meta.config.annotations.clone(),
+        };
+        let upper = self.cfg.root.join("containers").join(id).join("upper");
+        let (bytes, inodes) = crate::stats::disk_usage(&upper);
+        let writable_layer = cri::FilesystemUsage {
+            timestamp: now,
+            fs_id: Some(cri::FilesystemIdentifier { mountpoint: upper.display().to_string() }),
+            used_bytes: Some(cri::UInt64Value { value: bytes }),
+            inodes_used: Some(cri::UInt64Value { value: inodes }),
+        };
+        let mut stats = cri::ContainerStats {
+            attributes: Some(attributes),
+            writable_layer: Some(writable_layer),
+            ..Default::default()
+        };
+        let sb = self.sandbox(&meta.sandbox_id)?;
+        if let Ok(shim) = self.shim_of(&sb).await {
+            if let Ok(r) = shim.api().stats(shim_client::ctx(Some(CALL_TIMEOUT)), &shim_client::req(id)).await {
+                stats.cpu = Some(self.cpu_rates.usage(id, now, r.cpu_nanos));
+                stats.memory = Some(cri::MemoryUsage {
+                    timestamp: now,
+                    working_set_bytes: Some(cri::UInt64Value { value: r.memory_working_set }),
+                    usage_bytes: Some(cri::UInt64Value { value: r.memory_usage }),
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(stats)
+    }
+
+    /// ListContainerStats: running containers matching the filter.
+    pub async fn list_container_stats(
+        &self,
+        filter: Option<cri::ContainerStatsFilter>,
+    ) -> Result<Vec<cri::ContainerStats>> {
+        let f = filter.unwrap_or_default();
+        let listed = self
+            .list_containers(Some(cri::ContainerFilter {
+                id: f.id,
+                state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
+                pod_sandbox_id: f.pod_sandbox_id,
+                label_selector: f.label_selector,
+            }))
+            .await?;
+        let mut out = Vec::new();
+        for c in listed {
+            if let Ok(s) = self.container_stats(&c.id).await {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// PodSandboxStats: the sum of its running containers, and each of them.
+    pub async fn pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats> {
+        let (status, _) = self.pod_sandbox_status(id, false).await?;
+        let containers = self
+            .list_container_stats(Some(cri::ContainerStatsFilter {
+                pod_sandbox_id: id.to_string(),
+                ..Default::default()
+            }))
+            .await?;
+        let now = now_nanos();
+        let sum = |f: &dyn Fn(&cri::ContainerStats) -> Option<u64>| -> Option<cri::UInt64Value> {
+            let vals: Vec<u64> = containers.iter().filter_map(f).collect();
+            (!vals.is_empty()).then(|| cri::UInt64Value { value: vals.iter().sum() })
+        };
+        let cpu = cri::CpuUsage {
+            timestamp: now,
+            usage_core_nano_seconds: sum(&|c| c.cpu.as_ref()?.usage_core_nano_seconds.as_ref().map(|v| v.value)),
+            usage_nano_cores: sum(&|c| c.cpu.as_ref()?.usage_nano_cores.as_ref().map(|v| v.value)),
+            psi: None,
+        };
+        let memory = cri::MemoryUsage {
+            timestamp: now,
+            working_set_bytes: sum(&|c| c.memory.as_ref()?.working_set_bytes.as_ref().map(|v| v.value)),
+            usage_bytes: sum(&|c| c.memory.as_ref()?.usage_bytes.as_ref().map(|v| v.value)),
+            ..Default::default()
+        };
+        Ok(cri::PodSandboxStats {
+            attributes: Some(cri::PodSandboxAttributes {
+                id: status.id,
+                metadata: status.metadata,
+                labels: status.labels,
+                annotations: status.annotations,
+            }),
+            linux: Some(cri::LinuxPodSandboxStats {
+                cpu: Some(cpu),
+                memory: Some(memory),
+                containers,
+                ..Default::default()
+            }),
+            windows: None,
+        })
+    }
+
+    /// ListPodSandboxStats: ready pods matching the filter.
+    pub async fn list_pod_sandbox_stats(
+        &self,
+        filter: Option<cri::PodSandboxStatsFilter>,
+    ) -> Result<Vec<cri::PodSandboxStats>> {
+        let f = filter.unwrap_or_default();
+        let pods = self
+            .list_pod_sandboxes(Some(cri::PodSandboxFilter {
+                id: f.id,
+                state: Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
+                label_selector: f.label_selector,
+            }))
+            .await?;
+        let mut out = Vec::new();
+        for p in pods {
+            if let Ok(s) = self.pod_sandbox_stats(&p.id).await {
+                out.push(s);
+            }
+        }
+        Ok(out)
     }
 
     /// Layers used by existing containers (kept by image removal).

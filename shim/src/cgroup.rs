@@ -96,10 +96,16 @@ impl Cgroups {
     /// inactive file cache, as kubelet counts it.
     pub fn memory(&self) -> Option<(u64, u64)> {
         let (usage, inactive) = if let Some(d) = &self.v2 {
-            (Self::read_u64(d.join("memory.current"))?, Self::read_key(d.join("memory.stat"), "inactive_file ").unwrap_or(0))
+            (
+                Self::read_u64(d.join("memory.current"))?,
+                Self::read_key(d.join("memory.stat"), "inactive_file ").unwrap_or(0),
+            )
         } else {
             let d = self.v1.get("memory")?;
-            (Self::read_u64(d.join("memory.usage_in_bytes"))?, Self::read_key(d.join("memory.stat"), "total_inactive_file ").unwrap_or(0))
+            (
+                Self::read_u64(d.join("memory.usage_in_bytes"))?,
+                Self::read_key(d.join("memory.stat"), "total_inactive_file ").unwrap_or(0),
+            )
         };
         Some((usage, usage.saturating_sub(inactive)))
     }

@@ -322,6 +322,26 @@ impl Shim for ShimService {
         Ok(Empty::new())
     }
 
+    async fn stats(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> TResult<protocol::shim::StatsResponse> {
+        let c = self.get(&req.id)?;
+        let (pid, st) = {
+            let r = c.record();
+            (r.pid, r.status)
+        };
+        if st != Status::RUNNING {
+            return Err(status(Code::FAILED_PRECONDITION, format!("container {} is not running", req.id)));
+        }
+        let cg = crate::cgroup::Cgroups::of(pid)
+            .ok_or_else(|| status(Code::NOT_FOUND, format!("no cgroups for container {}", req.id)))?;
+        let mut r = protocol::shim::StatsResponse::new();
+        r.cpu_nanos = cg.cpu_nanos().unwrap_or(0);
+        if let Some((usage, working_set)) = cg.memory() {
+            r.memory_usage = usage;
+            r.memory_working_set = working_set;
+        }
+        Ok(r)
+    }
+
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: Empty) -> TResult<Empty> {
         for c in self.all() {
             if c.record().status != Status::STOPPED {

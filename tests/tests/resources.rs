@@ -12,7 +12,8 @@ async fn an_oom_kill_is_reported_as_oomkilled_with_137() {
     // `tail /dev/zero` keeps one endless line in memory: it hits the limit
     // within milliseconds of starting.
     let mut cc = container_config("hog", &["tail", "/dev/zero"]);
-    cc.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources { memory_limit_in_bytes: 16 << 20, ..Default::default() });
+    cc.linux.as_mut().unwrap().resources =
+        Some(cri::LinuxContainerResources { memory_limit_in_bytes: 16 << 20, ..Default::default() });
     let c = d.create_with(&pod, &cfg, cc).await.unwrap();
     d.start_container(&c).await;
     let st = d.wait_state(&c, cri::ContainerState::ContainerExited, Duration::from_secs(30)).await;
@@ -24,4 +25,67 @@ async fn an_oom_kill_is_reported_as_oomkilled_with_137() {
     d.rt.stop_container(cri::StopContainerRequest { container_id: c2.clone(), timeout: 0 }).await.unwrap();
     let st = d.status(&c2).await;
     assert_eq!((st.exit_code, st.reason.as_str()), (137, "Error"));
+}
+
+#[tokio::test]
+async fn stats_report_cpu_memory_and_the_writable_layer() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("stats");
+    let pod = d.run_pod(&cfg).await;
+    let c =
+        d.create(&pod, &cfg, "busy", &["sh", "-c", "head -c 2000000 /dev/zero > /big; while true; do :; done"]).await;
+    d.start_container(&c).await;
+    d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let get = |d: &mut Daemon| {
+        let mut rt = d.rt.clone();
+        let c = c.clone();
+        async move {
+            rt.container_stats(cri::ContainerStatsRequest { container_id: c })
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+                .unwrap()
+        }
+    };
+    let first = get(&mut d).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = get(&mut d).await;
+    let cpu1 = first.cpu.unwrap().usage_core_nano_seconds.unwrap().value;
+    let cpu = second.cpu.unwrap();
+    assert!(cpu.usage_core_nano_seconds.unwrap().value > cpu1, "CPU time did not grow");
+    let rate = cpu.usage_nano_cores.unwrap().value;
+    assert!(rate > 100_000_000, "a busy loop should use most of a core, got {rate} nano-cores");
+    let mem = second.memory.unwrap();
+    assert!(mem.working_set_bytes.unwrap().value > 0 && mem.usage_bytes.unwrap().value > 0);
+    let wl = second.writable_layer.unwrap();
+    assert!(wl.used_bytes.unwrap().value >= 2_000_000, "{wl:?}");
+    assert_eq!(second.attributes.unwrap().metadata.unwrap().name, "busy");
+
+    let list =
+        d.rt.list_container_stats(cri::ListContainerStatsRequest { filter: None }).await.unwrap().into_inner().stats;
+    assert_eq!(list.len(), 1);
+    let ps =
+        d.rt.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap();
+    let linux = ps.linux.unwrap();
+    assert_eq!(linux.containers.len(), 1);
+    assert!(linux.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    let all =
+        d.rt.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None }).await.unwrap().into_inner().stats;
+    assert_eq!(all.len(), 1);
+
+    let out = std::process::Command::new(berth_tests::bin_dir().join("berthctl"))
+        .arg("--endpoint")
+        .arg(format!("unix://{}", d.socket.display()))
+        .arg("stats")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && table.contains("busy") && table.contains("CPU %"), "{table}");
 }

@@ -135,6 +135,17 @@ enum Cmd {
         #[arg(long, default_value = "all")]
         stream: String,
     },
+    /// CPU, memory and disk use of running containers.
+    Stats {
+        /// Only containers of this pod.
+        #[arg(short, long)]
+        pod: Option<String>,
+        /// Refresh every second until interrupted.
+        #[arg(short, long)]
+        watch: bool,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
     /// List images.
     Images {
         #[arg(short, long, value_enum, default_value_t)]
@@ -193,6 +204,15 @@ fn ago(nanos: i64) -> String {
         60..=3599 => format!("{} minutes ago", s / 60),
         3600..=86399 => format!("{} hours ago", s / 3600),
         _ => format!("{} days ago", s / 86400),
+    }
+}
+
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.2}GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.2}MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.2}KiB", b as f64 / 1024.0),
+        b => format!("{b}B"),
     }
 }
 
@@ -521,6 +541,59 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                 other => bail!("--stream {other:?}: stdout, stderr or all"),
             };
             c.logs(&container, follow, log_printer::Options { tail, since, timestamps, limit_bytes, stream }).await?
+        }
+        Cmd::Stats { pod, watch, output } => {
+            let pod_sandbox_id = match pod {
+                Some(p) => c.pod_id(&p).await?,
+                None => String::new(),
+            };
+            let filter = cri::ContainerStatsFilter { pod_sandbox_id, ..Default::default() };
+            // The CPU rate needs two samples: take one, wait, then print.
+            c.rt.list_container_stats(c.req(cri::ListContainerStatsRequest { filter: Some(filter.clone()) })).await?;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let stats =
+                    c.rt.list_container_stats(c.req(cri::ListContainerStatsRequest { filter: Some(filter.clone()) }))
+                        .await?
+                        .into_inner()
+                        .stats;
+                if output == Format::Json {
+                    print_json(&serde_json::json!({ "stats": stats }))?;
+                } else {
+                    println!(
+                        "{:<13}  {:<20}  {:>7}  {:>10}  {:>10}  {:>7}",
+                        "CONTAINER", "NAME", "CPU %", "MEM", "DISK", "INODES"
+                    );
+                    for st in stats {
+                        let a = st.attributes.unwrap_or_default();
+                        let cpu = st
+                            .cpu
+                            .and_then(|c| c.usage_nano_cores)
+                            .map(|v| format!("{:.2}", v.value as f64 / 1e7))
+                            .unwrap_or_else(|| "-".into());
+                        let mem = st
+                            .memory
+                            .and_then(|m| m.working_set_bytes)
+                            .map(|v| human(v.value))
+                            .unwrap_or_else(|| "-".into());
+                        let wl = st.writable_layer.unwrap_or_default();
+                        let disk = wl.used_bytes.map(|v| human(v.value)).unwrap_or_else(|| "-".into());
+                        let inodes = wl.inodes_used.map(|v| v.value.to_string()).unwrap_or_else(|| "-".into());
+                        println!(
+                            "{:<13}  {:<20}  {:>7}  {:>10}  {:>10}  {:>7}",
+                            short(&a.id),
+                            a.metadata.unwrap_or_default().name,
+                            cpu,
+                            mem,
+                            disk,
+                            inodes
+                        );
+                    }
+                }
+                if !watch {
+                    break;
+                }
+            }
         }
         Cmd::Images { output, quiet } => {
             let imgs = c.img.list_images(c.req(cri::ListImagesRequest { filter: None })).await?.into_inner().images;
