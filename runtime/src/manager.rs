@@ -678,6 +678,7 @@ impl Manager {
             pod_files::check_hostname(&hostname)?;
         }
         pod_files::resolv_conf(config.dns_config.as_ref())?;
+        spec::check_sysctls(&linux.sysctls, host_network, host_ipc)?;
 
         let key = sandbox_key(&md);
         self.reserve(
@@ -1027,6 +1028,14 @@ impl Manager {
                 pinned: smeta.pinned.clone(),
                 hostname: smeta.hostname.clone(),
                 cgroup_parent: smeta.config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
+                sysctls: smeta.config.linux.as_ref().map(|l| l.sysctls.clone()).unwrap_or_default(),
+                namespace_options: smeta
+                    .config
+                    .linux
+                    .as_ref()
+                    .and_then(|l| l.security_context.as_ref())
+                    .and_then(|s| s.namespace_options.clone())
+                    .unwrap_or_default(),
             };
             let defaults = ImageDefaults::from_config(&image.config);
             let spec = spec::build(&id, &config, &view, &defaults, &rootfs_dir)?;

@@ -25,6 +25,37 @@ pub struct SandboxView {
     pub hostname: String,
     /// cgroup parent of the pod (cgroupfs syntax).
     pub cgroup_parent: String,
+    /// Namespaced sysctls of the pod.
+    pub sysctls: std::collections::HashMap<String, String>,
+    /// The pod's namespace options, for containers that give none.
+    pub namespace_options: cri::NamespaceOption,
+}
+
+/// Checks that every sysctl belongs to a namespace the pod has of its own
+/// (kernel.shm*/msg*/sem and fs.mqueue.* need its ipc namespace, net.* its
+/// network namespace); others would change the host.
+pub fn check_sysctls(
+    sysctls: &std::collections::HashMap<String, String>,
+    host_network: bool,
+    host_ipc: bool,
+) -> Result<()> {
+    for (k, v) in sysctls {
+        let ipc = k.starts_with("kernel.shm")
+            || k.starts_with("kernel.msg")
+            || k == "kernel.sem"
+            || k.starts_with("fs.mqueue.");
+        let net = k.starts_with("net.");
+        let ok = (ipc && !host_ipc) || (net && !host_network);
+        if !ok {
+            return Err(Error::invalid(format!(
+                "sysctl {k}={v} is not namespaced for this pod (allowed: kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.* without host IPC; net.* without host network)"
+            )));
+        }
+        if v.contains('\n') || k.contains('/') || k.contains("..") {
+            return Err(Error::invalid(format!("sysctl {k:?} or its value is malformed")));
+        }
+    }
+    Ok(())
 }
 
 /// The image config fields a container inherits.
@@ -239,6 +270,15 @@ pub fn build(
     }
     let pod_files = [("/etc/hostname", "hostname"), ("/etc/hosts", "hosts"), ("/etc/resolv.conf", "resolv.conf")];
     let user_dests: HashSet<&str> = config.mounts.iter().map(|m| m.container_path.as_str()).collect();
+    if sc.privileged {
+        // A privileged container sees the host's devices.
+        // The host's /dev replaces the tmpfs in place, so the container's own
+        // /dev/shm and /dev/mqueue still mount on top of it.
+        mounts.retain(|m| !m.destination().starts_with("/dev/pts"));
+        if let Some(i) = mounts.iter().position(|m| m.destination() == Path::new("/dev")) {
+            mounts[i] = bind("/dev", Path::new("/dev"), false, &[])?;
+        }
+    }
     for (dest, file) in pod_files {
         if !user_dests.contains(dest) {
             mounts.push(bind(dest, &sandbox.dir.join(file), sc.readonly_rootfs, &[])?);
@@ -263,7 +303,7 @@ pub fn build(
     }
 
     // Namespaces: join the sandbox's pinned ones by path.
-    let ns_opts = sc.namespace_options.clone().unwrap_or_default();
+    let ns_opts = sc.namespace_options.clone().unwrap_or_else(|| sandbox.namespace_options.clone());
     let mut namespaces = vec![LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Mount).build().map_err(oci)?];
     let ns_dir = sandbox.dir.join("ns");
     for (name, typ) in
@@ -329,6 +369,7 @@ pub fn build(
     let parent = if sandbox.cgroup_parent.is_empty() { "/berth".to_string() } else { sandbox.cgroup_parent.clone() };
     let cgroups_path = format!("{}/{id}", parent.trim_end_matches('/'));
     let mut linux = LinuxBuilder::default()
+        .sysctl(sandbox.sysctls.clone())
         .namespaces(namespaces)
         .resources(resources)
         .cgroups_path(cgroups_path)
@@ -363,54 +404,67 @@ pub fn build(
     Ok(spec)
 }
 
+/// Capability names by their bit number.
+const CAP_BITS: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// Every capability this process may hand on (its bounding set): "all"
+/// cannot be more than that, and on hosts where root lacks some (this one
+/// has no CAP_SYS_RESOURCE) asking for them makes the runtime fail.
 fn all_caps() -> HashSet<Capability> {
-    // Every capability oci-spec knows; runc drops those the kernel lacks.
-    [
-        "AUDIT_CONTROL",
-        "AUDIT_READ",
-        "AUDIT_WRITE",
-        "BLOCK_SUSPEND",
-        "BPF",
-        "CHECKPOINT_RESTORE",
-        "CHOWN",
-        "DAC_OVERRIDE",
-        "DAC_READ_SEARCH",
-        "FOWNER",
-        "FSETID",
-        "IPC_LOCK",
-        "IPC_OWNER",
-        "KILL",
-        "LEASE",
-        "LINUX_IMMUTABLE",
-        "MAC_ADMIN",
-        "MAC_OVERRIDE",
-        "MKNOD",
-        "NET_ADMIN",
-        "NET_BIND_SERVICE",
-        "NET_BROADCAST",
-        "NET_RAW",
-        "PERFMON",
-        "SETGID",
-        "SETFCAP",
-        "SETPCAP",
-        "SETUID",
-        "SYS_ADMIN",
-        "SYS_BOOT",
-        "SYS_CHROOT",
-        "SYS_MODULE",
-        "SYS_NICE",
-        "SYS_PACCT",
-        "SYS_PTRACE",
-        "SYS_RAWIO",
-        "SYS_RESOURCE",
-        "SYS_TIME",
-        "SYS_TTY_CONFIG",
-        "SYSLOG",
-        "WAKE_ALARM",
-    ]
-    .iter()
-    .filter_map(|c| parse_cap(c).ok())
-    .collect()
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("CapBnd:").and_then(|v| u64::from_str_radix(v.trim(), 16).ok()))
+        })
+        .unwrap_or(u64::MAX);
+    CAP_BITS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
+        .filter_map(|(_, c)| parse_cap(c).ok())
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,119 @@
+//! Namespace options and security context take effect inside the container.
+use std::time::Duration;
+
+use berth_tests::{container_config, Daemon};
+use protocol::cri;
+
+fn host_ns(ns: &str) -> String {
+    std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap().display().to_string()
+}
+
+async fn running(d: &mut Daemon, pod: &str, cfg: &cri::PodSandboxConfig, cc: cri::ContainerConfig) -> String {
+    let c = d.create_with(pod, cfg, cc).await.unwrap();
+    d.start_container(&c).await;
+    d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(5)).await;
+    c
+}
+
+#[tokio::test]
+async fn host_namespaces_are_the_hosts() {
+    let mut d = Daemon::start().await;
+    let mut cfg = d.pod_config("hostns");
+    cfg.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options = Some(cri::NamespaceOption {
+        network: cri::NamespaceMode::Node as i32,
+        pid: cri::NamespaceMode::Node as i32,
+        ipc: cri::NamespaceMode::Node as i32,
+        ..Default::default()
+    });
+    let pod = d.run_pod(&cfg).await;
+    let c = running(&mut d, &pod, &cfg, container_config("h", &["sleep", "1000"])).await;
+    for ns in ["net", "pid", "ipc", "uts"] {
+        assert_eq!(d.exec_out(&c, &["readlink", &format!("/proc/self/ns/{ns}")]).await, host_ns(ns), "{ns}");
+    }
+    // Host network pods get no CNI and no pod IP.
+    assert_eq!(d.pod_status(&pod).await.network.unwrap().ip, "");
+}
+
+#[tokio::test]
+async fn security_context_takes_effect() {
+    let mut d = Daemon::start().await;
+    let mut cfg = d.pod_config("secctx");
+    cfg.linux.as_mut().unwrap().sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+    let pod = d.run_pod(&cfg).await;
+
+    // run_as_user: the process runs as 1000.
+    let mut cc = container_config("uid", &["sleep", "1000"]);
+    cc.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
+        run_as_user: Some(cri::Int64Value { value: 1000 }),
+        ..Default::default()
+    });
+    let c = running(&mut d, &pod, &cfg, cc).await;
+    assert_eq!(d.exec_out(&c, &["id", "-u"]).await, "1000");
+    // run_as_username resolves in the image, with its groups.
+    let mut cc = container_config("named", &["sleep", "1000"]);
+    cc.linux.as_mut().unwrap().security_context =
+        Some(cri::LinuxContainerSecurityContext { run_as_username: "app".into(), ..Default::default() });
+    let c = running(&mut d, &pod, &cfg, cc).await;
+    assert_eq!(d.exec_out(&c, &["id", "-u"]).await, "1000");
+    assert!(d.exec_out(&c, &["id", "-G"]).await.split(' ').any(|g| g == "2000"));
+
+    // A read-only root filesystem refuses writes.
+    let mut cc = container_config("ro", &["sleep", "1000"]);
+    cc.linux.as_mut().unwrap().security_context =
+        Some(cri::LinuxContainerSecurityContext { readonly_rootfs: true, ..Default::default() });
+    let c = running(&mut d, &pod, &cfg, cc).await;
+    let r = d.exec(&c, &["touch", "/newfile"], 10).await.unwrap();
+    assert_ne!(r.exit_code, 0, "wrote to a read-only rootfs");
+
+    // Dropped and added capabilities show in CapEff.
+    let mut cc = container_config("caps", &["sleep", "1000"]);
+    cc.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
+        capabilities: Some(cri::Capability {
+            drop_capabilities: vec!["NET_RAW".into()],
+            add_capabilities: vec!["SYS_TIME".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let c = running(&mut d, &pod, &cfg, cc).await;
+    let status = d.exec_out(&c, &["cat", "/proc/self/status"]).await;
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim().to_string();
+    let eff = u64::from_str_radix(&eff, 16).unwrap();
+    assert_eq!(eff & (1 << 13), 0, "CAP_NET_RAW (13) was not dropped: {eff:x}");
+    assert_ne!(eff & (1 << 25), 0, "CAP_SYS_TIME (25) was not added: {eff:x}");
+    assert_ne!(eff & (1 << 0), 0, "CAP_CHOWN (0) should stay: {eff:x}");
+
+    // Masked paths read empty; sysctls of the pod apply.
+    let c = running(&mut d, &pod, &cfg, container_config("plain", &["sleep", "1000"])).await;
+    assert_eq!(d.exec_out(&c, &["sh", "-c", "cat /proc/kcore | wc -c"]).await, "0");
+    assert_eq!(d.exec_out(&c, &["cat", "/proc/sys/net/ipv4/ip_forward"]).await, "1");
+
+    // Privileged: the host's devices are there.
+    let host_dev = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .find(|n| std::path::Path::new("/dev").join(n).exists());
+    if let Some(dev) = host_dev {
+        let mut cfg_p = d.pod_config("privileged");
+        cfg_p.linux.as_mut().unwrap().security_context.as_mut().unwrap().privileged = true;
+        let pod_p = d.run_pod(&cfg_p).await;
+        let mut cc = container_config("priv", &["sleep", "1000"]);
+        cc.linux.as_mut().unwrap().security_context =
+            Some(cri::LinuxContainerSecurityContext { privileged: true, ..Default::default() });
+        let c = running(&mut d, &pod_p, &cfg_p, cc).await;
+        d.exec_out(&c, &["test", "-e", &format!("/dev/{dev}")]).await;
+        let plain = running(&mut d, &pod, &cfg, container_config("unpriv", &["sleep", "1000"])).await;
+        let r = d.exec(&plain, &["test", "-e", &format!("/dev/{dev}")], 10).await.unwrap();
+        assert_ne!(r.exit_code, 0, "an unprivileged container sees /dev/{dev}");
+    }
+
+    // A sysctl outside the pod's namespaces is refused.
+    let mut bad = d.pod_config("badsysctl");
+    bad.linux.as_mut().unwrap().sysctls.insert("kernel.panic".into(), "1".into());
+    let e =
+        d.rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(bad), runtime_handler: String::new() })
+            .await
+            .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}
