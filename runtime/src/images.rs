@@ -314,22 +314,9 @@ impl ImageStore {
 
     /// Bytes and inodes used by blobs and snapshots.
     pub fn usage(&self) -> (u64, u64) {
-        fn walk(p: &Path, acc: &mut (u64, u64)) {
-            let Ok(entries) = std::fs::read_dir(p) else { return };
-            for e in entries.flatten() {
-                let Ok(m) = e.path().symlink_metadata() else { continue };
-                acc.1 += 1;
-                if m.is_dir() {
-                    walk(&e.path(), acc);
-                } else {
-                    acc.0 += m.len();
-                }
-            }
-        }
-        let mut acc = (0, 0);
-        walk(&self.blobs, &mut acc);
-        walk(&self.snapshots, &mut acc);
-        acc
+        let (b1, i1) = crate::stats::disk_usage(&self.blobs);
+        let (b2, i2) = crate::stats::disk_usage(&self.snapshots);
+        (b1 + b2, i1 + i2)
     }
 
     /// Folder holding the image store, for ImageFsInfo.

@@ -34,7 +34,7 @@ async fn output_is_in_the_log_in_order_before_exit_is_reported() {
     assert_eq!(String::from_utf8(err).unwrap(), want_err);
     // The unterminated last line is a partial record (the last of stdout's;
     // stderr's records may come after it in the file).
-    let r = data.split(|&b| b == b'\n').filter_map(parse_line).filter(|r| r.stream == "stdout").last().unwrap();
+    let r = data.split(|&b| b == b'\n').rev().filter_map(parse_line).find(|r| r.stream == "stdout").unwrap();
     assert!(!r.full && r.content == b"tail");
 }
 

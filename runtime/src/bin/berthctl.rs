@@ -207,6 +207,13 @@ fn ago(nanos: i64) -> String {
     }
 }
 
+/// A verbose status's `info` map with its JSON values parsed, for printing.
+fn info_json(info: &HashMap<String, String>) -> HashMap<String, serde_json::Value> {
+    info.iter()
+        .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone()))))
+        .collect()
+}
+
 fn human(bytes: u64) -> String {
     match bytes {
         b if b >= 1 << 30 => format!("{:.2}GiB", b as f64 / (1u64 << 30) as f64),
@@ -393,11 +400,7 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                     c.rt.pod_sandbox_status(c.req(cri::PodSandboxStatusRequest { pod_sandbox_id: id, verbose: true }))
                         .await?
                         .into_inner();
-                let info: HashMap<String, serde_json::Value> = r
-                    .info
-                    .iter()
-                    .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone()))))
-                    .collect();
+                let info = info_json(&r.info);
                 print_json(&serde_json::json!({ "status": r.status, "info": info }))?;
             }
         }
@@ -504,11 +507,7 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                     c.rt.container_status(c.req(cri::ContainerStatusRequest { container_id: id, verbose: true }))
                         .await?
                         .into_inner();
-                let info: HashMap<String, serde_json::Value> = r
-                    .info
-                    .iter()
-                    .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone()))))
-                    .collect();
+                let info = info_json(&r.info);
                 print_json(&serde_json::json!({ "status": r.status, "info": info }))?;
             }
         }
@@ -650,12 +649,7 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
             if r.image.is_none() {
                 bail!("image {image:?} not found");
             }
-            let info: HashMap<String, serde_json::Value> = r
-                .info
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone()))))
-                .collect();
-            print_json(&serde_json::json!({ "status": r.image, "info": info }))?;
+            print_json(&serde_json::json!({ "status": r.image, "info": info_json(&r.info) }))?;
         }
         Cmd::Imagefsinfo => {
             let r = c.img.image_fs_info(c.req(cri::ImageFsInfoRequest {})).await?.into_inner();
