@@ -161,9 +161,15 @@ impl RuntimeService for CriServer {
 
     async fn update_container_resources(
         &self,
-        _req: Request<cri::UpdateContainerResourcesRequest>,
+        req: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Reply<cri::UpdateContainerResourcesResponse> {
-        Err(unimplemented("UpdateContainerResources"))
+        let r = req.into_inner();
+        let res = r.linux.ok_or_else(|| Status::invalid_argument("UpdateContainerResources needs linux resources"))?;
+        ok(self
+            .mgr
+            .update_container_resources(&r.container_id, res)
+            .await
+            .map(|()| cri::UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(

@@ -90,6 +90,42 @@ impl ImageDefaults {
     }
 }
 
+/// CPU and memory limits of a container as OCI resources (at create and
+/// on UpdateContainerResources).
+pub fn resources(res: &cri::LinuxContainerResources) -> Result<oci_spec::runtime::LinuxResources> {
+    if res.cpu_shares < 0 || res.cpu_quota < -1 || res.cpu_period < 0 || res.memory_limit_in_bytes < 0 {
+        return Err(Error::invalid("resource values must not be negative"));
+    }
+    let mut cpu = LinuxCpuBuilder::default();
+    if res.cpu_shares > 0 {
+        cpu = cpu.shares(res.cpu_shares as u64);
+    }
+    if res.cpu_quota != 0 {
+        cpu = cpu.quota(res.cpu_quota);
+    }
+    if res.cpu_period > 0 {
+        cpu = cpu.period(res.cpu_period as u64);
+    }
+    if !res.cpuset_cpus.is_empty() {
+        cpu = cpu.cpus(res.cpuset_cpus.clone());
+    }
+    if !res.cpuset_mems.is_empty() {
+        cpu = cpu.mems(res.cpuset_mems.clone());
+    }
+    let mut memory = LinuxMemoryBuilder::default();
+    if res.memory_limit_in_bytes > 0 {
+        memory = memory.limit(res.memory_limit_in_bytes);
+    }
+    if res.memory_swap_limit_in_bytes > 0 {
+        memory = memory.swap(res.memory_swap_limit_in_bytes);
+    }
+    LinuxResourcesBuilder::default()
+        .cpu(cpu.build().map_err(oci)?)
+        .memory(memory.build().map_err(oci)?)
+        .build()
+        .map_err(oci)
+}
+
 /// containerd's default capability set for unprivileged containers.
 const DEFAULT_CAPS: &[&str] = &[
     "CHOWN",
@@ -330,41 +366,14 @@ pub fn build(
         _ => namespaces.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Pid).build().map_err(oci)?),
     }
 
-    let mut cpu = LinuxCpuBuilder::default();
-    if res.cpu_shares > 0 {
-        cpu = cpu.shares(res.cpu_shares as u64);
-    }
-    if res.cpu_quota > 0 {
-        cpu = cpu.quota(res.cpu_quota);
-    }
-    if res.cpu_period > 0 {
-        cpu = cpu.period(res.cpu_period as u64);
-    }
-    if !res.cpuset_cpus.is_empty() {
-        cpu = cpu.cpus(res.cpuset_cpus.clone());
-    }
-    if !res.cpuset_mems.is_empty() {
-        cpu = cpu.mems(res.cpuset_mems.clone());
-    }
-    let mut memory = LinuxMemoryBuilder::default();
-    if res.memory_limit_in_bytes > 0 {
-        memory = memory.limit(res.memory_limit_in_bytes);
-    }
-    if res.memory_swap_limit_in_bytes > 0 {
-        memory = memory.swap(res.memory_swap_limit_in_bytes);
-    }
+    let mut resources = resources(&res)?;
     let devices = if sc.privileged {
         vec![LinuxDeviceCgroupBuilder::default().allow(true).access("rwm").build().map_err(oci)?]
     } else {
         // Deny everything; runc adds its standard allowed devices after this.
         vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(oci)?]
     };
-    let resources = LinuxResourcesBuilder::default()
-        .cpu(cpu.build().map_err(oci)?)
-        .memory(memory.build().map_err(oci)?)
-        .devices(devices)
-        .build()
-        .map_err(oci)?;
+    resources.set_devices(Some(devices));
 
     let parent = if sandbox.cgroup_parent.is_empty() { "/berth".to_string() } else { sandbox.cgroup_parent.clone() };
     let cgroups_path = format!("{}/{id}", parent.trim_end_matches('/'));

@@ -342,6 +342,23 @@ impl Shim for ShimService {
         Ok(r)
     }
 
+    async fn update(&self, _ctx: &TtrpcContext, req: protocol::shim::UpdateRequest) -> TResult<Empty> {
+        let c = self.get(&req.id)?;
+        if c.record().status != Status::RUNNING {
+            return Err(status(Code::FAILED_PRECONDITION, format!("container {} is not running", req.id)));
+        }
+        let file = c.bundle.join("update.json");
+        std::fs::write(&file, &req.resources)
+            .map_err(|e| status(Code::INTERNAL, format!("writing {}: {e}", file.display())))?;
+        let f = file.to_string_lossy().to_string();
+        let result =
+            self.runc.run(&["update", "--resources", &f, &req.id], Output::Capture, runc::DEFAULT_TIMEOUT).await;
+        let _ = std::fs::remove_file(&file);
+        result.map_err(|e| status(Code::INTERNAL, e))?;
+        info!(self.log, "container resources updated"; "container_id" => &req.id);
+        Ok(Empty::new())
+    }
+
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: Empty) -> TResult<Empty> {
         for c in self.all() {
             if c.record().status != Status::STOPPED {

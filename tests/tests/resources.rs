@@ -89,3 +89,73 @@ async fn stats_report_cpu_memory_and_the_writable_layer() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && table.contains("busy") && table.contains("CPU %"), "{table}");
 }
+
+/// A cgroup file of a process, in its cgroup v1 controller folder (or its
+/// v2 folder when `v2_name` is given and there is no v1 controller).
+fn cgroup_file(pid: i32, controller: &str, v1_name: &str, v2_name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, ctrls, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        if ctrls.split(',').any(|c| c == controller) {
+            return std::fs::read_to_string(format!("/sys/fs/cgroup/{controller}{path}/{v1_name}")).ok();
+        }
+    }
+    let line = text.lines().find(|l| l.starts_with("0::"))?;
+    std::fs::read_to_string(format!("/sys/fs/cgroup{}/{v2_name}", &line[3..])).ok()
+}
+
+#[tokio::test]
+async fn limits_apply_and_update_on_a_running_container() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("limits");
+    let pod = d.run_pod(&cfg).await;
+    let mut cc = container_config("limited", &["sleep", "1000"]);
+    cc.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        cpu_shares: 512,
+        ..Default::default()
+    });
+    let c = d.create_with(&pod, &cfg, cc).await.unwrap();
+    d.start_container(&c).await;
+    let pid = d.container_pid(&c).await;
+    let mem = cgroup_file(pid, "memory", "memory.limit_in_bytes", "memory.max").unwrap();
+    assert_eq!(mem.trim(), (64u64 << 20).to_string());
+    if let Some(q) = cgroup_file(pid, "cpu", "cpu.cfs_quota_us", "cpu.max") {
+        assert!(q.trim().starts_with("50000"), "{q}");
+    }
+
+    let new = cri::LinuxContainerResources {
+        memory_limit_in_bytes: 32 << 20,
+        cpu_period: 100_000,
+        cpu_quota: 20_000,
+        ..Default::default()
+    };
+    d.rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: c.clone(),
+        linux: Some(new),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mem = cgroup_file(pid, "memory", "memory.limit_in_bytes", "memory.max").unwrap();
+    assert_eq!(mem.trim(), (32u64 << 20).to_string());
+    if let Some(q) = cgroup_file(pid, "cpu", "cpu.cfs_quota_us", "cpu.max") {
+        assert!(q.trim().starts_with("20000"), "{q}");
+    }
+    let st = d.status(&c).await;
+    assert_eq!(st.resources.unwrap().linux.unwrap().memory_limit_in_bytes, 32 << 20);
+    // Not running: refused.
+    d.rt.stop_container(cri::StopContainerRequest { container_id: c.clone(), timeout: 0 }).await.unwrap();
+    let e =
+        d.rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: c,
+            linux: Some(cri::LinuxContainerResources { memory_limit_in_bytes: 16 << 20, ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+}
