@@ -15,6 +15,7 @@ pub mod manager;
 pub mod pod_files;
 pub mod reference;
 pub mod rootfs;
+pub mod seccomp;
 pub mod server;
 pub mod shim_client;
 pub mod spec;

@@ -90,6 +90,59 @@ impl ImageDefaults {
     }
 }
 
+/// Host devices the container config asks for: device nodes to create and
+/// the cgroup rules that allow them.
+fn devices(
+    wanted: &[cri::Device],
+) -> Result<(Vec<oci_spec::runtime::LinuxDevice>, Vec<oci_spec::runtime::LinuxDeviceCgroup>)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let (mut nodes, mut rules) = (Vec::new(), Vec::new());
+    for d in wanted {
+        let meta =
+            std::fs::metadata(&d.host_path).map_err(|e| Error::invalid(format!("device {}: {e}", d.host_path)))?;
+        let ft = meta.file_type();
+        let typ = if ft.is_char_device() {
+            oci_spec::runtime::LinuxDeviceType::C
+        } else if ft.is_block_device() {
+            oci_spec::runtime::LinuxDeviceType::B
+        } else {
+            return Err(Error::invalid(format!("{} is not a device", d.host_path)));
+        };
+        let perms = if d.permissions.is_empty() { "rwm".to_string() } else { d.permissions.clone() };
+        if !perms.chars().all(|c| "rwm".contains(c)) {
+            return Err(Error::invalid(format!("device permissions {perms:?} must be made of r, w and m")));
+        }
+        let path = if d.container_path.is_empty() { d.host_path.clone() } else { d.container_path.clone() };
+        if !path.starts_with('/') {
+            return Err(Error::invalid(format!("device container_path {path:?} must be absolute")));
+        }
+        let (major, minor) = (nix::sys::stat::major(meta.rdev()) as i64, nix::sys::stat::minor(meta.rdev()) as i64);
+        nodes.push(
+            oci_spec::runtime::LinuxDeviceBuilder::default()
+                .path(path)
+                .typ(typ)
+                .major(major)
+                .minor(minor)
+                .file_mode(meta.mode() & 0o777)
+                .uid(meta.uid())
+                .gid(meta.gid())
+                .build()
+                .map_err(oci)?,
+        );
+        rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .major(major)
+                .minor(minor)
+                .access(perms)
+                .build()
+                .map_err(oci)?,
+        );
+    }
+    Ok((nodes, rules))
+}
+
 /// CPU and memory limits of a container as OCI resources (at create and
 /// on UpdateContainerResources).
 pub fn resources(res: &cri::LinuxContainerResources) -> Result<oci_spec::runtime::LinuxResources> {
@@ -334,9 +387,21 @@ pub fn build(
             2 => "rshared",
             _ => "rprivate",
         };
+        if m.recursive_read_only && (!m.readonly || m.propagation != 0) {
+            return Err(Error::invalid(format!(
+                "mount at {}: recursive_read_only needs readonly and private propagation",
+                m.container_path
+            )));
+        }
+        let mut extra = vec![propagation];
+        if m.recursive_read_only {
+            // runc's recursive read-only (mount_setattr, Linux 5.12+).
+            extra.push("rro");
+        }
         mounts.retain(|x| x.destination() != Path::new(&m.container_path));
-        mounts.push(bind(&m.container_path, &src, m.readonly, &[propagation])?);
+        mounts.push(bind(&m.container_path, &src, m.readonly, &extra)?);
     }
+    let (devices, device_rules) = devices(&config.devices)?;
 
     // Namespaces: join the sandbox's pinned ones by path.
     let ns_opts = sc.namespace_options.clone().unwrap_or_else(|| sandbox.namespace_options.clone());
@@ -367,23 +432,26 @@ pub fn build(
     }
 
     let mut resources = resources(&res)?;
-    let devices = if sc.privileged {
+    let mut cgroup_devices = if sc.privileged {
         vec![LinuxDeviceCgroupBuilder::default().allow(true).access("rwm").build().map_err(oci)?]
     } else {
         // Deny everything; runc adds its standard allowed devices after this.
         vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(oci)?]
     };
-    resources.set_devices(Some(devices));
+    cgroup_devices.extend(device_rules);
+    resources.set_devices(Some(cgroup_devices));
 
     let parent = if sandbox.cgroup_parent.is_empty() { "/berth".to_string() } else { sandbox.cgroup_parent.clone() };
     let cgroups_path = format!("{}/{id}", parent.trim_end_matches('/'));
     let mut linux = LinuxBuilder::default()
+        .devices(devices)
         .sysctl(sandbox.sysctls.clone())
         .namespaces(namespaces)
         .resources(resources)
         .cgroups_path(cgroups_path)
         .build()
         .map_err(oci)?;
+    linux.set_seccomp(crate::seccomp::for_container(&sc)?);
     if sc.privileged {
         linux.set_masked_paths(Some(Vec::new()));
         linux.set_readonly_paths(Some(Vec::new()));

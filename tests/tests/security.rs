@@ -117,3 +117,109 @@ async fn security_context_takes_effect() {
             .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn seccomp_profiles_apply_and_bad_configs_are_refused() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("seccomp");
+    let pod = d.run_pod(&cfg).await;
+    let with = |name: &str, t: cri::security_profile::ProfileType, r: &str| {
+        let mut cc = container_config(name, &["sleep", "1000"]);
+        cc.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
+            seccomp: Some(cri::SecurityProfile { profile_type: t as i32, localhost_ref: r.into() }),
+            ..Default::default()
+        });
+        cc
+    };
+    // unshare(2) is allowed unconfined (a user namespace needs no capability)
+    // and denied by the default profile.
+    let free = running(&mut d, &pod, &cfg, with("free", cri::security_profile::ProfileType::Unconfined, "")).await;
+    let r = d.exec(&free, &["unshare", "-U", "true"], 10).await.unwrap();
+    assert_eq!(r.exit_code, 0, "unconfined unshare failed: {}", String::from_utf8_lossy(&r.stderr));
+    let confined =
+        running(&mut d, &pod, &cfg, with("confined", cri::security_profile::ProfileType::RuntimeDefault, "")).await;
+    let r = d.exec(&confined, &["unshare", "-U", "true"], 10).await.unwrap();
+    assert_ne!(r.exit_code, 0, "the default profile let unshare through");
+    // A localhost profile (OCI format) that denies mkdir.
+    let profile = d.dir.path().join("no-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let local = running(
+        &mut d,
+        &pod,
+        &cfg,
+        with("local", cri::security_profile::ProfileType::Localhost, &profile.display().to_string()),
+    )
+    .await;
+    let r = d.exec(&local, &["mkdir", "/tmp/x"], 10).await.unwrap();
+    assert_ne!(r.exit_code, 0, "the localhost profile did not apply");
+
+    // Invalid configs: InvalidArgument, and nothing left behind.
+    let before = std::fs::read_dir(d.dir.path().join("s/containers")).unwrap().count();
+    let missing = with("missing", cri::security_profile::ProfileType::Localhost, "/no/such/profile.json");
+    let mut no_host_path = container_config("nohostpath", &["true"]);
+    no_host_path.mounts =
+        vec![cri::Mount { container_path: "/data".into(), host_path: "/no/such/dir".into(), ..Default::default() }];
+    let mut bad_cap = container_config("badcap", &["true"]);
+    bad_cap.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
+        capabilities: Some(cri::Capability { add_capabilities: vec!["NOT_A_CAP".into()], ..Default::default() }),
+        ..Default::default()
+    });
+    for cc in [missing, no_host_path, bad_cap] {
+        let name = cc.metadata.as_ref().unwrap().name.clone();
+        let e = d.create_with(&pod, &cfg, cc).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{name}: {e:?}");
+    }
+    assert_eq!(
+        std::fs::read_dir(d.dir.path().join("s/containers")).unwrap().count(),
+        before,
+        "a refused create left a bundle"
+    );
+    assert!(d.mounts().iter().filter(|m| m.ends_with("/rootfs")).count() == before, "a refused create left a mount");
+}
+
+#[tokio::test]
+async fn mounts_and_devices() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("mounts");
+    let pod = d.run_pod(&cfg).await;
+    // A host folder with a mount inside it.
+    let host = d.dir.path().join("hostdir");
+    std::fs::create_dir_all(host.join("sub")).unwrap();
+    nix::mount::mount(Some("tmpfs"), &host.join("sub"), Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=1m"))
+        .unwrap();
+    // Through a symlink: the real folder is mounted.
+    let link = d.dir.path().join("hostlink");
+    std::os::unix::fs::symlink(&host, &link).unwrap();
+    let m = |path: &str, ro: bool, rro: bool| cri::Mount {
+        container_path: path.into(),
+        host_path: link.display().to_string(),
+        readonly: ro,
+        recursive_read_only: rro,
+        ..Default::default()
+    };
+    let mut cc = container_config("mounter", &["sleep", "1000"]);
+    cc.mounts = vec![m("/rw", false, false), m("/ro", true, false), m("/rro", true, true)];
+    cc.devices = vec![cri::Device {
+        container_path: "/dev/mynull".into(),
+        host_path: "/dev/null".into(),
+        permissions: "rw".into(),
+    }];
+    let c = d.create_with(&pod, &cfg, cc).await.unwrap();
+    d.start_container(&c).await;
+    d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(5)).await;
+    let ok = |r: cri::ExecSyncResponse| r.exit_code == 0;
+    assert!(ok(d.exec(&c, &["touch", "/rw/a"], 10).await.unwrap()));
+    assert!(host.join("a").exists(), "the write did not reach the host folder");
+    assert!(!ok(d.exec(&c, &["touch", "/ro/b"], 10).await.unwrap()), "wrote through a read-only mount");
+    assert!(!ok(d.exec(&c, &["touch", "/rro/sub/c"], 10).await.unwrap()), "wrote below a recursive read-only mount");
+    assert!(ok(d.exec(&c, &["test", "-c", "/dev/mynull"], 10).await.unwrap()), "the device is missing");
+    assert!(ok(d.exec(&c, &["sh", "-c", "echo x > /dev/mynull"], 10).await.unwrap()), "the device is not writable");
+    // recursive_read_only without readonly is refused.
+    let mut bad = container_config("badrro", &["true"]);
+    bad.mounts = vec![m("/x", false, true)];
+    assert_eq!(d.create_with(&pod, &cfg, bad).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+}
