@@ -12,6 +12,7 @@ pub mod log_printer;
 pub mod log_rotation;
 pub mod logging;
 pub mod manager;
+pub mod pod_cgroup;
 pub mod pod_files;
 pub mod reference;
 pub mod rootfs;

@@ -857,6 +857,7 @@ impl Manager {
         failpoint::hit("remove-pod-sandbox/containers-removed");
         *sb.shim.lock().await = None;
         self.teardown_sandbox_dir(&meta.dir, meta.pod_init_pid).await;
+        crate::pod_cgroup::remove(meta.config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).unwrap_or(""), id);
         failpoint::hit("remove-pod-sandbox/shim-stopped");
         self.sandbox_store.delete(id)?;
         lock(&self.sandboxes).remove(id);
@@ -1027,7 +1028,10 @@ impl Manager {
                 dir: smeta.dir.clone(),
                 pinned: smeta.pinned.clone(),
                 hostname: smeta.hostname.clone(),
-                cgroup_parent: smeta.config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
+                cgroup_parent: crate::pod_cgroup::parent(
+                    smeta.config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).unwrap_or(""),
+                    &smeta.id,
+                ),
                 sysctls: smeta.config.linux.as_ref().map(|l| l.sysctls.clone()).unwrap_or_default(),
                 namespace_options: smeta
                     .config

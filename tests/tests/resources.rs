@@ -159,3 +159,26 @@ async fn limits_apply_and_update_on_a_running_container() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
 }
+
+#[tokio::test]
+async fn a_pod_without_a_cgroup_parent_gets_its_own_pod_cgroup() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("podcg");
+    let pod = d.run_pod(&cfg).await;
+    let a = d.create(&pod, &cfg, "a", &["sleep", "1000"]).await;
+    d.start_container(&a).await;
+    let pid = d.container_pid(&a).await;
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let want = format!("/berth/{pod}/{a}");
+    assert!(cg.lines().any(|l| l.ends_with(&want)), "container not under its pod cgroup: {cg}");
+    let pod_dirs: Vec<std::path::PathBuf> = ["memory", "pids", "cpu", "unified", ""]
+        .iter()
+        .map(|c| std::path::Path::new("/sys/fs/cgroup").join(c).join("berth").join(&pod))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(!pod_dirs.is_empty());
+    d.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+    for p in pod_dirs {
+        assert!(!p.exists(), "pod cgroup {} left behind", p.display());
+    }
+}
