@@ -107,6 +107,9 @@ fn cgroup_file(pid: i32, controller: &str, v1_name: &str, v2_name: &str) -> Opti
 
 #[tokio::test]
 async fn limits_apply_and_update_on_a_running_container() {
+    if !std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        eprintln!("note: this host runs cgroup v1 (v2 beside it has no controllers): limits are checked in v1 files; the v2-only files (memory.max, cpu.max) are not exercised here");
+    }
     let mut d = Daemon::start().await;
     let cfg = d.pod_config("limits");
     let pod = d.run_pod(&cfg).await;

@@ -223,3 +223,45 @@ async fn mounts_and_devices() {
     bad.mounts = vec![m("/x", false, true)];
     assert_eq!(d.create_with(&pod, &cfg, bad).await.unwrap_err().code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn mount_propagation_private_and_rslave() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("propagation");
+    let pod = d.run_pod(&cfg).await;
+    // The host side must be a shared mount for anything to propagate (this
+    // host mounts / private, so the test makes its own shared mount).
+    let host = d.dir.path().join("shared");
+    std::fs::create_dir_all(&host).unwrap();
+    nix::mount::mount(Some(&host), &host, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).unwrap();
+    nix::mount::mount(None::<&str>, &host, None::<&str>, nix::mount::MsFlags::MS_SHARED, None::<&str>).unwrap();
+    let m = |path: &str, propagation: cri::MountPropagation| cri::Mount {
+        container_path: path.into(),
+        host_path: host.display().to_string(),
+        propagation: propagation as i32,
+        ..Default::default()
+    };
+    let mut cc = container_config("watcher", &["sleep", "1000"]);
+    cc.mounts = vec![
+        m("/private", cri::MountPropagation::PropagationPrivate),
+        m("/slave", cri::MountPropagation::PropagationHostToContainer),
+    ];
+    let c = d.create_with(&pod, &cfg, cc).await.unwrap();
+    d.start_container(&c).await;
+    d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(5)).await;
+    // A mount the host makes after the container started.
+    std::fs::create_dir_all(host.join("late")).unwrap();
+    nix::mount::mount(Some("tmpfs"), &host.join("late"), Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=1m"))
+        .unwrap();
+    std::fs::write(host.join("late/marker"), b"x").unwrap();
+    assert_eq!(
+        d.exec(&c, &["test", "-e", "/slave/late/marker"], 10).await.unwrap().exit_code,
+        0,
+        "rslave did not receive the host's new mount"
+    );
+    assert_ne!(
+        d.exec(&c, &["test", "-e", "/private/late/marker"], 10).await.unwrap().exit_code,
+        0,
+        "a private mount received the host's new mount"
+    );
+}
