@@ -363,10 +363,12 @@ impl Manager {
                     self.rollback_container(c).await;
                     r.rolled_back += 1;
                 }
-                Phase::Removing => {
-                    self.remove_container(&c.id).await?;
-                    r.finished_removals += 1;
-                }
+                Phase::Removing => match self.remove_container(&c.id).await {
+                    Ok(()) => r.finished_removals += 1,
+                    // Left visible (phase Removing) for the client to retry;
+                    // one stuck object must not keep berthd from serving.
+                    Err(e) => warn!(self.log, "finishing a removal failed"; "container_id" => &c.id, "error" => %e),
+                },
                 Phase::Ready => {}
             }
         }
@@ -376,8 +378,10 @@ impl Manager {
                 (m.id.clone(), m.phase)
             };
             if phase == Phase::Removing {
-                self.remove_pod_sandbox(&id).await?;
-                r.finished_removals += 1;
+                match self.remove_pod_sandbox(&id).await {
+                    Ok(()) => r.finished_removals += 1,
+                    Err(e) => warn!(self.log, "finishing a removal failed"; "sandbox_id" => &id, "error" => %e),
+                }
             }
         }
         r.orphans = self.clean_orphans().await;
