@@ -66,6 +66,32 @@ fn collect(fd: OwnedFd) -> (Arc<Mutex<Vec<u8>>>, tokio::task::JoinHandle<()>) {
     (buf, task)
 }
 
+/// SIGKILLs `pid` and its descendants. Children are collected before their
+/// parent dies (after that they are reparented and lost from the tree), and
+/// every process is stopped first so none can fork past the walk.
+fn kill_tree(pid: i32) {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let _ = kill(Pid::from_raw(all[i]), Signal::SIGSTOP);
+        all.extend(children(all[i]));
+        i += 1;
+    }
+    for p in all {
+        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+    }
+}
+
+/// Direct children of `pid`, from /proc/<pid>/task/*/children.
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| s.split_whitespace().filter_map(|x| x.parse().ok()).collect::<Vec<i32>>())
+        .collect()
+}
+
 /// Runs `args` in container `c` and waits for it (at most `timeout`).
 pub async fn exec_sync(
     runc: &Runc,
@@ -137,7 +163,9 @@ async fn run(
             Ok(s) => s.ok(),
             Err(_) => {
                 timed_out = true;
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                // The command and everything it started: a shell's children
+                // would otherwise outlive the timeout.
+                kill_tree(pid);
                 exit.await.ok()
             }
         },

@@ -29,6 +29,11 @@ async fn exec_sync_output_exit_code_and_timeout() {
     assert!(t.elapsed() < Duration::from_secs(15));
     let ps = d.exec_out(&c, &["ps", "-o", "args"]).await;
     assert!(!ps.contains("sleep 37"), "timed-out exec still running:\n{ps}");
+    // Its children go too.
+    let e = d.exec(&c, &["sh", "-c", "sleep 41 & sleep 42 & wait"], 1).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded);
+    let ps = d.exec_out(&c, &["ps", "-o", "args"]).await;
+    assert!(!ps.contains("sleep 41") && !ps.contains("sleep 42"), "children of a timed-out exec survived:\n{ps}");
 
     // A command that does not exist fails with the runtime's message.
     let e = d.exec(&c, &["/no/such/binary"], 5).await;
