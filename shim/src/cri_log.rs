@@ -36,10 +36,15 @@ impl Stream {
 /// One container's log file, shared by its stdout and stderr forwarders.
 pub struct LogSink {
     path: Option<PathBuf>,
-    file: Mutex<Option<File>>,
+    out: Mutex<Output>,
     max_line: usize,
+}
+
+/// The open file and whether writing to it is failing: one lock per write.
+struct Output {
+    file: Option<File>,
     /// The last write error, cleared when a write succeeds again.
-    error: Mutex<Option<String>>,
+    error: Option<String>,
 }
 
 fn open_log(path: &Path) -> std::io::Result<File> {
@@ -56,7 +61,7 @@ impl LogSink {
             Some(p) => Some(open_log(p)?),
             None => None,
         };
-        Ok(LogSink { path, file: Mutex::new(file), max_line: max_line.max(1), error: Mutex::new(None) })
+        Ok(LogSink { path, out: Mutex::new(Output { file, error: None }), max_line: max_line.max(1) })
     }
 
     /// Reopens the file by path, for rotation: the old file keeps what was
@@ -64,18 +69,19 @@ impl LogSink {
     pub fn reopen(&self) -> std::io::Result<()> {
         let Some(path) = &self.path else { return Ok(()) };
         let file = open_log(path)?;
-        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+        self.out.lock().unwrap_or_else(|e| e.into_inner()).file = Some(file);
         Ok(())
     }
 
     /// The last write error, if logging is currently failing.
     pub fn error(&self) -> Option<String> {
-        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.out.lock().unwrap_or_else(|e| e.into_inner()).error.clone()
     }
 
     fn write_records(&self, buf: &[u8]) {
-        let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(file) = guard.as_mut() else { return };
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let Output { file, error } = &mut *out;
+        let Some(file) = file.as_mut() else { return };
         let mut written = 0;
         let result = loop {
             match file.write(&buf[written..]) {
@@ -90,9 +96,8 @@ impl LogSink {
                 Err(e) => break Err(e),
             }
         };
-        let mut err = self.error.lock().unwrap_or_else(|e| e.into_inner());
         match result {
-            Ok(()) => *err = None,
+            Ok(()) => *error = None,
             Err(e) => {
                 // A full disk took part of a record: cut the file back to the
                 // last whole record so it stays parseable. The bytes are
@@ -104,7 +109,7 @@ impl LogSink {
                     }
                 }
                 let path = self.path.as_deref().unwrap_or(Path::new(""));
-                *err = Some(format!("writing log {}: {e}; output is being dropped", path.display()));
+                *error = Some(format!("writing log {}: {e}; output is being dropped", path.display()));
             }
         }
     }

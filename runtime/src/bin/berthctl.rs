@@ -207,6 +207,16 @@ fn ago(nanos: i64) -> String {
     }
 }
 
+/// The one id a prefix matches; with no match the prefix is passed on as
+/// given, so the runtime answers NotFound in its own words.
+fn unique(prefix: &str, mut ids: Vec<String>, what: &str) -> Result<String> {
+    match ids.len() {
+        0 => Ok(prefix.to_string()),
+        1 => Ok(ids.remove(0)),
+        n => bail!("{prefix} matches {n} {what}; give more of the id"),
+    }
+}
+
 /// A verbose status's `info` map with its JSON values parsed, for printing.
 fn info_json(info: &HashMap<String, String>) -> HashMap<String, serde_json::Value> {
     info.iter()
@@ -239,32 +249,14 @@ impl Ctl {
 
     async fn pod_id(&mut self, prefix: &str) -> Result<String> {
         let filter = cri::PodSandboxFilter { id: prefix.to_string(), ..Default::default() };
-        let items = self
-            .rt
-            .list_pod_sandbox(self.req(cri::ListPodSandboxRequest { filter: Some(filter) }))
-            .await?
-            .into_inner()
-            .items;
-        match items.len() {
-            1 => Ok(items[0].id.clone()),
-            0 => Ok(prefix.to_string()),
-            n => bail!("{prefix} matches {n} pod sandboxes; give more of the id"),
-        }
+        let r = self.rt.list_pod_sandbox(self.req(cri::ListPodSandboxRequest { filter: Some(filter) })).await?;
+        unique(prefix, r.into_inner().items.into_iter().map(|p| p.id).collect(), "pod sandboxes")
     }
 
     async fn container_id(&mut self, prefix: &str) -> Result<String> {
         let filter = cri::ContainerFilter { id: prefix.to_string(), ..Default::default() };
-        let cs = self
-            .rt
-            .list_containers(self.req(cri::ListContainersRequest { filter: Some(filter) }))
-            .await?
-            .into_inner()
-            .containers;
-        match cs.len() {
-            1 => Ok(cs[0].id.clone()),
-            0 => Ok(prefix.to_string()),
-            n => bail!("{prefix} matches {n} containers; give more of the id"),
-        }
+        let r = self.rt.list_containers(self.req(cri::ListContainersRequest { filter: Some(filter) })).await?;
+        unique(prefix, r.into_inner().containers.into_iter().map(|c| c.id).collect(), "containers")
     }
 
     async fn container_status(&mut self, id: &str) -> Result<cri::ContainerStatus> {
