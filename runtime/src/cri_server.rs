@@ -5,7 +5,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use protocol::cri::{self, image_service_server::ImageService, runtime_service_server::RuntimeService};
-use protocol::images::{images_server::Images, ImportRequest, ImportResponse};
+use protocol::images::{
+    images_server::Images, ImportRequest, ImportResponse, LayerProgress, PullProgress, PullRequest,
+};
 use slog::{debug, Logger};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -386,6 +388,24 @@ fn to_cri_image(r: &crate::images::ImageRecord) -> cri::Image {
 }
 
 impl CriServer {
+    fn start_pull(
+        &self,
+        image: &str,
+        username: &str,
+        password: &str,
+        auth: &str,
+        identity_token: &str,
+        registry_token: &str,
+    ) -> Result<crate::pull::PullHandle, Status> {
+        if image.is_empty() {
+            return Err(Status::invalid_argument("PullImage needs an image"));
+        }
+        let reference = crate::reference::Reference::parse(image)?;
+        let creds = crate::registry::Credentials::new(username, password, auth, identity_token, registry_token)?;
+        debug!(self.log, "pull"; "image" => image);
+        Ok(self.mgr.puller.start(&reference, creds))
+    }
+
     async fn images_matching(&self, filter: Option<cri::ImageFilter>) -> Vec<cri::Image> {
         let store = self.mgr.images.lock().await;
         let want = filter.and_then(|f| f.image).map(|i| i.image).filter(|s| !s.is_empty());
@@ -426,8 +446,14 @@ impl ImageService for CriServer {
         Ok(Response::new(cri::ImageStatusResponse { image: rec.map(to_cri_image), info }))
     }
 
-    async fn pull_image(&self, _req: Request<cri::PullImageRequest>) -> Reply<cri::PullImageResponse> {
-        Err(unimplemented("PullImage (use `berthctl image import` for local OCI layouts)"))
+    async fn pull_image(&self, req: Request<cri::PullImageRequest>) -> Reply<cri::PullImageResponse> {
+        let r = req.into_inner();
+        let image = r.image.map(|i| i.image).unwrap_or_default();
+        let a = r.auth.unwrap_or_default();
+        let handle =
+            self.start_pull(&image, &a.username, &a.password, &a.auth, &a.identity_token, &a.registry_token)?;
+        let rec = handle.wait().await?;
+        Ok(Response::new(cri::PullImageResponse { image_ref: rec.id }))
     }
 
     async fn remove_image(&self, req: Request<cri::RemoveImageRequest>) -> Reply<cri::RemoveImageResponse> {
@@ -457,8 +483,45 @@ impl ImageService for CriServer {
     }
 }
 
+fn to_progress(layers: Vec<crate::pull::LayerProgress>, image_id: String) -> PullProgress {
+    let layers = layers
+        .into_iter()
+        .map(|l| LayerProgress { digest: l.digest, size: l.size, done: l.done, state: l.state.as_str().to_string() })
+        .collect();
+    PullProgress { layers, image_id }
+}
+
 #[tonic::async_trait]
 impl Images for CriServer {
+    type PullStream = BoxStream<PullProgress>;
+    async fn pull(&self, req: Request<PullRequest>) -> Reply<Self::PullStream> {
+        let r = req.into_inner();
+        let handle =
+            self.start_pull(&r.image, &r.username, &r.password, &r.auth, &r.identity_token, &r.registry_token)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut done = handle.wait();
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+            loop {
+                tokio::select! {
+                    r = &mut done => {
+                        let msg = r.map(|rec| to_progress(handle.progress(), rec.id)).map_err(Status::from);
+                        let _ = tx.send(msg).await;
+                        break;
+                    }
+                    _ = tick.tick() => {
+                        if tx.send(Ok(to_progress(handle.progress(), String::new()))).await.is_err() {
+                            break;
+                        }
+                    }
+                    // The client went away: dropping `done` gives up its share.
+                    _ = tx.closed() => break,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
     async fn import(&self, req: Request<ImportRequest>) -> Reply<ImportResponse> {
         let r = req.into_inner();
         let path = std::path::PathBuf::from(&r.path);

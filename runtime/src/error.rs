@@ -15,14 +15,16 @@ pub enum Kind {
     FailedPrecondition,
     /// The call ran out of time.
     DeadlineExceeded,
-    /// A component (a shim) cannot be reached.
+    /// A component (a shim, a registry) cannot be reached.
     Unavailable,
+    /// A registry refused the credentials, or needs some.
+    Unauthenticated,
     /// Anything else: a bug or an OS failure.
     Internal,
 }
 
 /// An error of the manager: a kind and a message a person can act on.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub struct Error {
     /// The kind.
     pub kind: Kind,
@@ -111,6 +113,7 @@ impl From<Error> for tonic::Status {
             Kind::FailedPrecondition => tonic::Code::FailedPrecondition,
             Kind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
             Kind::Unavailable => tonic::Code::Unavailable,
+            Kind::Unauthenticated => tonic::Code::Unauthenticated,
             Kind::Internal => tonic::Code::Internal,
         };
         tonic::Status::new(code, e.message)

@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -26,6 +27,9 @@ pub struct ImageRecord {
     pub size: u64,
     /// Layer digests, bottom first.
     pub layers: Vec<String>,
+    /// Digest of the platform manifest (the repo digests may name an index).
+    #[serde(default)]
+    pub manifest: String,
     /// The image config (OCI/Docker JSON).
     pub config: serde_json::Value,
 }
@@ -42,6 +46,26 @@ pub fn host_arch() -> &'static str {
     }
 }
 
+/// The descriptor in an index that fits this node: linux on its
+/// architecture (and variant, where the index gives one for arm).
+pub fn select_platform(index: &serde_json::Value) -> Option<&serde_json::Value> {
+    let want_variant = match host_arch() {
+        "arm64" => Some("v8"),
+        _ => None,
+    };
+    let fits = |x: &&serde_json::Value| {
+        let p = &x["platform"];
+        p["os"].as_str() == Some("linux")
+            && p["architecture"].as_str() == Some(host_arch())
+            && match (p["variant"].as_str(), want_variant) {
+                (None, _) => true,
+                (Some(v), Some(w)) => v == w,
+                (Some(_), None) => false,
+            }
+    };
+    index["manifests"].as_array()?.iter().find(fits)
+}
+
 /// Checks `sha256:<64 hex>` and returns the hex.
 pub fn digest_hex(d: &str) -> Result<&str> {
     let hex = d.strip_prefix("sha256:").ok_or_else(|| Error::invalid(format!("unsupported digest {d:?}")))?;
@@ -51,10 +75,156 @@ pub fn digest_hex(d: &str) -> Result<&str> {
     Ok(hex)
 }
 
-/// The image store under `<root>/images`.
-pub struct ImageStore {
+/// Blobs and snapshots on disk, shared by the image store and pulls in
+/// flight. A lease keeps a digest from garbage collection while a pull
+/// that has not committed its image yet works with it.
+pub struct Content {
     blobs: PathBuf,
     snapshots: PathBuf,
+    leases: Mutex<HashMap<String, usize>>,
+}
+
+/// Holds a digest out of garbage collection until dropped.
+pub struct Lease {
+    content: Arc<Content>,
+    digest: String,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut leases = self.content.leases.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = leases.get_mut(&self.digest) {
+            *n -= 1;
+            if *n == 0 {
+                leases.remove(&self.digest);
+            }
+        }
+    }
+}
+
+impl Content {
+    /// Takes a lease on `digest`.
+    pub fn lease(self: &Arc<Self>, digest: &str) -> Lease {
+        *self.leases.lock().unwrap_or_else(|e| e.into_inner()).entry(digest.to_string()).or_default() += 1;
+        Lease { content: self.clone(), digest: digest.to_string() }
+    }
+
+    fn leased(&self) -> BTreeSet<String> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
+    /// Path of a stored blob.
+    pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
+        Ok(self.blobs.join(digest_hex(digest)?))
+    }
+
+    /// Unpacked folder of a layer.
+    pub fn snapshot_path(&self, layer_digest: &str) -> Result<PathBuf> {
+        Ok(self.snapshots.join(digest_hex(layer_digest)?))
+    }
+
+    /// A fresh temp file name in the blob folder (garbage collection leaves
+    /// `.tmp-` names alone; [`TempBlob`] removes them).
+    pub fn temp_blob(&self) -> TempBlob {
+        TempBlob(self.blobs.join(format!(".tmp-{}", crate::ids::new_id())))
+    }
+
+    /// Moves a verified temp file into place as `digest`.
+    pub fn store_temp(&self, tmp: TempBlob, digest: &str) -> Result<PathBuf> {
+        let dest = self.blob_path(digest)?;
+        std::fs::rename(&tmp.0, &dest).ctx(|| format!("storing blob {digest}"))?;
+        std::mem::forget(tmp);
+        Ok(dest)
+    }
+
+    /// Copies a blob in from `src`, verifying its digest and size; a blob
+    /// already stored is not copied again.
+    pub fn put_blob(&self, digest: &str, size: Option<u64>, src: &mut dyn Read) -> Result<PathBuf> {
+        let hex = digest_hex(digest)?;
+        let dest = self.blobs.join(hex);
+        if dest.exists() {
+            return Ok(dest);
+        }
+        let tmp = self.temp_blob();
+        let mut f = std::fs::File::create(&tmp.0).ctx(|| format!("creating {}", tmp.0.display()))?;
+        let mut check = Verifier::new(digest, size)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let r = src.read(&mut buf).ctx(|| format!("reading blob {digest}"))?;
+            if r == 0 {
+                break;
+            }
+            check.update(&buf[..r])?;
+            f.write_all(&buf[..r]).ctx(|| format!("writing blob {digest}"))?;
+        }
+        check.finish()?;
+        f.sync_all().ctx(|| "syncing blob".into())?;
+        self.store_temp(tmp, digest)
+    }
+
+    fn read_json(&self, digest: &str) -> Result<serde_json::Value> {
+        let p = self.blob_path(digest)?;
+        let data = std::fs::read(&p).ctx(|| format!("reading {}", p.display()))?;
+        serde_json::from_slice(&data).map_err(|e| Error::invalid(format!("blob {digest} is not valid JSON: {e}")))
+    }
+}
+
+/// A temp file in the blob folder, removed when dropped unless stored.
+pub struct TempBlob(pub PathBuf);
+
+impl Drop for TempBlob {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Checks content against a descriptor's digest and size as it streams by.
+pub struct Verifier {
+    digest: String,
+    size: Option<u64>,
+    hasher: Sha256,
+    seen: u64,
+}
+
+impl Verifier {
+    /// Expects `digest` (sha256) and, when known, `size` bytes.
+    pub fn new(digest: &str, size: Option<u64>) -> Result<Self> {
+        digest_hex(digest)?;
+        Ok(Verifier { digest: digest.to_string(), size, hasher: Sha256::new(), seen: 0 })
+    }
+
+    /// Feeds bytes; fails as soon as there are more than the size.
+    pub fn update(&mut self, data: &[u8]) -> Result<()> {
+        self.seen += data.len() as u64;
+        if let Some(s) = self.size.filter(|s| self.seen > *s) {
+            return Err(Error::invalid(format!(
+                "blob {} is longer than the {s} bytes its descriptor says",
+                self.digest
+            )));
+        }
+        self.hasher.update(data);
+        Ok(())
+    }
+
+    /// Checks the digest and the size.
+    pub fn finish(self) -> Result<()> {
+        if let Some(s) = self.size.filter(|s| self.seen != *s) {
+            return Err(Error::invalid(format!(
+                "blob {} is {} bytes, its descriptor says {s}",
+                self.digest, self.seen
+            )));
+        }
+        let got = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        if got != self.digest {
+            return Err(Error::invalid(format!("blob {} has digest {got}: content is damaged", self.digest)));
+        }
+        Ok(())
+    }
+}
+
+/// The image store under `<root>/images`.
+pub struct ImageStore {
+    content: Arc<Content>,
     records: Store,
     images: HashMap<String, ImageRecord>,
 }
@@ -69,64 +239,18 @@ impl ImageStore {
         }
         let records = Store::open(db, "images")?;
         let images = records.load_all::<ImageRecord>()?.into_iter().map(|r| (r.id.clone(), r)).collect();
-        Ok(ImageStore { blobs, snapshots, records, images })
+        let content = Arc::new(Content { blobs, snapshots, leases: Mutex::new(HashMap::new()) });
+        Ok(ImageStore { content, records, images })
     }
 
-    /// Path of a stored blob.
-    pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
-        Ok(self.blobs.join(digest_hex(digest)?))
+    /// The blobs and snapshots.
+    pub fn content(&self) -> &Arc<Content> {
+        &self.content
     }
 
     /// Unpacked folder of a layer.
     pub fn snapshot_path(&self, layer_digest: &str) -> Result<PathBuf> {
-        Ok(self.snapshots.join(digest_hex(layer_digest)?))
-    }
-
-    /// Copies a blob in from `src`, verifying its digest and size; a blob
-    /// already stored is not copied again.
-    pub fn put_blob(&self, digest: &str, size: Option<u64>, src: &mut dyn Read) -> Result<PathBuf> {
-        let hex = digest_hex(digest)?;
-        let dest = self.blobs.join(hex);
-        if dest.exists() {
-            return Ok(dest);
-        }
-        let tmp = self.blobs.join(format!(".tmp-{}", crate::ids::new_id()));
-        let result = (|| {
-            let mut f = std::fs::File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-            let mut h = Sha256::new();
-            let mut n = 0u64;
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let r = src.read(&mut buf).ctx(|| format!("reading blob {digest}"))?;
-                if r == 0 {
-                    break;
-                }
-                h.update(&buf[..r]);
-                f.write_all(&buf[..r]).ctx(|| format!("writing blob {digest}"))?;
-                n += r as u64;
-            }
-            let got = hex::encode(h.finalize());
-            if got != hex {
-                return Err(Error::invalid(format!("blob {digest} has digest sha256:{got}: content is damaged")));
-            }
-            if let Some(s) = size {
-                if s != n {
-                    return Err(Error::invalid(format!("blob {digest} is {n} bytes, the manifest says {s}")));
-                }
-            }
-            f.sync_all().ctx(|| "syncing blob".into())?;
-            std::fs::rename(&tmp, &dest).ctx(|| format!("storing blob {digest}"))
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.map(|()| dest)
-    }
-
-    fn read_json(&self, digest: &str) -> Result<serde_json::Value> {
-        let p = self.blob_path(digest)?;
-        let data = std::fs::read(&p).ctx(|| format!("reading {}", p.display()))?;
-        serde_json::from_slice(&data).map_err(|e| Error::invalid(format!("blob {digest} is not valid JSON: {e}")))
+        self.content.snapshot_path(layer_digest)
     }
 
     /// Imports an OCI image layout folder. Tags the image with `name`, or
@@ -151,7 +275,7 @@ impl ImageStore {
                 desc["digest"].as_str().ok_or_else(|| Error::invalid("descriptor without digest"))?.to_string();
             let src = dir.join("blobs/sha256").join(digest_hex(&digest)?);
             let mut f = std::fs::File::open(&src).map_err(|e| Error::invalid(format!("{}: {e}", src.display())))?;
-            store.put_blob(&digest, desc["size"].as_u64(), &mut f)?;
+            store.content.put_blob(&digest, desc["size"].as_u64(), &mut f)?;
             Ok(digest)
         };
         // Resolve nested indexes down to this node's platform.
@@ -162,20 +286,13 @@ impl ImageStore {
                 break;
             }
             let d = copy(self, &desc)?;
-            let nested = self.read_json(&d)?;
-            desc = nested["manifests"]
-                .as_array()
-                .and_then(|m| {
-                    m.iter().find(|x| {
-                        x["platform"]["os"].as_str() == Some("linux")
-                            && x["platform"]["architecture"].as_str() == Some(host_arch())
-                    })
-                })
+            let nested = self.content.read_json(&d)?;
+            desc = select_platform(&nested)
                 .cloned()
                 .ok_or_else(|| Error::not_found(format!("{name} has no linux/{} image", host_arch())))?;
         }
         let manifest_digest = copy(self, &desc)?;
-        let manifest = self.read_json(&manifest_digest)?;
+        let manifest = self.content.read_json(&manifest_digest)?;
         let config_desc = &manifest["config"];
         copy(self, config_desc)?;
         let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
@@ -183,28 +300,36 @@ impl ImageStore {
         for l in &layers {
             layer_digests.push(copy(self, l)?);
         }
-        self.commit(&reference, &manifest_digest, &manifest)
+        let top_digest = top["digest"].as_str().unwrap_or(&manifest_digest).to_string();
+        for l in &layer_digests {
+            let snap = self.content.snapshot_path(l)?;
+            if !snap.exists() {
+                crate::unpack::unpack_layer(&self.content.blob_path(l)?, &snap)?;
+            }
+        }
+        self.commit(&reference, &top_digest, &manifest_digest, &manifest)
     }
 
-    /// Records an image whose manifest, config and layer blobs are stored:
-    /// unpacks missing layer snapshots and moves `reference`'s tag to it.
+    /// Records an image whose manifest, config and layer snapshots are
+    /// stored, and moves `reference`'s tag to it. `top_digest` is what the
+    /// reference resolved to (an index, or the manifest itself).
     pub fn commit(
         &mut self,
         reference: &Reference,
+        top_digest: &str,
         manifest_digest: &str,
         manifest: &serde_json::Value,
     ) -> Result<ImageRecord> {
         let config_digest =
             manifest["config"]["digest"].as_str().ok_or_else(|| Error::invalid("manifest has no config"))?;
-        let config = self.read_json(config_digest)?;
+        let config = self.content.read_json(config_digest)?;
         let mut size = manifest["config"]["size"].as_u64().unwrap_or(0);
         let mut layers = Vec::new();
         for l in manifest["layers"].as_array().cloned().unwrap_or_default() {
             let d = l["digest"].as_str().ok_or_else(|| Error::invalid("layer without digest"))?.to_string();
             size += l["size"].as_u64().unwrap_or(0);
-            let snap = self.snapshot_path(&d)?;
-            if !snap.exists() {
-                crate::unpack::unpack_layer(&self.blob_path(&d)?, &snap)?;
+            if !self.content.snapshot_path(&d)?.exists() {
+                return Err(Error::internal(format!("layer {d} is not unpacked")));
             }
             layers.push(d);
         }
@@ -214,6 +339,7 @@ impl ImageStore {
         rec.size = size;
         rec.layers = layers;
         rec.config = config;
+        rec.manifest = manifest_digest.to_string();
         let mut names = BTreeSet::new();
         if let Some(t) = reference.tagged() {
             names.insert(t);
@@ -232,7 +358,7 @@ impl ImageStore {
                 rec.repo_tags.push(t);
             }
         }
-        let digested = format!("{}@{manifest_digest}", reference.repository());
+        let digested = format!("{}@{top_digest}", reference.repository());
         if !rec.repo_digests.contains(&digested) {
             rec.repo_digests.push(digested);
         }
@@ -286,8 +412,10 @@ impl ImageStore {
 
     fn gc(&self, in_use: &BTreeSet<String>) {
         let mut keep: BTreeSet<String> = in_use.clone();
+        keep.extend(self.content.leased());
         for r in self.images.values() {
             keep.insert(r.id.clone());
+            keep.insert(r.manifest.clone());
             keep.extend(r.layers.iter().cloned());
             for d in &r.repo_digests {
                 if let Some((_, m)) = d.split_once('@') {
@@ -296,13 +424,12 @@ impl ImageStore {
             }
         }
         let keep_hex: BTreeSet<String> = keep.iter().map(|d| hex_id(d)).collect();
-        for dir in [&self.snapshots, &self.blobs] {
+        for dir in [&self.content.snapshots, &self.content.blobs] {
             let Ok(entries) = std::fs::read_dir(dir) else { continue };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
-                // Index blobs are not named by any record; blobs of a removed
-                // image's index go with it. Temp entries belong to a running
-                // import and are left alone.
+                // Temp entries belong to a running import or pull and are
+                // left alone.
                 if name.starts_with(".tmp-") || keep_hex.contains(&name) {
                     continue;
                 }
@@ -314,14 +441,14 @@ impl ImageStore {
 
     /// Bytes and inodes used by blobs and snapshots.
     pub fn usage(&self) -> (u64, u64) {
-        let (b1, i1) = crate::stats::disk_usage(&self.blobs);
-        let (b2, i2) = crate::stats::disk_usage(&self.snapshots);
+        let (b1, i1) = crate::stats::disk_usage(&self.content.blobs);
+        let (b2, i2) = crate::stats::disk_usage(&self.content.snapshots);
         (b1 + b2, i1 + i2)
     }
 
     /// Folder holding the image store, for ImageFsInfo.
     pub fn mountpoint(&self) -> PathBuf {
-        self.snapshots.parent().map(Path::to_path_buf).unwrap_or_default()
+        self.content.snapshots.parent().map(Path::to_path_buf).unwrap_or_default()
     }
 }
 

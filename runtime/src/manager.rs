@@ -51,6 +51,8 @@ pub struct Config {
     pub log_check_interval: Duration,
     /// CNI configuration and plugins.
     pub cni: crate::cni::Cni,
+    /// berthd's config file (registries).
+    pub file: crate::registry_config::FileConfig,
 }
 
 /// Where an object is in its life. Creating and Removing records exist
@@ -246,7 +248,9 @@ pub struct Manager {
     sandbox_store: Store,
     container_store: Store,
     /// The image store (blocking file work runs under this lock).
-    pub images: tokio::sync::Mutex<ImageStore>,
+    pub images: Arc<tokio::sync::Mutex<ImageStore>>,
+    /// Registry pulls.
+    pub puller: Arc<crate::pull::Puller>,
     /// Container lifecycle events for CRI GetContainerEvents.
     events: tokio::sync::broadcast::Sender<cri::ContainerEventResponse>,
     /// Previous CPU samples, for CPU rates.
@@ -300,6 +304,14 @@ impl Manager {
         let sandbox_store = Store::open(&db, "sandboxes")?;
         let container_store = Store::open(&db, "containers")?;
         let images = ImageStore::open(&cfg.root, &db)?;
+        let content = images.content().clone();
+        let images = Arc::new(tokio::sync::Mutex::new(images));
+        let puller = Arc::new(crate::pull::Puller::new(
+            cfg.file.clone(),
+            images.clone(),
+            content,
+            log.new(slog::o!("component" => "pull")),
+        ));
         let m = Manager {
             cfg,
             log,
@@ -309,7 +321,8 @@ impl Manager {
             log_errors: Mutex::new(HashMap::new()),
             sandbox_store,
             container_store,
-            images: tokio::sync::Mutex::new(images),
+            images,
+            puller,
             events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
             cpu_rates: Default::default(),
         };

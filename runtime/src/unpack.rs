@@ -1,4 +1,4 @@
-//! Unpacks one image layer (tar, optionally gzip) into its own snapshot
+//! Unpacks one image layer (tar, plain, gzip or zstd) into its own snapshot
 //! folder, for use as an overlayfs lower layer. OCI whiteouts become overlay
 //! whiteouts (a 0/0 character device) and opaque markers become the
 //! `trusted.overlay.opaque` xattr. No entry may create or change anything
@@ -17,8 +17,15 @@ pub fn unpack_layer(blob: &Path, dest: &Path) -> Result<()> {
     let parent = dest.parent().ok_or_else(|| Error::internal("snapshot has no parent folder"))?;
     let tmp = parent.join(format!(".tmp-{}", crate::ids::new_id()));
     std::fs::create_dir_all(&tmp).map_err(|e| Error::internal(format!("creating {}: {e}", tmp.display())))?;
-    let result = unpack_into(blob, &tmp).and_then(|()| {
-        std::fs::rename(&tmp, dest).map_err(|e| Error::internal(format!("renaming snapshot into place: {e}")))
+    let result = unpack_into(blob, &tmp).and_then(|()| match std::fs::rename(&tmp, dest) {
+        Ok(()) => Ok(()),
+        // Another unpack of the same layer (an import, a pull) finished
+        // first; its snapshot is the same content.
+        Err(_) if dest.is_dir() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(())
+        }
+        Err(e) => Err(Error::internal(format!("renaming snapshot into place: {e}"))),
     });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -29,12 +36,24 @@ pub fn unpack_layer(blob: &Path, dest: &Path) -> Result<()> {
 fn open_layer(blob: &Path) -> Result<Box<dyn Read>> {
     let mut f =
         std::fs::File::open(blob).map_err(|e| Error::internal(format!("opening layer {}: {e}", blob.display())))?;
-    let mut magic = [0u8; 2];
-    let n = f.read(&mut magic).map_err(|e| Error::internal(format!("reading layer: {e}")))?;
+    let mut magic = [0u8; 4];
+    let mut n = 0;
+    while n < magic.len() {
+        match f.read(&mut magic[n..]).map_err(|e| Error::internal(format!("reading layer: {e}")))? {
+            0 => break,
+            r => n += r,
+        }
+    }
     let head = std::io::Cursor::new(magic[..n].to_vec());
     let stream = head.chain(f);
-    if n == 2 && magic == [0x1f, 0x8b] {
+    // The compression is read from the content, not the media type: Docker
+    // and OCI name it differently, and some registries get it wrong.
+    if magic[..n].starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::read::GzDecoder::new(stream)))
+    } else if magic[..n] == [0x28, 0xb5, 0x2f, 0xfd] {
+        let z = zstd::stream::read::Decoder::new(stream)
+            .map_err(|e| Error::internal(format!("starting zstd decoder: {e}")))?;
+        Ok(Box::new(z))
     } else {
         Ok(Box::new(stream))
     }

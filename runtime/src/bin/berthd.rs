@@ -46,6 +46,10 @@ struct Args {
     /// Folders with CNI plugin binaries, ':'-separated.
     #[arg(long, default_value = "/opt/cni/bin:/usr/lib/cni")]
     cni_bin_dir: String,
+    /// Config file (TOML) with registry mirrors, CAs and plain-http hosts;
+    /// default /etc/berth/config.toml, used when it exists.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -103,6 +107,11 @@ fn main() -> Result<()> {
         .with_context(|| {
             format!("--container-log-check-interval {:?}: give a duration like 10s", args.container_log_check_interval)
         })?;
+    let file = match &args.config {
+        Some(p) => berth::registry_config::FileConfig::load(p, true),
+        None => berth::registry_config::FileConfig::load(Path::new("/etc/berth/config.toml"), false),
+    }
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let cfg = Config {
         root: absolute(&args.root)?,
         state: absolute(&args.state)?,
@@ -115,6 +124,7 @@ fn main() -> Result<()> {
             conf_dir: args.cni_conf_dir.clone(),
             bin_dirs: std::env::split_paths(&args.cni_bin_dir).collect(),
         },
+        file,
     };
     let (log, _guard) = berth::logging::init(level);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
