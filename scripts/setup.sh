@@ -14,11 +14,26 @@ command -v sha256sum >/dev/null 2>&1 || need+=(coreutils)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need+=(containernetworking-plugins)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# --test adds what only the tests use: a registry to pull from (Debian's
+# docker-registry, started by the tests on loopback, never as a service),
+# htpasswd for its basic auth and openssl for its certificates and tokens.
+if [ "${1:-}" = "--test" ]; then
+  command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+  command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # policy-rc.d 101: packages that ship a service (docker-registry) must not
+  # start it; the tests run their own.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 # A default pod network: bridge cni0, 10.88.0.0/16, outbound NAT, host ports.

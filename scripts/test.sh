@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 cargo build --workspace --locked
 image=target/test-image
 bash scripts/build-test-image.sh "$image" >/dev/null

@@ -406,11 +406,13 @@ impl ImageStore {
             return Ok(());
         }
         self.records.delete(&hex_id(id))?;
-        self.gc(in_use);
+        self.collect(in_use);
         Ok(())
     }
 
-    fn gc(&self, in_use: &BTreeSet<String>) {
+    /// Deletes blobs and snapshots that no image, no container (`in_use`
+    /// layer digests) and no pull in flight needs.
+    pub fn collect(&self, in_use: &BTreeSet<String>) {
         let mut keep: BTreeSet<String> = in_use.clone();
         keep.extend(self.content.leased());
         for r in self.images.values() {

@@ -15,6 +15,7 @@ pub mod manager;
 pub mod pod_cgroup;
 pub mod pod_files;
 pub mod pull;
+pub mod pull_progress;
 pub mod reference;
 pub mod registry;
 pub mod registry_config;

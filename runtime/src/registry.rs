@@ -337,7 +337,14 @@ fn registry_message(body: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
     match v["errors"][0]["message"].as_str() {
         Some(m) => format!(": {m}"),
-        None => String::new(),
+        // Not the API's JSON (a proxy, or "Client sent an HTTP request to
+        // an HTTPS server"): its first line says what is wrong.
+        None => match body.lines().map(str::trim).find(|l| !l.is_empty()) {
+            Some(l) if !l.starts_with('{') && !l.starts_with('<') => {
+                format!(": {}", l.chars().take(200).collect::<String>())
+            }
+            _ => String::new(),
+        },
     }
 }
 

@@ -2,6 +2,8 @@
 //! its own temp root, state folder and socket per test, with the test image
 //! imported. Dropping a [`Daemon`] removes every pod through CRI, ends the
 //! daemon by pid, unmounts whatever is left under its folder and deletes it.
+pub mod registry;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;

@@ -159,6 +159,26 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ImageCmd,
     },
+    /// Pull an image from its registry, showing each layer's progress;
+    /// prints the image id.
+    Pull {
+        image: String,
+        /// Registry credentials, user:password.
+        #[arg(long)]
+        creds: Option<String>,
+        /// Registry credentials, base64 of user:password.
+        #[arg(long)]
+        auth: Option<String>,
+        /// Identity (refresh) token for the registry's token service.
+        #[arg(long)]
+        identity_token: Option<String>,
+        /// Bearer token sent to the registry as is.
+        #[arg(long)]
+        registry_token: Option<String>,
+        /// No progress, only the image id.
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Remove images.
     Rmi { images: Vec<String> },
     /// Status of an image (JSON).
@@ -173,6 +193,49 @@ enum Cmd {
 enum ImageCmd {
     /// Import an OCI image layout folder (berthd reads it; give a path it can see).
     Import { dir: PathBuf, name: Option<String> },
+}
+
+/// Pulls through Berth's progress stream; a runtime without it (any other
+/// CRI runtime) gets a plain CRI PullImage.
+async fn pull(c: &mut Ctl, req: protocol::images::PullRequest, quiet: bool) -> Result<String> {
+    use std::io::IsTerminal;
+    match c.berth.pull(c.req(req.clone())).await {
+        Ok(stream) => {
+            let mut stream = stream.into_inner();
+            let stderr = std::io::stderr();
+            let tty = stderr.is_terminal();
+            let mut view = berth::pull_progress::ProgressView::new(stderr.lock(), tty);
+            while let Some(msg) = stream.message().await? {
+                if !quiet {
+                    view.show(&msg.layers)?;
+                }
+                if !msg.image_id.is_empty() {
+                    return Ok(msg.image_id);
+                }
+            }
+            bail!("berthd ended the pull without an image id")
+        }
+        Err(s) if s.code() == tonic::Code::Unimplemented => {
+            let auth = cri::AuthConfig {
+                username: req.username,
+                password: req.password,
+                auth: req.auth,
+                identity_token: req.identity_token,
+                registry_token: req.registry_token,
+                ..Default::default()
+            };
+            let r = c
+                .img
+                .pull_image(c.req(cri::PullImageRequest {
+                    image: Some(cri::ImageSpec { image: req.image, ..Default::default() }),
+                    auth: Some(auth),
+                    sandbox_config: None,
+                }))
+                .await?;
+            Ok(r.into_inner().image_ref)
+        }
+        Err(s) => Err(s.into()),
+    }
 }
 
 fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T> {
@@ -618,6 +681,23 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                 .await?
                 .into_inner();
             println!("Imported {} as {}", r.id, r.repo_tags.join(", "));
+        }
+        Cmd::Pull { image, creds, auth, identity_token, registry_token, quiet } => {
+            let (username, password) = match creds.as_deref().map(|c| c.split_once(':')) {
+                Some(Some((u, p))) => (u.to_string(), p.to_string()),
+                Some(None) => bail!("--creds must be user:password"),
+                None => Default::default(),
+            };
+            let req = protocol::images::PullRequest {
+                image: image.clone(),
+                username,
+                password,
+                auth: auth.unwrap_or_default(),
+                identity_token: identity_token.unwrap_or_default(),
+                registry_token: registry_token.unwrap_or_default(),
+            };
+            let id = pull(c, req, quiet).await?;
+            println!("{id}");
         }
         Cmd::Rmi { images } => {
             for i in images {
