@@ -126,6 +126,14 @@ fn unpack_into(blob: &Path, root: &Path) -> Result<()> {
             .map_err(|e| Error::internal(format!("creating whiteout {}: {e}", target.display())))?;
             continue;
         }
+        let kind = entry.header().entry_type();
+        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+            // The tar crate writes these as regular files; make the node.
+            let target = safe_dir(root, &parent_rel)?.join(&name);
+            make_node(&target, entry.header(), kind)
+                .map_err(|e| e.context(format!("layer entry {}", path.display())))?;
+            continue;
+        }
         safe_dir(root, &parent_rel)?;
         // unpack_in refuses paths and link targets that would land outside
         // `root`; a refusal is a damaged (or hostile) layer.
@@ -135,6 +143,45 @@ fn unpack_into(blob: &Path, root: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A device node or fifo with the entry's mode, owner and device numbers.
+fn make_node(target: &Path, h: &tar::Header, kind: tar::EntryType) -> Result<()> {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    let bad = |e: std::io::Error| Error::invalid(format!("bad header: {e}"));
+    let mode = h.mode().map_err(bad)? & 0o7777;
+    let major = h.device_major().map_err(bad)?.unwrap_or(0);
+    let minor = h.device_minor().map_err(bad)?.unwrap_or(0);
+    let flag = if kind.is_character_special() {
+        SFlag::S_IFCHR
+    } else if kind.is_block_special() {
+        SFlag::S_IFBLK
+    } else {
+        SFlag::S_IFIFO
+    };
+    if std::fs::symlink_metadata(target).is_ok_and(|m| !m.is_dir()) {
+        let _ = std::fs::remove_file(target);
+    }
+    let err = |what: &str, e: nix::Error| Error::internal(format!("{what} {}: {e}", target.display()));
+    mknod(target, flag, Mode::from_bits_truncate(mode), makedev(major.into(), minor.into()))
+        .map_err(|e| err("creating", e))?;
+    let (uid, gid) = (h.uid().map_err(bad)?, h.gid().map_err(bad)?);
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        target,
+        Some(nix::unistd::Uid::from_raw(uid as u32)),
+        Some(nix::unistd::Gid::from_raw(gid as u32)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| err("chown", e))?;
+    // mknod's mode went through the umask; set it as the layer says.
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        target,
+        Mode::from_bits_truncate(mode),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .map_err(|e| err("chmod", e))
 }
 
 fn set_opaque(dir: &Path) -> Result<()> {
@@ -192,6 +239,41 @@ mod tests {
         use std::os::unix::fs::FileTypeExt;
         assert!(std::fs::symlink_metadata(dest.join("a/gone")).unwrap().file_type().is_char_device());
         assert!(dest.join("b").is_dir());
+    }
+
+    #[test]
+    fn modes_and_devices_are_kept_as_the_layer_says() {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut b = tar::Builder::new(std::fs::File::create(f.path()).unwrap());
+        for (name, typ, mode) in [
+            ("suid", tar::EntryType::Regular, 0o4755),
+            ("plain", tar::EntryType::Regular, 0o644),
+            ("null", tar::EntryType::Char, 0o666),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(typ);
+            h.set_size(0);
+            h.set_mode(mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            if typ == tar::EntryType::Char {
+                h.set_device_major(1).unwrap();
+                h.set_device_minor(3).unwrap();
+            }
+            h.set_path(name).unwrap();
+            h.set_cksum();
+            b.append(&h, &[][..]).unwrap();
+        }
+        b.finish().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("snap");
+        unpack_layer(f.path(), &dest).unwrap();
+        assert_eq!(std::fs::metadata(dest.join("suid")).unwrap().permissions().mode() & 0o7777, 0o4755);
+        assert_eq!(std::fs::metadata(dest.join("plain")).unwrap().permissions().mode() & 0o7777, 0o644);
+        let null = std::fs::symlink_metadata(dest.join("null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
     }
 
     #[test]

@@ -128,6 +128,70 @@ async fn main() {
     println!("{:<44} {:>10.2}", "shim CPU seconds per GiB of output", cpu / gib);
     println!("{:<44} {:>10.1}", "log file bytes per output byte", file as f64 / bytes as f64);
     let _ = std::fs::remove_file(&st.log_path);
+
+    pull_bench(&mut d).await;
+}
+
+/// Pulls of a ~50 MiB image of 5 layers from a local registry: cold (no
+/// layer stored) and again with every layer stored.
+async fn pull_bench(d: &mut Daemon) {
+    use berth_tests::registry::{build_image, layer_from_tar, registry_available, tar_of, Auth, Compression, Registry};
+    if !registry_available() {
+        println!("pull benchmark skipped: docker-registry, openssl or htpasswd missing (scripts/setup.sh --test)");
+        return;
+    }
+    let rounds: usize = std::env::var("BENCH_PULLS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let reg = Registry::start(Auth::None, false);
+    let mut x: u64 = 0x2545f4914f6cdd1d;
+    let layers = (0..5)
+        .map(|i| {
+            // Incompressible, so the bytes on the wire are the image's size.
+            let mut data = vec![0u8; 10 << 20];
+            for chunk in data.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+            }
+            layer_from_tar(tar_of(&[(&format!("layer{i}"), tar::EntryType::Regular, &data, None)]), Compression::Gzip)
+        })
+        .collect();
+    let img = build_image(layers, "amd64", "BENCH=pull");
+    let size: usize = img.layers.iter().map(|l| l.data.len()).sum();
+    reg.push("bench/pull", "v1", &img).await;
+    let name = format!("{}/bench/pull:v1", reg.host);
+    let pull = |d: &mut Daemon| {
+        let mut img = d.img.clone();
+        let name = name.clone();
+        async move {
+            let t = Instant::now();
+            img.pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec { image: name, ..Default::default() }),
+                ..Default::default()
+            })
+            .await
+            .expect("pull");
+            t.elapsed()
+        }
+    };
+    let (mut cold, mut cached) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        // Removing the image collects its layers: the next pull is cold.
+        d.img
+            .remove_image(cri::RemoveImageRequest {
+                image: Some(cri::ImageSpec { image: name.clone(), ..Default::default() }),
+            })
+            .await
+            .expect("remove image");
+        cold.push(pull(d).await);
+        cached.push(pull(d).await);
+    }
+    let (cm, cp) = median_p90(cold);
+    let (hm, hp) = median_p90(cached);
+    let mib = size as f64 / (1 << 20) as f64;
+    println!("{:<44} {cm:>10.1} {cp:>10.1}", format!("pull {mib:.0} MiB, 5 layers, cold (ms)"));
+    println!("{:<44} {hm:>10.1} {hp:>10.1}", "pull again, every layer stored (ms)");
+    println!("{:<44} {:>10.1}", "cold pull throughput (MiB/s)", mib / (cm / 1000.0));
 }
 
 /// User plus system CPU seconds a process has used.
