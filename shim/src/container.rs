@@ -136,7 +136,17 @@ impl Container {
 
     /// Watches the init's exit: once it exits and its output is drained,
     /// records the exit and wakes waiters.
-    pub fn monitor(self: &Arc<Self>, exit: oneshot::Receiver<ExitStatus>, forwarders: Vec<JoinHandle<()>>) {
+    ///
+    /// With `kill_rest` (a container without a pid namespace of its own),
+    /// the processes left in it are killed once the init exits, as they would
+    /// be by the kernel in a private pid namespace: a container's exit is the
+    /// end of all of it, and a leftover would hold its output open.
+    pub fn monitor(
+        self: &Arc<Self>,
+        exit: oneshot::Receiver<ExitStatus>,
+        forwarders: Vec<JoinHandle<()>>,
+        kill_rest: Option<crate::runc::Runc>,
+    ) {
         let c = Arc::clone(self);
         // Found now, while the init lives; read after it exits, before the
         // runtime deletes the cgroup, so even an OOM at start is seen.
@@ -144,6 +154,11 @@ impl Container {
         let oom_before = cgroups.as_ref().map(|cg| cg.oom_kills()).unwrap_or(0);
         tokio::spawn(async move {
             let status = exit.await.ok();
+            if let Some(runc) = kill_rest {
+                // Fails harmlessly when nothing is left (or runc already
+                // deleted the container).
+                let _ = runc.kill(&c.id, libc::SIGKILL, true).await;
+            }
             let oom = cgroups.as_ref().is_some_and(|cg| cg.oom_kills() > oom_before);
             let drain = async {
                 for f in forwarders {

@@ -181,8 +181,9 @@ impl ShimService {
             .and_then(|s| s.trim().parse().ok())
             .ok_or_else(|| status(Code::INTERNAL, "the OCI runtime wrote no container pid"))?;
         let exit = self.reaper.subscribe(pid);
+        let kill_rest = (!own_pid_namespace(&bundle)).then(|| self.runc.clone());
         let c = Container::new(id.to_string(), bundle, sink, pid, io);
-        c.monitor(exit, forwarders);
+        c.monitor(exit, forwarders, kill_rest);
         self.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), Arc::clone(&c));
         info!(self.log, "container created"; "container_id" => id, "pid" => pid);
         Ok(c)
@@ -377,4 +378,14 @@ impl Shim for ShimService {
         self.shutdown.notify_one();
         Ok(Empty::new())
     }
+}
+
+/// Whether the bundle gives the container a new pid namespace of its own
+/// (a `pid` entry without a path); joining the pod's, or the host's, is not.
+fn own_pid_namespace(bundle: &std::path::Path) -> bool {
+    let Ok(data) = std::fs::read(bundle.join("config.json")) else { return true };
+    let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&data) else { return true };
+    spec["linux"]["namespaces"]
+        .as_array()
+        .is_some_and(|ns| ns.iter().any(|n| n["type"] == "pid" && n["path"].as_str().is_none_or(str::is_empty)))
 }

@@ -43,3 +43,29 @@ async fn containers_share_pod_net_and_ipc_not_hosts() {
         d.exec_out(&c, &["readlink", "/proc/self/ns/net"]).await
     );
 }
+
+/// In a pod sharing one pid namespace, a container's exit ends every process
+/// it left behind (as its own pid namespace would), so nothing outlives it
+/// and its log is complete at once.
+#[tokio::test]
+async fn a_container_exit_ends_its_leftovers_in_a_shared_pid_namespace() {
+    let mut d = Daemon::start().await;
+    let mut cfg = d.pod_config("pidpod");
+    if let Some(ns) =
+        cfg.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut())
+    {
+        ns.pid = cri::NamespaceMode::Pod as i32;
+    }
+    let pod = d.run_pod(&cfg).await;
+    let watcher = d.create(&pod, &cfg, "watcher", &["sleep", "1000"]).await;
+    d.start_container(&watcher).await;
+    d.wait_state(&watcher, cri::ContainerState::ContainerRunning, Duration::from_secs(5)).await;
+    let leaver = d.create(&pod, &cfg, "leaver", &["sh", "-c", "sleep 4242 & echo started; exit 3"]).await;
+    d.start_container(&leaver).await;
+    let st = d.wait_state(&leaver, cri::ContainerState::ContainerExited, Duration::from_secs(10)).await;
+    assert_eq!(st.exit_code, 3);
+    // The watcher sees the pod's processes: the leftover sleep is gone.
+    let ps = d.exec_out(&watcher, &["ps", "-o", "args"]).await;
+    assert!(!ps.contains("sleep 4242"), "the exited container left a process behind:\n{ps}");
+    assert!(std::fs::read_to_string(&st.log_path).unwrap().contains("started"));
+}
