@@ -1,16 +1,49 @@
 #!/usr/bin/env bash
-# Benchmarks Berth's lifecycle calls on this machine: medians and p90 of
-# RunPodSandbox, CreateContainer+StartContainer until Running, ExecSync
-# round trip and RemovePodSandbox, the RSS/PSS of idle shims (1 and 50 pods),
-# berthd restart time until every container is listed (0 and 50 pods), log
-# throughput, and pulls of a ~50 MiB 5-layer image from a local registry
-# (cold, and with every layer stored).
-# usage: scripts/bench.sh   (BENCH_N: lifecycle rounds, default 20; BENCH_PODS: default 50;
-#        BENCH_LOG_BYTES: default 1 GiB; BENCH_PULLS: pull rounds, default 5)
+# Benchmarks Berth against containerd (its CRI plugin, containerd-shim-runc-v2)
+# on this machine, in one run: both driven through the same CRI client code,
+# with the same runc, the same locally built images (no download) and the
+# same CNI bridge network; lifecycle rounds alternate Berth, containerd,
+# Berth, ... Prints medians, p90s and Berth/containerd ratios, with bare
+# `runc` as the floor, and writes them to target/bench-results.json.
+#
+# Measured: RunPodSandbox; CreateContainer+StartContainer until Running;
+# ExecSync `true`; StopContainer of a container that exits on SIGTERM;
+# StopPodSandbox+RemovePodSandbox; 20 pods started at once (pods/s); PSS/RSS
+# of the per-pod processes (Berth: the shim; containerd: its shim and the
+# pause process) at 1, 10 and 50 idle pods and the daemon's RSS; daemon
+# restart with 50 pods until ListContainers lists them all; 1 GiB of
+# 100-byte log lines (MB/s, CPU seconds outside the container per GiB); cold
+# and cached pulls of a 50 MiB 5-layer image from a registry on loopback.
+#
+# usage: scripts/bench.sh
+#   BENCH_N lifecycle rounds (20), BENCH_PODS idle pods (50), BENCH_BURST (20),
+#   BENCH_LOG_BYTES (1 GiB), BENCH_PULLS pull rounds (3), BENCH_OUT (JSON path).
+# containerd runs in its own temp root, state and socket; the system's
+# containerd (if any) is not touched. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cleanup() {
+  rm -f "${policy_created:-/nonexistent}"
+  # berth-bench deletes its bridge itself, unless it died (release builds abort on panic).
+  ip link del bbench0 2>/dev/null || true
+}
+trap cleanup EXIT
 
 bash scripts/setup.sh --test >/dev/null
+if ! command -v containerd >/dev/null 2>&1 || ! command -v gcc >/dev/null 2>&1; then
+  echo "bench: installing containerd (and gcc for the pause image)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    # Do not start the packaged containerd service; the bench runs its own.
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
+    policy_created=$policy
+  fi
+  apt-get install -y -qq --no-install-recommends containerd gcc libc6-dev >/dev/null
+fi
 cargo build --workspace --release --locked
 bash scripts/build-test-image.sh target/test-image >/dev/null
-BERTH_BIN_DIR=$PWD/target/release BERTH_TEST_IMAGE=$PWD/target/test-image ./target/release/berth-bench
+bash scripts/build-test-image.sh --pause target/pause-image >/dev/null
+BERTH_BIN_DIR=$PWD/target/release BERTH_TEST_IMAGE=$PWD/target/test-image \
+  BENCH_PAUSE_IMAGE=$PWD/target/pause-image ./target/release/berth-bench

@@ -3,13 +3,16 @@
 # download: one gzip layer holding busybox, its applet links and a minimal
 # /etc (root, an unprivileged "app" user with uid 1000, groups).
 #
-# usage: scripts/build-test-image.sh OUT_DIR [IMAGE_NAME]
-# IMAGE_NAME defaults to docker.io/library/berth-test:latest. Idempotent:
+# usage: scripts/build-test-image.sh [--pause] OUT_DIR [IMAGE_NAME]
+# IMAGE_NAME defaults to docker.io/library/berth-test:latest (with --pause:
+# berth.local/pause:bench, an image of one static pause binary). Idempotent:
 # the same busybox gives the same digests.
 set -euo pipefail
 
-out=${1:?usage: build-test-image.sh OUT_DIR [IMAGE_NAME]}
-name=${2:-docker.io/library/berth-test:latest}
+pause=false
+if [ "${1:-}" = "--pause" ]; then pause=true; shift; fi
+out=${1:?usage: build-test-image.sh [--pause] OUT_DIR [IMAGE_NAME]}
+if $pause; then name=${2:-berth.local/pause:bench}; else name=${2:-docker.io/library/berth-test:latest}; fi
 busybox=${BUSYBOX:-/bin/busybox}
 [ -x "$busybox" ] || { echo "build-test-image: $busybox not found (apt-get install busybox-static)" >&2; exit 1; }
 arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
@@ -17,6 +20,14 @@ arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root=$work/rootfs
+process='"Cmd":["sh"]'
+if $pause; then
+  # --pause: a sandbox image for runtimes that need one (containerd in
+  # scripts/bench.sh): one static binary from scripts/pause.c.
+  mkdir -p "$root"
+  gcc -Os -static -s -o "$root/pause" "$(dirname "$0")/pause.c"
+  process='"Entrypoint":["/pause"]'
+else
 mkdir -p "$root"/{bin,etc,tmp,proc,sys,dev,root,home/app,var/log}
 chmod 1777 "$root/tmp"
 cp "$busybox" "$root/bin/busybox"
@@ -36,6 +47,7 @@ extra:x:2000:app
 nogroup:x:65534:
 G
 chown 1000:1000 "$root/home/app"
+fi
 
 # Owners as built (root, and app for /home/app); fixed order and times make
 # the digests reproducible.
@@ -55,7 +67,7 @@ put() { # file -> prints "digest size"
 read -r layer_d layer_s < <(put "$work/layer.tar.gz")
 
 cat > "$work/config.json" <<C
-{"architecture":"$arch","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["sh"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]},"history":[{"created_by":"berth scripts/build-test-image.sh"}]}
+{"architecture":"$arch","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],$process,"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]},"history":[{"created_by":"berth scripts/build-test-image.sh"}]}
 C
 read -r config_d config_s < <(put "$work/config.json")
 

@@ -2,6 +2,7 @@
 //! its own temp root, state folder and socket per test, with the test image
 //! imported. Dropping a [`Daemon`] removes every pod through CRI, ends the
 //! daemon by pid, unmounts whatever is left under its folder and deletes it.
+pub mod containerd;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
@@ -427,17 +428,23 @@ impl Drop for Daemon {
     }
 }
 
+/// The parent of a process (0 when it is gone).
+pub fn parent_pid(pid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1).and_then(|x| x.parse::<i32>().ok()))
+        })
+        .unwrap_or(0)
+}
+
 /// SIGKILLs a process and its descendants, found through /proc.
 pub fn kill_tree(pid: i32) {
     let mut children = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
             let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let ppid = std::fs::read_to_string(format!("/proc/{p}/stat")).ok().and_then(|s| {
-                s.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1).and_then(|x| x.parse::<i32>().ok()))
-            });
-            if ppid == Some(pid) {
+            if parent_pid(p) == pid {
                 children.push(p);
             }
         }

@@ -1,18 +1,40 @@
-//! berth-bench: times Berth's lifecycle calls against a real berthd (in its
-//! own temp folders) and prints medians. Run through scripts/bench.sh, which
-//! builds release binaries and points BERTH_BIN_DIR at them.
+//! berth-bench: Berth and containerd (CRI plugin, containerd-shim-runc-v2)
+//! side by side on this machine, driven through the same CRI client code
+//! (berthctl's), with the same runc, the same images (built locally) and the
+//! same CNI network; lifecycle rounds alternate A B A B. Prints a table of
+//! medians, p90s and ratios and writes it as JSON. Run through
+//! scripts/bench.sh, which installs containerd and builds release binaries.
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use berth_tests::containerd::{containerd_available, Containerd};
+use berth_tests::registry::{build_image, layer_from_tar, registry_available, tar_of, Auth, Compression, Registry};
 use berth_tests::Daemon;
-use protocol::cri;
+use protocol::cri::{self, image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient};
+use serde_json::json;
+use tonic::transport::Channel;
 
-fn median_p90(mut v: Vec<Duration>) -> (f64, f64) {
-    v.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    (ms(v[v.len() / 2]), ms(v[(v.len() * 9 / 10).min(v.len() - 1)]))
+const BRIDGE: &str = "bbench0";
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
-fn mem_kb(pid: i32, field: &str, file: &str) -> u64 {
+/// Median and p90 of samples.
+fn median_p90(mut v: Vec<f64>) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v[v.len() / 2], v[(v.len() * 9 / 10).min(v.len() - 1)])
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn proc_kb(pid: i32, field: &str, file: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .unwrap_or_default()
         .lines()
@@ -20,178 +42,6 @@ fn mem_kb(pid: i32, field: &str, file: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|x| x.parse().ok())
         .unwrap_or(0)
-}
-
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
-    let n: usize = std::env::var("BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
-    let mut d = Daemon::start().await;
-    let (mut run_pod, mut start, mut exec, mut remove) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut shim_rss = Vec::new();
-    let mut shim_pss = Vec::new();
-    for i in 0..n {
-        let cfg = d.pod_config(&format!("bench-{i}"));
-        let t = Instant::now();
-        let pod = d.run_pod(&cfg).await;
-        run_pod.push(t.elapsed());
-
-        let t = Instant::now();
-        let c = d.create(&pod, &cfg, "c", &["sleep", "1000"]).await;
-        d.start_container(&c).await;
-        d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
-        start.push(t.elapsed());
-
-        for _ in 0..5 {
-            let t = Instant::now();
-            let r = d.exec(&c, &["true"], 10).await.expect("exec");
-            exec.push(t.elapsed());
-            assert_eq!(r.exit_code, 0);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let shim = d.shim_pid(&pod).await;
-        shim_rss.push(mem_kb(shim, "VmRSS:", "status"));
-        shim_pss.push(mem_kb(shim, "Pss:", "smaps_rollup"));
-
-        let t = Instant::now();
-        d.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.expect("remove");
-        remove.push(t.elapsed());
-    }
-    shim_rss.sort();
-    shim_pss.sort();
-    println!("Berth lifecycle benchmark ({n} pods, busybox test image, runc, release build)");
-    println!("{:<44} {:>10} {:>10}", "metric", "median", "p90");
-    for (name, v) in [
-        ("RunPodSandbox (ms)", run_pod),
-        ("CreateContainer+StartContainer to Running (ms)", start),
-        ("ExecSync `true` round trip (ms)", exec),
-        ("RemovePodSandbox with one container (ms)", remove),
-    ] {
-        let (m, p) = median_p90(v);
-        println!("{name:<44} {m:>10.1} {p:>10.1}");
-    }
-    println!(
-        "{:<44} {:>10} {:>10}",
-        "idle shim RSS (KiB), 1 pod",
-        shim_rss[shim_rss.len() / 2],
-        shim_rss[shim_rss.len() * 9 / 10]
-    );
-    println!(
-        "{:<44} {:>10} {:>10}",
-        "idle shim PSS (KiB), 1 pod",
-        shim_pss[shim_pss.len() / 2],
-        shim_pss[shim_pss.len() * 9 / 10]
-    );
-
-    // Recovery: berthd restart until ListContainers returns every container.
-    let pods: usize = std::env::var("BENCH_PODS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
-    let empty = recovery_time(&mut d, 0).await;
-    let mut shims = Vec::new();
-    for i in 0..pods {
-        let cfg = d.pod_config(&format!("idle-{i}"));
-        let pod = d.run_pod(&cfg).await;
-        let c = d.create(&pod, &cfg, "c", &["sleep", "100000"]).await;
-        d.start_container(&c).await;
-        shims.push(d.shim_pid(&pod).await);
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss: u64 = shims.iter().map(|p| mem_kb(*p, "VmRSS:", "status")).sum();
-    let pss: u64 = shims.iter().map(|p| mem_kb(*p, "Pss:", "smaps_rollup")).sum();
-    let full = recovery_time(&mut d, pods).await;
-    let berthd_rss = mem_kb(d.pid() as i32, "VmRSS:", "status");
-    println!("{:<44} {:>10}", format!("idle shim RSS per pod (KiB), {pods} pods"), rss / pods.max(1) as u64);
-    println!("{:<44} {:>10}", format!("idle shim PSS per pod (KiB), {pods} pods"), pss / pods.max(1) as u64);
-    println!("{:<44} {:>10}", format!("berthd RSS after recovery (KiB), {pods} pods"), berthd_rss);
-    println!("{:<44} {:>10.1}", "berthd restart to full list (ms), 0 pods", empty);
-    println!("{:<44} {:>10.1}", format!("berthd restart to full list (ms), {pods} pods"), full);
-
-    // Log throughput: a container writing 100-byte lines as fast as it can.
-    let bytes: u64 = std::env::var("BENCH_LOG_BYTES").ok().and_then(|s| s.parse().ok()).unwrap_or(1 << 30);
-    let cfg = d.pod_config("logbench");
-    let pod = d.run_pod(&cfg).await;
-    let line = "x".repeat(99);
-    let script = format!("yes {line} | head -c {bytes}");
-    let c = d.create(&pod, &cfg, "writer", &["sh", "-c", &script]).await;
-    let shim = d.shim_pid(&pod).await;
-    let cpu0 = cpu_seconds(shim);
-    let t = Instant::now();
-    d.start_container(&c).await;
-    let st = d.wait_state(&c, cri::ContainerState::ContainerExited, Duration::from_secs(3600)).await;
-    let secs = t.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(shim) - cpu0;
-    let file = std::fs::metadata(&st.log_path).map(|m| m.len()).unwrap_or(0);
-    let gib = bytes as f64 / (1u64 << 30) as f64;
-    println!(
-        "{:<44} {:>10.1}",
-        format!("log throughput, {:.2} GiB of 100-byte lines (MB/s)", gib),
-        bytes as f64 / 1e6 / secs
-    );
-    println!("{:<44} {:>10.2}", "shim CPU seconds per GiB of output", cpu / gib);
-    println!("{:<44} {:>10.1}", "log file bytes per output byte", file as f64 / bytes as f64);
-    let _ = std::fs::remove_file(&st.log_path);
-
-    pull_bench(&mut d).await;
-}
-
-/// Pulls of a ~50 MiB image of 5 layers from a local registry: cold (no
-/// layer stored) and again with every layer stored.
-async fn pull_bench(d: &mut Daemon) {
-    use berth_tests::registry::{build_image, layer_from_tar, registry_available, tar_of, Auth, Compression, Registry};
-    if !registry_available() {
-        println!("pull benchmark skipped: docker-registry, openssl or htpasswd missing (scripts/setup.sh --test)");
-        return;
-    }
-    let rounds: usize = std::env::var("BENCH_PULLS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let reg = Registry::start(Auth::None, false);
-    let mut x: u64 = 0x2545f4914f6cdd1d;
-    let layers = (0..5)
-        .map(|i| {
-            // Incompressible, so the bytes on the wire are the image's size.
-            let mut data = vec![0u8; 10 << 20];
-            for chunk in data.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-            }
-            layer_from_tar(tar_of(&[(&format!("layer{i}"), tar::EntryType::Regular, &data, None)]), Compression::Gzip)
-        })
-        .collect();
-    let img = build_image(layers, "amd64", "BENCH=pull");
-    let size: usize = img.layers.iter().map(|l| l.data.len()).sum();
-    reg.push("bench/pull", "v1", &img).await;
-    let name = format!("{}/bench/pull:v1", reg.host);
-    let pull = |d: &mut Daemon| {
-        let mut img = d.img.clone();
-        let name = name.clone();
-        async move {
-            let t = Instant::now();
-            img.pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec { image: name, ..Default::default() }),
-                ..Default::default()
-            })
-            .await
-            .expect("pull");
-            t.elapsed()
-        }
-    };
-    let (mut cold, mut cached) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        // Removing the image collects its layers: the next pull is cold.
-        d.img
-            .remove_image(cri::RemoveImageRequest {
-                image: Some(cri::ImageSpec { image: name.clone(), ..Default::default() }),
-            })
-            .await
-            .expect("remove image");
-        cold.push(pull(d).await);
-        cached.push(pull(d).await);
-    }
-    let (cm, cp) = median_p90(cold);
-    let (hm, hp) = median_p90(cached);
-    let mib = size as f64 / (1 << 20) as f64;
-    println!("{:<44} {cm:>10.1} {cp:>10.1}", format!("pull {mib:.0} MiB, 5 layers, cold (ms)"));
-    println!("{:<44} {hm:>10.1} {hp:>10.1}", "pull again, every layer stored (ms)");
-    println!("{:<44} {:>10.1}", "cold pull throughput (MiB/s)", mib / (cm / 1000.0));
 }
 
 /// User plus system CPU seconds a process has used.
@@ -205,21 +55,598 @@ fn cpu_seconds(pid: i32) -> f64 {
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
-/// Kills berthd and times a new one from spawn until ListContainers returns
-/// all `want` containers.
-async fn recovery_time(d: &mut Daemon, want: usize) -> f64 {
-    d.kill9();
-    let t = Instant::now();
-    d.restart().await;
+enum Engine {
+    Berth(Daemon),
+    Containerd(Containerd),
+}
+
+/// One runtime under test.
+struct Target {
+    name: &'static str,
+    engine: Engine,
+    logs: PathBuf,
+}
+
+impl Target {
+    fn rt(&self) -> RuntimeServiceClient<Channel> {
+        match &self.engine {
+            Engine::Berth(d) => d.rt.clone(),
+            Engine::Containerd(c) => c.rt.clone(),
+        }
+    }
+
+    fn img(&self) -> ImageServiceClient<Channel> {
+        match &self.engine {
+            Engine::Berth(d) => d.img.clone(),
+            Engine::Containerd(c) => c.img.clone(),
+        }
+    }
+
+    fn daemon_pid(&self) -> i32 {
+        match &self.engine {
+            Engine::Berth(d) => d.pid() as i32,
+            Engine::Containerd(c) => c.pid(),
+        }
+    }
+
+    async fn restart(&mut self) {
+        match &mut self.engine {
+            Engine::Berth(d) => {
+                d.kill9();
+                d.restart().await
+            }
+            Engine::Containerd(c) => c.restart().await,
+        }
+    }
+
+    /// The processes the runtime adds per pod.
+    async fn pod_pids(&mut self, pod: &str) -> Vec<i32> {
+        match &mut self.engine {
+            Engine::Berth(d) => vec![d.shim_pid(pod).await],
+            Engine::Containerd(c) => c.pod_pids(pod).await,
+        }
+    }
+
+    fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                namespace: "bench".into(),
+                uid: format!("uid-{name}"),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: self.logs.join(name).display().to_string(),
+            linux: Some(cri::LinuxPodSandboxConfig::default()),
+            ..Default::default()
+        }
+    }
+}
+
+async fn run_pod(rt: &mut RuntimeServiceClient<Channel>, cfg: &cri::PodSandboxConfig) -> String {
+    rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id
+}
+
+async fn create(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    cfg: &cri::PodSandboxConfig,
+    cmd: &[&str],
+) -> String {
+    let mut config = berth_tests::container_config("c", cmd);
+    config.linux = Some(cri::LinuxContainerConfig::default());
+    rt.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: Some(cfg.clone()),
+    })
+    .await
+    .expect("CreateContainer")
+    .into_inner()
+    .container_id
+}
+
+async fn state(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    rt.container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: false })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("status")
+}
+
+async fn wait_state(rt: &mut RuntimeServiceClient<Channel>, id: &str, want: cri::ContainerState, poll: Duration) {
     loop {
-        let n =
-            d.rt.list_containers(cri::ListContainersRequest { filter: None })
-                .await
-                .map(|r| r.into_inner().containers.len())
-                .unwrap_or(0);
+        if state(rt, id).await.state == want as i32 {
+            return;
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+async fn start_running(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
+    rt.start_container(cri::StartContainerRequest { container_id: id.into() }).await.expect("StartContainer");
+    wait_state(rt, id, cri::ContainerState::ContainerRunning, Duration::from_millis(1)).await;
+}
+
+async fn remove_pod(rt: &mut RuntimeServiceClient<Channel>, pod: &str) {
+    // What kubelet does: stop, then remove.
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.into() }).await.expect("StopPodSandbox");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.into() }).await.expect("RemovePodSandbox");
+}
+
+async fn remove_all(t: &Target) {
+    let mut rt = t.rt();
+    let pods = rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.expect("list").into_inner().items;
+    for p in pods {
+        remove_pod(&mut rt, &p.id).await;
+    }
+}
+
+/// A container that exits at once on SIGTERM.
+const TERM_EXITS: &[&str] = &["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"];
+
+#[derive(Default)]
+struct Lifecycle {
+    run_pod: Vec<f64>,
+    start: Vec<f64>,
+    exec: Vec<f64>,
+    stop: Vec<f64>,
+    remove: Vec<f64>,
+}
+
+async fn lifecycle_round(t: &Target, i: usize, out: &mut Lifecycle) {
+    let mut rt = t.rt();
+    let cfg = t.pod_config(&format!("life-{i}"));
+    let s = Instant::now();
+    let pod = run_pod(&mut rt, &cfg).await;
+    out.run_pod.push(ms(s.elapsed()));
+
+    let s = Instant::now();
+    let c = create(&mut rt, &pod, &cfg, TERM_EXITS).await;
+    start_running(&mut rt, &c).await;
+    out.start.push(ms(s.elapsed()));
+
+    for _ in 0..5 {
+        let s = Instant::now();
+        let r = rt
+            .exec_sync(cri::ExecSyncRequest { container_id: c.clone(), cmd: vec!["true".into()], timeout: 10 })
+            .await
+            .expect("ExecSync")
+            .into_inner();
+        out.exec.push(ms(s.elapsed()));
+        assert_eq!(r.exit_code, 0);
+    }
+
+    let s = Instant::now();
+    rt.stop_container(cri::StopContainerRequest { container_id: c.clone(), timeout: 10 }).await.expect("StopContainer");
+    out.stop.push(ms(s.elapsed()));
+
+    let s = Instant::now();
+    remove_pod(&mut rt, &pod).await;
+    out.remove.push(ms(s.elapsed()));
+}
+
+/// Memory of the per-pod processes at `levels` idle pods, the daemon's RSS at
+/// the last level, then daemon restart times with those pods running.
+struct Memory {
+    per_level: Vec<(usize, f64, f64)>,
+    daemon_rss_kb: u64,
+}
+
+async fn memory(t: &mut Target, levels: &[usize]) -> Memory {
+    let mut rt = t.rt();
+    let mut pids: Vec<Vec<i32>> = Vec::new();
+    let mut per_level = Vec::new();
+    for &level in levels {
+        while pids.len() < level {
+            let cfg = t.pod_config(&format!("idle-{}", pids.len()));
+            let pod = run_pod(&mut rt, &cfg).await;
+            let c = create(&mut rt, &pod, &cfg, &["sleep", "1000000"]).await;
+            start_running(&mut rt, &c).await;
+            pids.push(t.pod_pids(&pod).await);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let all: Vec<i32> = pids.iter().flatten().copied().collect();
+        let pss: u64 = all.iter().map(|p| proc_kb(*p, "Pss:", "smaps_rollup")).sum();
+        let rss: u64 = all.iter().map(|p| proc_kb(*p, "VmRSS:", "status")).sum();
+        per_level.push((level, pss as f64 / level as f64, rss as f64 / level as f64));
+    }
+    Memory { per_level, daemon_rss_kb: proc_kb(t.daemon_pid(), "VmRSS:", "status") }
+}
+
+/// Kills the daemon and times a new one from spawn until ListContainers
+/// returns all `want` containers.
+async fn recovery(t: &mut Target, want: usize) -> f64 {
+    let s = Instant::now();
+    t.restart().await;
+    let mut rt = t.rt();
+    loop {
+        let n = rt
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .map(|r| r.into_inner().containers.len())
+            .unwrap_or(0);
         if n >= want {
-            return t.elapsed().as_secs_f64() * 1000.0;
+            return ms(s.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Pods per second: `n` pods run, created and started at once.
+async fn throughput(t: &Target, round: usize, n: usize) -> f64 {
+    let s = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let mut rt = t.rt();
+            let cfg = t.pod_config(&format!("burst-{round}-{i}"));
+            tokio::spawn(async move {
+                let pod = run_pod(&mut rt, &cfg).await;
+                let c = create(&mut rt, &pod, &cfg, &["sleep", "1000000"]).await;
+                start_running(&mut rt, &c).await;
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("pod task");
+    }
+    let rate = n as f64 / s.elapsed().as_secs_f64();
+    remove_all(t).await;
+    rate
+}
+
+/// MB/s into the log file and CPU seconds per GiB outside the container
+/// (the daemon and the pod's runtime processes).
+async fn log_throughput(t: &mut Target, bytes: u64) -> (f64, f64) {
+    let mut rt = t.rt();
+    let cfg = t.pod_config("logs");
+    let pod = run_pod(&mut rt, &cfg).await;
+    let line = "x".repeat(99);
+    let script = format!("yes {line} | head -c {bytes}");
+    let c = create(&mut rt, &pod, &cfg, &["sh", "-c", &script]).await;
+    let mut pids = t.pod_pids(&pod).await;
+    pids.push(t.daemon_pid());
+    let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let s = Instant::now();
+    rt.start_container(cri::StartContainerRequest { container_id: c.clone() }).await.expect("start");
+    wait_state(&mut rt, &c, cri::ContainerState::ContainerExited, Duration::from_millis(20)).await;
+    let secs = s.elapsed().as_secs_f64();
+    let cpu: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0;
+    let log = state(&mut rt, &c).await.log_path;
+    let _ = std::fs::remove_file(&log);
+    remove_pod(&mut rt, &pod).await;
+    (bytes as f64 / 1e6 / secs, cpu / (bytes as f64 / (1u64 << 30) as f64))
+}
+
+/// Bare runc on a bundle of the test image: create+start until running (then
+/// delete), and `runc run` of `true` (create, start, wait, delete).
+fn runc_floor(rounds: usize) -> (Vec<f64>, Vec<f64>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bundle = dir.path().join("bundle");
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(&rootfs).expect("rootfs");
+    let image = berth_tests::test_image();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(image.join("index.json")).expect("index")).expect("json");
+    let blob = |d: &str| image.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(index["manifests"][0]["digest"].as_str().expect("d"))).expect("m"))
+            .expect("json");
+    let layer = blob(manifest["layers"][0]["digest"].as_str().expect("layer"));
+    assert!(Command::new("tar").arg("-xzf").arg(&layer).arg("-C").arg(&rootfs).status().expect("tar").success());
+    assert!(Command::new("runc").arg("spec").current_dir(&bundle).status().expect("runc spec").success());
+    let spec_path = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&spec_path).expect("spec")).expect("json");
+    spec["process"]["terminal"] = json!(false);
+    let root = dir.path().join("runc-root");
+    let errors = dir.path().join("runc.err");
+    let runc = |args: &[&str]| {
+        // The container inherits runc's stdio: no pipes, or waiting for
+        // their end would wait for the container.
+        let err = std::fs::File::create(&errors).expect("runc.err");
+        let st = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .status()
+            .expect("runc");
+        assert!(st.success(), "runc {args:?}: {}", std::fs::read_to_string(&errors).unwrap_or_default());
+    };
+    let (mut start, mut run) = (Vec::new(), Vec::new());
+    let b = bundle.display().to_string();
+    for i in 0..rounds {
+        spec["process"]["args"] = json!(["sleep", "1000"]);
+        std::fs::write(&spec_path, spec.to_string()).expect("spec");
+        let id = format!("floor-{}-{i}", std::process::id());
+        let s = Instant::now();
+        runc(&["create", "--bundle", &b, &id]);
+        runc(&["start", &id]);
+        start.push(ms(s.elapsed()));
+        runc(&["delete", "--force", &id]);
+
+        spec["process"]["args"] = json!(["true"]);
+        std::fs::write(&spec_path, spec.to_string()).expect("spec");
+        let s = Instant::now();
+        runc(&["run", "--bundle", &b, &id]);
+        run.push(ms(s.elapsed()));
+    }
+    (start, run)
+}
+
+/// Cold pulls (a new 50 MiB 5-layer image each time) and re-pulls with
+/// every layer stored, from a registry on loopback.
+async fn pulls(t: &Target, reg: &Registry, images: &[String]) -> (Vec<f64>, Vec<f64>) {
+    let mut img = t.img();
+    let (mut cold, mut cached) = (Vec::new(), Vec::new());
+    for name in images {
+        for out in [&mut cold, &mut cached] {
+            let s = Instant::now();
+            img.pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec { image: name.clone(), ..Default::default() }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{}: pulling {name} from {}: {e}", t.name, reg.host));
+            out.push(ms(s.elapsed()));
+        }
+    }
+    (cold, cached)
+}
+
+async fn push_pull_images(reg: &Registry, count: usize) -> Vec<String> {
+    let mut x: u64 = 0x2545f4914f6cdd1d;
+    let mut names = Vec::new();
+    for n in 0..count {
+        let layers = (0..5)
+            .map(|i| {
+                // Incompressible, so the bytes on the wire are the image's size.
+                let mut data = vec![0u8; 10 << 20];
+                for chunk in data.chunks_mut(8) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+                }
+                let name = format!("layer{i}");
+                layer_from_tar(tar_of(&[(&name, tar::EntryType::Regular, &data, None)]), Compression::Gzip)
+            })
+            .collect();
+        let image = build_image(layers, berth::images::host_arch(), &format!("BENCH={n}"));
+        reg.push("bench/pull", &format!("v{n}"), &image).await;
+        names.push(format!("{}/bench/pull:v{n}", reg.host));
+    }
+    names
+}
+
+/// One line of the table.
+struct Row {
+    metric: String,
+    unit: &'static str,
+    berth: (f64, f64),
+    containerd: Option<(f64, f64)>,
+}
+
+fn row(metric: impl Into<String>, unit: &'static str, berth: Vec<f64>, containerd: Option<Vec<f64>>) -> Row {
+    Row { metric: metric.into(), unit, berth: median_p90(berth), containerd: containerd.map(median_p90) }
+}
+
+fn write_cni(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("cni dir");
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "berth-bench",
+        "plugins": [
+            {"type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": false,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.231.0.0/16"}]],
+                      "dataDir": dir.join("ipam").display().to_string()}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    });
+    std::fs::write(dir.join("10-bench.conflist"), serde_json::to_vec_pretty(&conf).expect("json")).expect("conflist");
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n = env_num("BENCH_N", 20);
+    let mut levels: Vec<usize> = [1, 10, env_num("BENCH_PODS", 50)].into_iter().filter(|l| *l > 0).collect();
+    levels.sort_unstable();
+    levels.dedup();
+    let log_bytes = env_num("BENCH_LOG_BYTES", 1 << 30) as u64;
+    let pull_rounds = env_num("BENCH_PULLS", 3);
+    let burst = env_num("BENCH_BURST", 20);
+    let out_path = std::env::var("BENCH_OUT").unwrap_or_else(|_| "target/bench-results.json".into());
+
+    let _bridge = BridgeGuard;
+    let mut d = Daemon::start().await;
+    let cni = d.dir.path().join("cni");
+    write_cni(&cni);
+    // Berth reads its CNI folder at each pod start; restart anyway so both
+    // daemons start with the same network configuration.
+    d.restart().await;
+    let logs = d.logs.clone();
+    let mut targets = vec![Target { name: "Berth", engine: Engine::Berth(d), logs }];
+    if containerd_available() {
+        let pause =
+            PathBuf::from(std::env::var("BENCH_PAUSE_IMAGE").expect("BENCH_PAUSE_IMAGE (scripts/bench.sh sets it)"));
+        let image = berth_tests::test_image();
+        let c = Containerd::start(&cni, "/usr/lib/cni", "runc", &[&pause, &image]).await;
+        let logs = c.dir.path().join("logs");
+        targets.push(Target { name: "containerd", engine: Engine::Containerd(c), logs });
+    } else {
+        eprintln!("containerd is not installed: Berth only (scripts/bench.sh installs it)");
+    }
+    let versions: Vec<String> = {
+        let mut v = Vec::new();
+        for t in &targets {
+            let r = t.rt().version(cri::VersionRequest::default()).await.expect("version").into_inner();
+            v.push(format!("{} {}", r.runtime_name, r.runtime_version));
+        }
+        v
+    };
+    eprintln!("benchmarking {} ({n} lifecycle rounds, A B A B)", versions.join(" vs "));
+
+    let mut life: Vec<Lifecycle> = targets.iter().map(|_| Lifecycle::default()).collect();
+    for i in 0..n {
+        for (t, l) in targets.iter().zip(life.iter_mut()) {
+            lifecycle_round(t, i, l).await;
+        }
+    }
+    let (floor_start, floor_run) = runc_floor(n);
+
+    eprintln!("throughput: {burst} pods at once");
+    let mut rates: Vec<Vec<f64>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..3 {
+        for (t, r) in targets.iter().zip(rates.iter_mut()) {
+            r.push(throughput(t, round, burst).await);
+        }
+    }
+
+    eprintln!("memory at {levels:?} idle pods, then restarts");
+    let mut mems = Vec::new();
+    for t in targets.iter_mut() {
+        mems.push(memory(t, &levels).await);
+    }
+    let pods = *levels.last().unwrap_or(&0);
+    let mut restarts: Vec<Vec<f64>> = targets.iter().map(|_| Vec::new()).collect();
+    for _ in 0..3 {
+        for (t, r) in targets.iter_mut().zip(restarts.iter_mut()) {
+            r.push(recovery(t, pods).await);
+        }
+    }
+    for t in &targets {
+        remove_all(t).await;
+    }
+
+    eprintln!("logs: {log_bytes} bytes of 100-byte lines");
+    let mut logs_out = Vec::new();
+    for t in targets.iter_mut() {
+        logs_out.push(log_throughput(t, log_bytes).await);
+    }
+
+    let mut pull_out: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
+    if registry_available() && pull_rounds > 0 {
+        eprintln!("pulls: {pull_rounds} cold + cached per runtime");
+        let reg = Registry::start(Auth::None, false);
+        if let Engine::Containerd(c) = &targets.last().expect("targets").engine {
+            c.allow_plain_http(&reg.host);
+        }
+        let names = push_pull_images(&reg, pull_rounds * targets.len()).await;
+        for (i, t) in targets.iter().enumerate() {
+            pull_out.push(pulls(t, &reg, &names[i * pull_rounds..(i + 1) * pull_rounds]).await);
+        }
+    }
+
+    // The table.
+    let other = targets.len() > 1;
+    let pick = |v: &Vec<Vec<f64>>| (v[0].clone(), other.then(|| v[1].clone()));
+    let mut rows = Vec::new();
+    let lifes = |f: fn(&Lifecycle) -> &Vec<f64>| (f(&life[0]).clone(), other.then(|| f(&life[1]).clone()));
+    for (name, (b, c)) in [
+        ("RunPodSandbox", lifes(|l| &l.run_pod)),
+        ("CreateContainer+StartContainer until Running", lifes(|l| &l.start)),
+        ("ExecSync `true` round trip", lifes(|l| &l.exec)),
+        ("StopContainer (exits on SIGTERM)", lifes(|l| &l.stop)),
+        ("StopPodSandbox+RemovePodSandbox", lifes(|l| &l.remove)),
+    ] {
+        rows.push(row(name, "ms", b, c));
+    }
+    rows.push(row("bare runc create+start (floor of container start)", "ms", floor_start, None));
+    rows.push(row("bare runc run `true` (create+start+wait+delete)", "ms", floor_run, None));
+    let (b, c) = pick(&rates);
+    rows.push(row(format!("{burst} pods run+create+start at once"), "pods/s", b, c));
+    for (i, (level, _, _)) in mems[0].per_level.iter().enumerate() {
+        let get = |m: &Memory, pss: bool| {
+            let (_, p, r) = m.per_level[i];
+            vec![if pss { p } else { r }]
+        };
+        rows.push(row(
+            format!("per-pod processes PSS, {level} idle pods"),
+            "KiB/pod",
+            get(&mems[0], true),
+            other.then(|| get(&mems[1], true)),
+        ));
+        rows.push(row(
+            format!("per-pod processes RSS, {level} idle pods"),
+            "KiB/pod",
+            get(&mems[0], false),
+            other.then(|| get(&mems[1], false)),
+        ));
+    }
+    rows.push(row(
+        format!("daemon RSS, {pods} pods"),
+        "KiB",
+        vec![mems[0].daemon_rss_kb as f64],
+        other.then(|| vec![mems[1].daemon_rss_kb as f64]),
+    ));
+    let (b, c) = pick(&restarts);
+    rows.push(row(format!("daemon restart until all {pods} containers listed"), "ms", b, c));
+    rows.push(row("log throughput into the file", "MB/s", vec![logs_out[0].0], other.then(|| vec![logs_out[1].0])));
+    rows.push(row(
+        "CPU outside the container per GiB of log",
+        "s",
+        vec![logs_out[0].1],
+        other.then(|| vec![logs_out[1].1]),
+    ));
+    if !pull_out.is_empty() {
+        let cold: Vec<Vec<f64>> = pull_out.iter().map(|p| p.0.clone()).collect();
+        let cached: Vec<Vec<f64>> = pull_out.iter().map(|p| p.1.clone()).collect();
+        let (b, c) = pick(&cold);
+        rows.push(row("PullImage 50 MiB, 5 layers, cold", "ms", b, c));
+        let (b, c) = pick(&cached);
+        rows.push(row("PullImage again, every layer stored", "ms", b, c));
+    }
+
+    println!("{}", versions.join(" vs "));
+    println!(
+        "{:<52} {:>8} {:>10} {:>10} {:>12} {:>12} {:>7}",
+        "metric", "unit", "Berth", "p90", "containerd", "p90", "ratio"
+    );
+    let mut json_rows = Vec::new();
+    for r in &rows {
+        let (bm, bp) = r.berth;
+        let (cm, cp) = r.containerd.unwrap_or((f64::NAN, f64::NAN));
+        let ratio = bm / cm;
+        let f = |v: f64| if v.is_nan() { "-".to_string() } else { format!("{v:.1}") };
+        let ratio_s = if ratio.is_nan() { "-".to_string() } else { format!("{ratio:.2}") };
+        println!(
+            "{:<52} {:>8} {:>10} {:>10} {:>12} {:>12} {:>7}",
+            r.metric,
+            r.unit,
+            f(bm),
+            f(bp),
+            f(cm),
+            f(cp),
+            ratio_s
+        );
+        json_rows.push(json!({
+            "metric": r.metric, "unit": r.unit,
+            "berth": {"median": bm, "p90": bp},
+            "containerd": r.containerd.map(|(m, p)| json!({"median": m, "p90": p})),
+            "ratio": if ratio.is_nan() { serde_json::Value::Null } else { json!(ratio) },
+        }));
+    }
+    let doc = json!({"runtimes": versions, "rounds": n, "rows": json_rows});
+    if let Err(e) = std::fs::write(&out_path, serde_json::to_vec_pretty(&doc).expect("json")) {
+        eprintln!("writing {out_path}: {e}");
+    } else {
+        eprintln!("results written to {out_path}");
+    }
+    drop(targets);
+}
+
+/// Deletes the bench's bridge at the end, also after a panic.
+struct BridgeGuard;
+
+impl Drop for BridgeGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
     }
 }
