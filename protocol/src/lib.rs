@@ -14,6 +14,8 @@ pub mod images {
     tonic::include_proto!("berth.images.v1");
 }
 
+pub mod io_stream;
+
 /// The berth-shim ttrpc API (`berth.shim.v1`).
 pub mod shim {
     #![allow(clippy::all, missing_docs, unused_imports, unused_qualifications, unused_mut, nonstandard_style)]

@@ -33,13 +33,14 @@ fn once<T: Send + 'static>(item: T) -> BoxStream<T> {
 #[derive(Clone)]
 pub struct CriServer {
     mgr: Arc<Manager>,
+    stream: Arc<crate::streaming::StreamServer>,
     log: Logger,
 }
 
 impl CriServer {
-    /// A server for `mgr`.
-    pub fn new(mgr: Arc<Manager>, log: Logger) -> Self {
-        CriServer { mgr, log }
+    /// A server for `mgr`, handing streaming calls to `stream`.
+    pub fn new(mgr: Arc<Manager>, stream: Arc<crate::streaming::StreamServer>, log: Logger) -> Self {
+        CriServer { mgr, stream, log }
     }
 }
 
@@ -191,8 +192,19 @@ impl RuntimeService for CriServer {
         ok(self.mgr.exec_sync(&r.container_id, r.cmd, r.timeout).await)
     }
 
-    async fn exec(&self, _req: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
-        Err(unimplemented("Exec"))
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
+        let r = req.into_inner();
+        let io_socket = self.mgr.exec_target(&r).await?;
+        let url = self.stream.exec_url(crate::streaming::ExecRequest {
+            container_id: r.container_id,
+            cmd: r.cmd,
+            tty: r.tty,
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr,
+            io_socket,
+        });
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
     async fn attach(&self, _req: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {

@@ -1531,6 +1531,25 @@ impl Manager {
     }
 
     /// Layers used by existing containers (kept by image removal).
+    /// Where an interactive exec in a running container connects: the io
+    /// socket of the container's shim. Checks the request as CRI Exec must.
+    pub async fn exec_target(&self, req: &cri::ExecRequest) -> Result<PathBuf> {
+        if req.cmd.is_empty() {
+            return Err(Error::invalid("Exec needs a command"));
+        }
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(Error::invalid("Exec needs at least one of stdin, stdout and stderr"));
+        }
+        if req.tty && req.stderr {
+            return Err(Error::invalid("Exec with a tty has no separate stderr: set tty or stderr, not both"));
+        }
+        let meta = self.container(&req.container_id)?;
+        if self.runtime_state(&meta).await.state != cri::ContainerState::ContainerRunning as i32 {
+            return Err(Error::precondition(format!("container {} is not running", req.container_id)));
+        }
+        Ok(self.cfg.state.join("sandboxes").join(&meta.sandbox_id).join("io.sock"))
+    }
+
     pub fn layers_in_use(&self) -> BTreeSet<String> {
         lock(&self.containers).values().flat_map(|c| c.layers.iter().cloned()).collect()
     }

@@ -20,6 +20,7 @@ const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 pub async fn serve(
     listen: &Path,
     mgr: Arc<Manager>,
+    stream: Arc<crate::streaming::StreamServer>,
     log: Logger,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
@@ -35,7 +36,7 @@ pub async fn serve(
     let listener = tokio::net::UnixListener::bind(listen).ctx(|| format!("binding {}", listen.display()))?;
     std::fs::set_permissions(listen, std::fs::Permissions::from_mode(0o660))
         .ctx(|| format!("chmod {}", listen.display()))?;
-    let svc = CriServer::new(mgr, log);
+    let svc = CriServer::new(mgr, stream, log);
     tonic::transport::Server::builder()
         .add_service(
             RuntimeServiceServer::new(svc.clone())

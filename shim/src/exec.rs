@@ -44,7 +44,7 @@ pub enum ExecError {
     Runtime(#[from] RuncError),
 }
 
-fn pipe_pair() -> Result<(OwnedFd, OwnedFd), ExecError> {
+pub fn pipe_pair() -> Result<(OwnedFd, OwnedFd), ExecError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ExecError::Prepare(format!("pipe: {e}")))
 }
 
@@ -69,7 +69,7 @@ fn collect(fd: OwnedFd) -> (Arc<Mutex<Vec<u8>>>, tokio::task::JoinHandle<()>) {
 /// SIGKILLs `pid` and its descendants. Children are collected before their
 /// parent dies (after that they are reparented and lost from the tree), and
 /// every process is stopped first so none can fork past the walk.
-fn kill_tree(pid: i32) {
+pub fn kill_tree(pid: i32) {
     let mut all = vec![pid];
     let mut i = 0;
     while i < all.len() {
@@ -90,6 +90,28 @@ fn children(pid: i32) -> Vec<i32> {
         .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
         .flat_map(|s| s.split_whitespace().filter_map(|x| x.parse().ok()).collect::<Vec<i32>>())
         .collect()
+}
+
+/// Writes the process spec of an exec: it runs as the container's process
+/// does (user, env, cwd, capabilities), with its own args and terminal.
+pub fn write_process_spec(
+    c: &Container,
+    args: &[String],
+    tty: bool,
+    spec_path: &std::path::Path,
+) -> Result<(), ExecError> {
+    let config = std::fs::read(c.bundle.join("config.json"))
+        .map_err(|e| ExecError::Prepare(format!("reading config.json: {e}")))?;
+    let config: serde_json::Value =
+        serde_json::from_slice(&config).map_err(|e| ExecError::Prepare(format!("parsing config.json: {e}")))?;
+    let mut process = config.get("process").cloned().unwrap_or_else(|| serde_json::json!({}));
+    process["args"] = serde_json::json!(args);
+    process["terminal"] = serde_json::json!(tty);
+    if let Some(p) = process.as_object_mut() {
+        p.remove("consoleSize");
+    }
+    std::fs::write(spec_path, serde_json::to_vec(&process).unwrap_or_default())
+        .map_err(|e| ExecError::Prepare(format!("writing process spec: {e}")))
 }
 
 /// Runs `args` in container `c` and waits for it (at most `timeout`).
@@ -125,20 +147,7 @@ async fn run(
     pid_path: &std::path::Path,
     log_path: &std::path::Path,
 ) -> Result<ExecResult, ExecError> {
-    // The exec runs as the container's process does (user, env, cwd,
-    // capabilities), with its own args and no terminal.
-    let config = std::fs::read(c.bundle.join("config.json"))
-        .map_err(|e| ExecError::Prepare(format!("reading config.json: {e}")))?;
-    let config: serde_json::Value =
-        serde_json::from_slice(&config).map_err(|e| ExecError::Prepare(format!("parsing config.json: {e}")))?;
-    let mut process = config.get("process").cloned().unwrap_or_else(|| serde_json::json!({}));
-    process["args"] = serde_json::json!(args);
-    process["terminal"] = serde_json::json!(false);
-    if let Some(p) = process.as_object_mut() {
-        p.remove("consoleSize");
-    }
-    std::fs::write(spec_path, serde_json::to_vec(&process).unwrap_or_default())
-        .map_err(|e| ExecError::Prepare(format!("writing process spec: {e}")))?;
+    write_process_spec(c, args, false, spec_path)?;
 
     let (out_r, out_w) = pipe_pair()?;
     let (err_r, err_w) = pipe_pair()?;

@@ -9,6 +9,7 @@ mod console;
 mod container;
 mod cri_log;
 mod exec;
+mod io_server;
 mod namespaces;
 mod reaper;
 mod runc;
@@ -201,6 +202,12 @@ async fn serve(args: Args, pinned: namespaces::Pinned, log: Logger, ready: &mut 
     let _ = std::fs::remove_file(&sock);
     let listener = tokio::net::UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).context("chmod shim.sock")?;
+    let io_sock = args.dir.join("io.sock");
+    let _ = std::fs::remove_file(&io_sock);
+    let io_listener =
+        tokio::net::UnixListener::bind(&io_sock).with_context(|| format!("binding {}", io_sock.display()))?;
+    std::fs::set_permissions(&io_sock, std::fs::Permissions::from_mode(0o600)).context("chmod io.sock")?;
+    tokio::spawn(io_server::serve(io_listener, Arc::clone(&svc)));
     let mut server =
         ttrpc::r#async::Server::new().add_listener(listener.into()).register_service(protocol::shim::create_shim(svc));
     server.start().await.context("starting ttrpc server")?;

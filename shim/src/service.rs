@@ -50,7 +50,8 @@ pub struct ShimService {
     /// Structured log.
     pub log: Logger,
     containers: Mutex<HashMap<String, Arc<Container>>>,
-    exec_seq: AtomicU64,
+    /// Numbers exec files apart.
+    pub(crate) exec_seq: AtomicU64,
 }
 
 impl ShimService {
@@ -76,7 +77,8 @@ impl ShimService {
         }
     }
 
-    fn get(&self, id: &str) -> TResult<Arc<Container>> {
+    /// A container by id (NotFound otherwise).
+    pub(crate) fn get(&self, id: &str) -> TResult<Arc<Container>> {
         self.containers
             .lock()
             .unwrap_or_else(|e| e.into_inner())

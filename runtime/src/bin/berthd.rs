@@ -50,6 +50,13 @@ struct Args {
     /// default /etc/berth/config.toml, used when it exists.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Address of the CRI streaming server (exec); port 0 picks a free one.
+    /// Exec URLs carry the address actually bound.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    stream_address: std::net::SocketAddr,
+    /// How long an exec URL's token stays valid (a duration like 1m or 30s).
+    #[arg(long, default_value = "1m")]
+    stream_token_ttl: String,
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -102,6 +109,9 @@ fn main() -> Result<()> {
             Some(berth::log_rotation::Policy { max_size, max_files: args.container_log_max_files })
         }
     };
+    let stream_token_ttl = berth::log_printer::parse_duration(&args.stream_token_ttl)
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("--stream-token-ttl {:?}: give a duration like 1m", args.stream_token_ttl))?;
     let log_check_interval = berth::log_printer::parse_duration(&args.container_log_check_interval)
         .filter(|d| !d.is_zero())
         .with_context(|| {
@@ -151,7 +161,12 @@ fn main() -> Result<()> {
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
-        berth::server::serve(&args.listen, mgr, log.clone(), shutdown).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let stream = berth::streaming::StreamServer::start(args.stream_address, stream_token_ttl, log.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        berth::server::serve(&args.listen, mgr, stream, log.clone(), shutdown)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         info!(log, "berthd stopped; shims and containers keep running");
         Ok::<_, anyhow::Error>(())
     });

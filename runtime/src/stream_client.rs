@@ -1,0 +1,227 @@
+//! The client side of an exec stream, as kubectl and crictl speak it: an
+//! HTTP upgrade to SPDY/3.1 on the URL CRI Exec returned, then one stream
+//! per channel (error, stdin, stdout, stderr, resize). Used by berthctl and
+//! the tests.
+use std::collections::HashMap;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::spdy::{self, FLAG_FIN};
+
+/// What arrives from the server.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Output on stdout (the terminal, with a tty).
+    Stdout(Vec<u8>),
+    /// Output on stderr.
+    Stderr(Vec<u8>),
+    /// The error stream's whole content (a Status JSON on v4), at its end.
+    Status(Vec<u8>),
+    /// The connection ended.
+    Closed,
+}
+
+/// Channels a client opens.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Channels {
+    /// Send stdin.
+    pub stdin: bool,
+    /// Receive stdout.
+    pub stdout: bool,
+    /// Receive stderr.
+    pub stderr: bool,
+    /// A terminal (adds the resize channel).
+    pub tty: bool,
+}
+
+/// An exec stream in progress.
+pub struct ExecStream {
+    writer: spdy::Writer<WriteHalf<TcpStream>>,
+    events: mpsc::Receiver<Event>,
+    stdin: Option<u32>,
+    resize: Option<u32>,
+    reader: tokio::task::JoinHandle<()>,
+    /// The subprotocol the server chose.
+    pub protocol: String,
+}
+
+impl Drop for ExecStream {
+    /// Dropping the stream closes the connection (both halves), which is
+    /// how the server learns the client has gone.
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+fn net(e: std::io::Error) -> Error {
+    Error::new(crate::error::Kind::Unavailable, format!("exec stream: {e}"))
+}
+
+/// Sends an upgrade request for `url` and returns the response's status,
+/// headers and (for a refusal) body.
+async fn upgrade(url: &str, protocols: &[&str]) -> Result<(TcpStream, u16, HashMap<String, String>, String)> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| Error::invalid(format!("{url}: not an http:// URL")))?;
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut conn = TcpStream::connect(host).await.map_err(net)?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n");
+    for p in protocols {
+        req.push_str(&format!("X-Stream-Protocol-Version: {p}\r\n"));
+    }
+    req.push_str("\r\n");
+    conn.write_all(req.as_bytes()).await.map_err(net)?;
+    // Byte by byte up to the blank line: what follows is SPDY, not ours.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        if conn.read(&mut b).await.map_err(net)? == 0 {
+            return Err(Error::new(crate::error::Kind::Unavailable, "the streaming server closed the connection"));
+        }
+        head.push(b[0]);
+        if head.len() > 64 * 1024 {
+            return Err(Error::internal("response head too long"));
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers: HashMap<String, String> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string())).collect();
+    let mut body = String::new();
+    if status != 101 {
+        let len: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0).min(64 * 1024);
+        let mut b = vec![0u8; len];
+        let _ = conn.read_exact(&mut b).await;
+        body = String::from_utf8_lossy(&b).trim().to_string();
+    }
+    Ok((conn, status, headers, body))
+}
+
+impl ExecStream {
+    /// Upgrades `url`, offering `protocols` (most wanted first), and opens
+    /// the channels.
+    pub async fn connect(url: &str, protocols: &[&str], ch: Channels) -> Result<Self> {
+        let (conn, status, headers, body) = upgrade(url, protocols).await?;
+        if status != 101 {
+            let kind = match status {
+                404 => crate::error::Kind::NotFound,
+                400 | 403 => crate::error::Kind::InvalidArgument,
+                _ => crate::error::Kind::Unavailable,
+            };
+            return Err(Error::new(kind, format!("streaming server answered {status}: {body}")));
+        }
+        let protocol = headers.get("x-stream-protocol-version").cloned().unwrap_or_default();
+        let (rd, wr) = tokio::io::split(conn);
+        let mut writer = spdy::Writer::new(wr);
+        let mut names: HashMap<u32, &'static str> = HashMap::new();
+        let mut next = 1u32;
+        let mut open = |kind: &'static str, names: &mut HashMap<u32, &'static str>| {
+            let id = next;
+            next += 2;
+            names.insert(id, kind);
+            id
+        };
+        let mut order = vec!["error"];
+        if ch.stdin {
+            order.push("stdin");
+        }
+        if ch.stdout {
+            order.push("stdout");
+        }
+        if ch.stderr && !ch.tty {
+            order.push("stderr");
+        }
+        if ch.tty {
+            order.push("resize");
+        }
+        let (mut stdin, mut resize) = (None, None);
+        for kind in order {
+            let id = open(kind, &mut names);
+            writer.syn_stream(id, &[("streamtype", kind)], 0).await.map_err(net)?;
+            match kind {
+                "stdin" => stdin = Some(id),
+                "resize" => resize = Some(id),
+                _ => {}
+            }
+        }
+        let (tx, events) = mpsc::channel(64);
+        let reader = tokio::spawn(async move {
+            let mut reader = spdy::Reader::new(rd);
+            let mut status = Vec::new();
+            while let Ok(Some(f)) = reader.next().await {
+                if let spdy::Frame::Data { id, data, flags } = f {
+                    let ev = match names.get(&id).copied() {
+                        Some("stdout") if !data.is_empty() => Some(Event::Stdout(data)),
+                        Some("stderr") if !data.is_empty() => Some(Event::Stderr(data)),
+                        Some("error") => {
+                            status.extend_from_slice(&data);
+                            (flags & FLAG_FIN != 0).then(|| Event::Status(std::mem::take(&mut status)))
+                        }
+                        _ => None,
+                    };
+                    if let Some(ev) = ev {
+                        if tx.send(ev).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = tx.send(Event::Closed).await;
+        });
+        Ok(ExecStream { writer, events, stdin, resize, reader, protocol })
+    }
+
+    /// Sends stdin bytes.
+    pub async fn send_stdin(&mut self, data: &[u8]) -> Result<()> {
+        let id = self.stdin.ok_or_else(|| Error::invalid("no stdin channel"))?;
+        self.writer.data(id, data, false).await.map_err(net)
+    }
+
+    /// Closes stdin.
+    pub async fn close_stdin(&mut self) -> Result<()> {
+        let id = self.stdin.ok_or_else(|| Error::invalid("no stdin channel"))?;
+        self.writer.data(id, &[], true).await.map_err(net)
+    }
+
+    /// Sends a terminal size.
+    pub async fn resize(&mut self, width: u16, height: u16) -> Result<()> {
+        let id = self.resize.ok_or_else(|| Error::invalid("no resize channel"))?;
+        let msg = serde_json::json!({"Width": width, "Height": height}).to_string();
+        self.writer.data(id, msg.as_bytes(), false).await.map_err(net)
+    }
+
+    /// The next event (Closed once, then None).
+    pub async fn next(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Reads to the end: stdout, stderr and the error stream's content.
+    pub async fn collect(mut self) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(ev) = self.next().await {
+            match ev {
+                Event::Stdout(d) => out.extend(d),
+                Event::Stderr(d) => err.extend(d),
+                Event::Status(s) => status = s,
+                Event::Closed => break,
+            }
+        }
+        (out, err, status)
+    }
+}
+
+/// The exit code a v4 status reports (0 for Success).
+pub fn exit_code(status: &[u8]) -> Option<i32> {
+    let v: serde_json::Value = serde_json::from_slice(status).ok()?;
+    if v["status"] == "Success" {
+        return Some(0);
+    }
+    v["details"]["causes"]
+        .as_array()?
+        .iter()
+        .find(|c| c["reason"] == "ExitCode")
+        .and_then(|c| c["message"].as_str())
+        .and_then(|m| m.parse().ok())
+}

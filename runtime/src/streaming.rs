@@ -1,0 +1,378 @@
+//! berthd's CRI streaming server: CRI Exec answers with a URL on it; the
+//! URL's single-use token (one minute by default) names the prepared
+//! request. A client (kubelet's proxy, crictl, berthctl) upgrades the HTTP
+//! request to SPDY/3.1 and speaks Kubernetes' remotecommand protocol
+//! (`v4.channel.k8s.io` down to `channel.k8s.io`): stdin, stdout, stderr,
+//! error and resize streams. The process itself runs in the shim, reached
+//! through the sandbox's io socket.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use protobuf::Message;
+use protocol::io_stream::{read_frame, write_frame, Frame as IoFrame};
+use slog::{info, warn, Logger};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::error::{Error, IoContext, Result};
+use crate::spdy::{self, FLAG_FIN};
+
+/// remotecommand subprotocols, most preferred first.
+pub const EXEC_PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"];
+
+/// How long a client has to open its streams after the upgrade.
+const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A prepared interactive exec.
+#[derive(Clone, Debug)]
+pub struct ExecRequest {
+    /// Container to run in.
+    pub container_id: String,
+    /// Command.
+    pub cmd: Vec<String>,
+    /// Terminal.
+    pub tty: bool,
+    /// The client sends stdin.
+    pub stdin: bool,
+    /// The client wants stdout.
+    pub stdout: bool,
+    /// The client wants stderr.
+    pub stderr: bool,
+    /// The shim's io socket.
+    pub io_socket: PathBuf,
+}
+
+/// The streaming server.
+pub struct StreamServer {
+    addr: SocketAddr,
+    ttl: Duration,
+    pending: Mutex<HashMap<String, (Instant, ExecRequest)>>,
+    log: Logger,
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(msg.into() + "\n")));
+    *r.status_mut() = status;
+    r
+}
+
+impl StreamServer {
+    /// Binds `addr` (port 0 picks one) and serves in the background.
+    pub async fn start(addr: SocketAddr, ttl: Duration, log: Logger) -> Result<Arc<Self>> {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.ctx(|| format!("binding the streaming server on {addr}"))?;
+        let addr = listener.local_addr().ctx(|| "streaming server address".into())?;
+        let me = Arc::new(StreamServer { addr, ttl, pending: Mutex::new(HashMap::new()), log });
+        let server = Arc::clone(&me);
+        tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else { continue };
+                let s = Arc::clone(&server);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let s = Arc::clone(&s);
+                        async move { Ok::<_, std::convert::Infallible>(s.handle(req)) }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(conn);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).with_upgrades().await;
+                });
+            }
+        });
+        info!(me.log, "streaming server listening"; "address" => addr.to_string());
+        Ok(me)
+    }
+
+    /// Where the server listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stores a prepared exec and returns its URL.
+    pub fn exec_url(&self, req: ExecRequest) -> String {
+        let token = hex::encode(rand::random::<[u8; 16]>());
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        pending.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
+        pending.insert(token.clone(), (now, req));
+        format!("http://{}/exec/{token}", self.addr)
+    }
+
+    /// Takes a token's request: once, and only before it expires.
+    fn take(&self, token: &str) -> Option<ExecRequest> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, req) = pending.remove(token)?;
+        (at.elapsed() < self.ttl).then_some(req)
+    }
+
+    fn handle(self: &Arc<Self>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_string();
+        let Some(token) = path.strip_prefix("/exec/").filter(|t| !t.is_empty() && !t.contains('/')) else {
+            return text(StatusCode::NOT_FOUND, format!("no such stream endpoint {path}"));
+        };
+        let header = |name: &str| {
+            req.headers()
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .collect::<Vec<_>>()
+        };
+        let upgrade = header("upgrade");
+        let connection = header("connection");
+        if !upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1"))
+            || !connection.iter().any(|c| c.eq_ignore_ascii_case("upgrade"))
+        {
+            // Checked before the token is used, so a bad request spends nothing.
+            return text(
+                StatusCode::BAD_REQUEST,
+                "this endpoint needs an HTTP upgrade to SPDY/3.1 (Connection: Upgrade, Upgrade: SPDY/3.1)",
+            );
+        }
+        let offered = header("x-stream-protocol-version");
+        let protocol = if offered.is_empty() {
+            "channel.k8s.io"
+        } else {
+            match EXEC_PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)) {
+                Some(p) => p,
+                None => {
+                    return text(
+                        StatusCode::FORBIDDEN,
+                        format!("none of the offered protocols {offered:?} is supported: {EXEC_PROTOCOLS:?}"),
+                    )
+                }
+            }
+        };
+        let Some(exec) = self.take(token) else {
+            return text(StatusCode::NOT_FOUND, "unknown, used or expired stream token");
+        };
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            match hyper::upgrade::on(req).await {
+                Ok(up) => {
+                    let io = hyper_util::rt::TokioIo::new(up);
+                    if let Err(e) = exec_session(io, &exec, protocol, &me.log).await {
+                        warn!(me.log, "exec stream ended with an error"; "container_id" => &exec.container_id, "error" => %e);
+                    }
+                }
+                Err(e) => warn!(me.log, "upgrade failed"; "error" => %e),
+            }
+        });
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = r.headers_mut();
+        h.insert("connection", hyper::header::HeaderValue::from_static("Upgrade"));
+        h.insert("upgrade", hyper::header::HeaderValue::from_static("SPDY/3.1"));
+        h.insert("x-stream-protocol-version", hyper::header::HeaderValue::from_static(protocol));
+        r
+    }
+}
+
+/// The error stream's content for an exit code (or a failure to run).
+fn status_message(protocol: &str, exit: std::result::Result<i32, String>) -> Option<Vec<u8>> {
+    let v4 = protocol == "v4.channel.k8s.io";
+    let msg = match &exit {
+        Ok(0) => None,
+        Ok(code) => Some(format!("command terminated with non-zero exit code: exit status {code}")),
+        Err(e) => Some(e.clone()),
+    };
+    if !v4 {
+        return msg.map(String::into_bytes);
+    }
+    let status = match (&exit, msg) {
+        (_, None) => serde_json::json!({"metadata": {}, "status": "Success"}),
+        (Ok(code), Some(m)) => serde_json::json!({
+            "metadata": {}, "status": "Failure", "message": m, "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+        }),
+        (Err(_), Some(m)) => serde_json::json!({"metadata": {}, "status": "Failure", "message": m}),
+    };
+    Some(status.to_string().into_bytes())
+}
+
+/// Terminal sizes from the resize stream: JSON objects, one after another.
+fn resizes(buf: &mut Vec<u8>) -> Vec<(u16, u16)> {
+    let mut out = Vec::new();
+    let mut used = 0;
+    let mut it = serde_json::Deserializer::from_slice(buf).into_iter::<serde_json::Value>();
+    while let Some(Ok(v)) = it.next() {
+        used = it.byte_offset();
+        let (w, h) = (v["Width"].as_u64().unwrap_or(0), v["Height"].as_u64().unwrap_or(0));
+        if w > 0 && h > 0 {
+            out.push((w.min(u16::MAX as u64) as u16, h.min(u16::MAX as u64) as u16));
+        }
+    }
+    buf.drain(..used);
+    out
+}
+
+async fn exec_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: IO,
+    req: &ExecRequest,
+    protocol: &'static str,
+    log: &Logger,
+) -> Result<()> {
+    let (rd, wr) = tokio::io::split(io);
+    let mut reader = spdy::Reader::new(rd);
+    let writer = Arc::new(tokio::sync::Mutex::new(spdy::Writer::new(wr)));
+    let net = |e: std::io::Error| Error::internal(format!("stream: {e}"));
+
+    // The client opens one stream per channel; wait for all it must open.
+    let mut want = vec!["error"];
+    if req.stdin {
+        want.push("stdin");
+    }
+    if req.stdout {
+        want.push("stdout");
+    }
+    if req.stderr && !req.tty {
+        want.push("stderr");
+    }
+    if req.tty && protocol != "channel.k8s.io" && protocol != "v2.channel.k8s.io" {
+        want.push("resize");
+    }
+    let mut ids: HashMap<String, u32> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + STREAM_CREATION_TIMEOUT;
+    while !want.iter().all(|w| ids.contains_key(*w)) {
+        let f = tokio::time::timeout_at(deadline, reader.next())
+            .await
+            .map_err(|_| Error::new(crate::error::Kind::DeadlineExceeded, "the client did not open its streams"))?
+            .map_err(net)?;
+        match f {
+            Some(spdy::Frame::SynStream { id, headers, .. }) => {
+                let kind = headers.iter().find(|(k, _)| k == "streamtype").map(|(_, v)| v.clone()).unwrap_or_default();
+                writer.lock().await.syn_reply(id, &[], 0).await.map_err(net)?;
+                ids.insert(kind, id);
+            }
+            Some(spdy::Frame::Ping(p)) => writer.lock().await.ping(p).await.map_err(net)?,
+            Some(_) => {}
+            None => return Ok(()),
+        }
+    }
+
+    let conn = tokio::net::UnixStream::connect(&req.io_socket)
+        .await
+        .ctx(|| format!("connecting to the shim at {}", req.io_socket.display()))?;
+    let (mut shim_rd, mut shim_wr) = conn.into_split();
+    let mut start = protocol::shim::IoStart::new();
+    start.container_id = req.container_id.clone();
+    start.args = req.cmd.clone();
+    start.tty = req.tty;
+    start.stdin = req.stdin;
+    let bytes = start.write_to_bytes().map_err(|e| Error::internal(format!("encoding IoStart: {e}")))?;
+    write_frame(&mut shim_wr, &IoFrame::Start(bytes)).await.map_err(net)?;
+    info!(log, "exec stream started"; "container_id" => &req.container_id, "protocol" => protocol, "tty" => req.tty);
+
+    // Client → shim. Ends when the client goes away; dropping the shim's
+    // write half then ends the process.
+    let (stdin_id, resize_id) = (ids.get("stdin").copied(), ids.get("resize").copied());
+    let w2 = Arc::clone(&writer);
+    let inbound = tokio::spawn(async move {
+        let mut resize_buf = Vec::new();
+        while let Ok(Some(f)) = reader.next().await {
+            let sent = match f {
+                spdy::Frame::Data { id, data, flags } if Some(id) == stdin_id => {
+                    let mut r = Ok(());
+                    if !data.is_empty() {
+                        r = write_frame(&mut shim_wr, &IoFrame::Stdin(data)).await;
+                    }
+                    if r.is_ok() && flags & FLAG_FIN != 0 {
+                        r = write_frame(&mut shim_wr, &IoFrame::StdinClose).await;
+                    }
+                    r
+                }
+                spdy::Frame::Data { id, data, .. } if Some(id) == resize_id => {
+                    resize_buf.extend_from_slice(&data);
+                    let mut r = Ok(());
+                    for (w, h) in resizes(&mut resize_buf) {
+                        r = write_frame(&mut shim_wr, &IoFrame::Resize(w, h)).await;
+                    }
+                    r
+                }
+                spdy::Frame::RstStream { id, .. } if Some(id) == stdin_id => {
+                    write_frame(&mut shim_wr, &IoFrame::StdinClose).await
+                }
+                spdy::Frame::Ping(p) => {
+                    let _ = w2.lock().await.ping(p).await;
+                    Ok(())
+                }
+                spdy::Frame::GoAway { .. } => break,
+                _ => Ok(()),
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+    });
+
+    // Shim → client, until the exit.
+    let (out_id, err_id, error_id) =
+        (ids.get("stdout").copied(), ids.get("stderr").copied(), ids.get("error").copied());
+    let exit = loop {
+        match read_frame(&mut shim_rd).await {
+            Ok(Some(IoFrame::Stdout(d))) => {
+                if let Some(id) = out_id {
+                    let _ = writer.lock().await.data(id, &d, false).await;
+                }
+            }
+            Ok(Some(IoFrame::Stderr(d))) => {
+                if let Some(id) = err_id.or(out_id.filter(|_| req.tty)) {
+                    let _ = writer.lock().await.data(id, &d, false).await;
+                }
+            }
+            Ok(Some(IoFrame::Exit(code))) => break Ok(code),
+            Ok(Some(IoFrame::Error(e))) => break Err(e),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break Err("the shim closed the exec stream".to_string()),
+        }
+    };
+    inbound.abort();
+    let mut w = writer.lock().await;
+    for id in [out_id, err_id].into_iter().flatten() {
+        let _ = w.data(id, &[], true).await;
+    }
+    if let Some(id) = error_id {
+        if let Some(msg) = status_message(protocol, exit.clone()) {
+            let _ = w.data(id, &msg, false).await;
+        }
+        let _ = w.data(id, &[], true).await;
+    }
+    let _ = w.go_away(0).await;
+    let _ = w.shutdown().await;
+    info!(log, "exec stream ended"; "container_id" => &req.container_id, "exit" => format!("{exit:?}"));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_messages_are_split_and_kept_when_partial() {
+        let mut b = br#"{"Width":80,"Height":24}{"Width":100,"Hei"#.to_vec();
+        assert_eq!(resizes(&mut b), vec![(80, 24)]);
+        b.extend_from_slice(br#"ght":30}"#);
+        assert_eq!(resizes(&mut b), vec![(100, 30)]);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn v4_reports_the_exit_code_in_a_status() {
+        assert_eq!(
+            status_message("v4.channel.k8s.io", Ok(0)).unwrap(),
+            br#"{"metadata":{},"status":"Success"}"#.to_vec()
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&status_message("v4.channel.k8s.io", Ok(3)).unwrap()).unwrap();
+        assert_eq!(v["reason"], "NonZeroExitCode");
+        assert_eq!(v["details"]["causes"][0]["message"], "3");
+        assert_eq!(status_message("v3.channel.k8s.io", Ok(0)), None);
+        assert!(String::from_utf8(status_message("channel.k8s.io", Ok(2)).unwrap()).unwrap().contains("exit status 2"));
+    }
+}

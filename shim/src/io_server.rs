@@ -1,0 +1,234 @@
+//! Interactive processes over `<sandbox dir>/io.sock` (0600): berthd's
+//! streaming server connects once per exec, sends an `IoStart`, then relays
+//! stdin and terminal sizes while the shim sends output and, last, the exit
+//! code. The process is the shim's child (`runc exec --detach`), reaped by
+//! the shim's reaper. A connection that ends before the process does takes
+//! the process (and what it started) with it, as kubelet's server does.
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protobuf::Message;
+use protocol::io_stream::{read_frame, write_frame, Frame};
+use protocol::shim::IoStart;
+use slog::{info, warn};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::exec::{kill_tree, pipe_pair, write_process_spec};
+use crate::runc::{Output, DEFAULT_TIMEOUT};
+use crate::service::ShimService;
+
+/// After the process exits, how long to keep relaying output a grandchild
+/// may still be writing.
+const DRAIN_LIMIT: Duration = Duration::from_millis(500);
+
+/// Accepts io connections until the shim ends.
+pub async fn serve(listener: tokio::net::UnixListener, svc: Arc<ShimService>) {
+    loop {
+        let Ok((conn, _)) = listener.accept().await else { continue };
+        let svc = Arc::clone(&svc);
+        tokio::spawn(async move {
+            let (mut rd, mut wr) = conn.into_split();
+            let start = match read_frame(&mut rd).await {
+                Ok(Some(Frame::Start(b))) => IoStart::parse_from_bytes(&b).ok(),
+                _ => None,
+            };
+            let Some(start) = start else {
+                let _ = write_frame(&mut wr, &Frame::Error("expected a start frame".into())).await;
+                return;
+            };
+            if let Err(e) = exec(&svc, start, rd, &mut wr).await {
+                warn!(svc.log, "interactive exec failed"; "error" => &e);
+                let _ = write_frame(&mut wr, &Frame::Error(e)).await;
+            }
+        });
+    }
+}
+
+struct Files {
+    spec: PathBuf,
+    pid: PathBuf,
+    log: PathBuf,
+    console: PathBuf,
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        for p in [&self.spec, &self.pid, &self.log, &self.console] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn output_task<R: AsyncRead + Unpin + Send + 'static>(
+    mut r: R,
+    tx: mpsc::Sender<Frame>,
+    stderr: bool,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        // A pty reports EIO once its last writer is gone: that is its end.
+        while let Ok(n) = r.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            let data = buf[..n].to_vec();
+            let f = if stderr { Frame::Stderr(data) } else { Frame::Stdout(data) };
+            if tx.send(f).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+async fn exec(
+    svc: &ShimService,
+    start: IoStart,
+    mut rd: tokio::net::unix::OwnedReadHalf,
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Result<(), String> {
+    let c = svc.get(&start.container_id).map_err(|e| match e {
+        ttrpc::Error::RpcStatus(s) => s.message().to_string(),
+        other => other.to_string(),
+    })?;
+    if c.record().status != protocol::shim::Status::RUNNING {
+        return Err(format!("container {} is not running", start.container_id));
+    }
+    if start.args.is_empty() {
+        return Err("exec needs a command".into());
+    }
+    let seq = svc.exec_seq.fetch_add(1, Ordering::Relaxed);
+    let files = Files {
+        spec: c.bundle.join(format!("iexec-{seq}.json")),
+        pid: c.bundle.join(format!("iexec-{seq}.pid")),
+        log: c.bundle.join(format!("iexec-{seq}.log")),
+        console: c.bundle.join(format!("iexec-{seq}.sock")),
+    };
+    write_process_spec(&c, &start.args, start.tty, &files.spec).map_err(|e| e.to_string())?;
+    let pidf = files.pid.to_string_lossy().to_string();
+    let spec = files.spec.to_string_lossy().to_string();
+    let console_path = files.console.to_string_lossy().to_string();
+    let mut args = vec!["exec", "--detach", "--pid-file", &pidf, "--process", &spec];
+    let (tx, mut out_rx) = mpsc::channel::<Frame>(16);
+    let mut outputs = Vec::new();
+    let mut stdin: Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>> = None;
+    let mut pty: Option<OwnedFd> = None;
+    if start.tty {
+        let listener = tokio::net::UnixListener::bind(&files.console).map_err(|e| format!("console socket: {e}"))?;
+        args.extend(["--console-socket", &console_path]);
+        let master = tokio::spawn(crate::console::receive_master(listener));
+        let null = || std::fs::File::options().read(true).write(true).open("/dev/null").map(OwnedFd::from);
+        let (o, e) = (null().map_err(|e| e.to_string())?, null().map_err(|e| e.to_string())?);
+        args.push(&c.id);
+        svc.runc
+            .run(
+                &args,
+                Output::PassThrough { stdin: None, stdout: o, stderr: e, log: files.log.clone() },
+                DEFAULT_TIMEOUT,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let master = tokio::time::timeout(Duration::from_secs(10), master)
+            .await
+            .map_err(|_| "the runtime sent no terminal".to_string())?
+            .map_err(|e| format!("console: {e}"))?
+            .map_err(|e| format!("receiving the terminal: {e}"))?;
+        let reader = crate::console::PtyReader::new(master.try_clone().map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        outputs.push(output_task(reader, tx.clone(), false));
+        if start.stdin {
+            // Typed input is small: a plain file write on the master will do.
+            let w = std::fs::File::from(master.try_clone().map_err(|e| e.to_string())?);
+            stdin = Some(Box::new(tokio::fs::File::from_std(w)));
+        }
+        pty = Some(master);
+    } else {
+        let (out_r, out_w) = pipe_pair().map_err(|e| e.to_string())?;
+        let (err_r, err_w) = pipe_pair().map_err(|e| e.to_string())?;
+        let mut stdin_r = None;
+        if start.stdin {
+            let (r, w) = pipe_pair().map_err(|e| e.to_string())?;
+            stdin_r = Some(r);
+            stdin = Some(Box::new(
+                tokio::net::unix::pipe::Sender::from_owned_fd(w).map_err(|e| format!("stdin pipe: {e}"))?,
+            ));
+        }
+        args.push(&c.id);
+        svc.runc
+            .run(
+                &args,
+                Output::PassThrough { stdin: stdin_r, stdout: out_w, stderr: err_w, log: files.log.clone() },
+                DEFAULT_TIMEOUT,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        for (fd, is_err) in [(out_r, false), (err_r, true)] {
+            let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(|e| format!("output pipe: {e}"))?;
+            outputs.push(output_task(rx, tx.clone(), is_err));
+        }
+    }
+    drop(tx);
+    let pid: i32 = std::fs::read_to_string(&files.pid)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| "the runtime wrote no exec pid".to_string())?;
+    let mut exit = svc.reaper.subscribe(pid);
+    info!(svc.log, "interactive exec started"; "container_id" => &c.id, "pid" => pid, "tty" => start.tty);
+
+    // Relay until the process exits; the client going away ends it.
+    let mut client_open = true;
+    let status = loop {
+        tokio::select! {
+            s = &mut exit => break s.ok(),
+            Some(f) = out_rx.recv() => {
+                if write_frame(wr, &f).await.is_err() {
+                    kill_tree(pid);
+                    client_open = false;
+                }
+            }
+            f = read_frame(&mut rd), if client_open => match f {
+                Ok(Some(Frame::Stdin(data))) => {
+                    if let Some(w) = stdin.as_mut() {
+                        if w.write_all(&data).await.is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
+                Ok(Some(Frame::StdinClose)) => stdin = None,
+                Ok(Some(Frame::Resize(w, h))) => {
+                    if let Some(p) = &pty {
+                        let _ = crate::console::resize(p, w, h);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    info!(svc.log, "exec client went away: ending the process"; "container_id" => &c.id, "pid" => pid);
+                    kill_tree(pid);
+                    client_open = false;
+                }
+            },
+        }
+    };
+    drop(stdin);
+    // Output written just before the exit is still in the pipes.
+    let relay = async {
+        while let Some(f) = out_rx.recv().await {
+            if write_frame(wr, &f).await.is_err() {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(DRAIN_LIMIT, relay).await.is_err() {
+        for t in &outputs {
+            t.abort();
+        }
+    }
+    drop(pty);
+    let code = status.map(|s| s.code).unwrap_or(255);
+    let _ = write_frame(wr, &Frame::Exit(code)).await;
+    let _ = wr.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! CRI Exec through berthd's streaming server, over SPDY/3.1 with the
+//! remotecommand protocols, from this repository's own client.
+use std::time::{Duration, Instant};
+
+use berth::stream_client::{exit_code, Channels, Event, ExecStream};
+use berth::streaming::EXEC_PROTOCOLS;
+use berth_tests::Daemon;
+use protocol::cri;
+
+async fn running(d: &mut Daemon, name: &str) -> String {
+    let cfg = d.pod_config(name);
+    let pod = d.run_pod(&cfg).await;
+    let c = d.create(&pod, &cfg, "c", &["sleep", "100000"]).await;
+    d.start_container(&c).await;
+    d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+    c
+}
+
+async fn exec_url(d: &mut Daemon, c: &str, cmd: &[&str], ch: Channels) -> Result<String, tonic::Status> {
+    let r =
+        d.rt.exec(cri::ExecRequest {
+            container_id: c.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: ch.tty,
+            stdin: ch.stdin,
+            stdout: ch.stdout,
+            stderr: ch.stderr,
+            ..Default::default()
+        })
+        .await?;
+    Ok(r.into_inner().url)
+}
+
+#[tokio::test]
+async fn exec_separates_streams_and_reports_the_exit_code() {
+    let mut d = Daemon::start().await;
+    let c = running(&mut d, "spdy-exec").await;
+    let ch = Channels { stdout: true, stderr: true, ..Default::default() };
+    let url = exec_url(&mut d, &c, &["sh", "-c", "echo out; echo err >&2; exit 3"], ch).await.unwrap();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let s = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap();
+    assert_eq!(s.protocol, "v4.channel.k8s.io");
+    let (out, err, status) = s.collect().await;
+    assert_eq!(out, b"out\n");
+    assert_eq!(err, b"err\n");
+    assert_eq!(exit_code(&status), Some(3), "{}", String::from_utf8_lossy(&status));
+
+    // Success is a Success status; stdin reaches the process.
+    let ch = Channels { stdin: true, stdout: true, ..Default::default() };
+    let url = exec_url(&mut d, &c, &["sh", "-c", "read x; echo got:$x"], ch).await.unwrap();
+    let mut s = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap();
+    s.send_stdin(b"hello\n").await.unwrap();
+    s.close_stdin().await.unwrap();
+    let (out, _, status) = s.collect().await;
+    assert_eq!(out, b"got:hello\n");
+    assert_eq!(exit_code(&status), Some(0));
+
+    // An older protocol: the error stream carries only a failure's message.
+    let ch = Channels { stdout: true, ..Default::default() };
+    let url = exec_url(&mut d, &c, &["sh", "-c", "echo v2; exit 4"], ch).await.unwrap();
+    let s = ExecStream::connect(&url, &["v2.channel.k8s.io"], ch).await.unwrap();
+    assert_eq!(s.protocol, "v2.channel.k8s.io");
+    let (out, _, status) = s.collect().await;
+    assert_eq!(out, b"v2\n");
+    assert!(String::from_utf8_lossy(&status).contains("exit status 4"), "{status:?}");
+}
+
+#[tokio::test]
+async fn exec_with_a_terminal_echoes_and_resizes() {
+    let mut d = Daemon::start().await;
+    let c = running(&mut d, "spdy-tty").await;
+    let ch = Channels { stdin: true, stdout: true, tty: true, ..Default::default() };
+    let url = exec_url(&mut d, &c, &["sh"], ch).await.unwrap();
+    let mut s = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap();
+    s.resize(100, 37).await.unwrap();
+    // Give the resize a moment to land before asking for it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.send_stdin(b"echo hi-$((40+2)); stty size\n").await.unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&seen).contains("37 100") {
+        assert!(Instant::now() < deadline, "no answer from the terminal: {:?}", String::from_utf8_lossy(&seen));
+        match tokio::time::timeout(Duration::from_secs(10), s.next()).await {
+            Ok(Some(Event::Stdout(b))) => seen.extend(b),
+            Ok(Some(other)) => panic!("unexpected {other:?}; output so far {:?}", String::from_utf8_lossy(&seen)),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&seen).to_string();
+    // The terminal echoes what was typed, then the shell answers.
+    assert!(text.contains("echo hi-$((40+2))"), "{text:?}");
+    assert!(text.contains("hi-42"), "{text:?}");
+    assert!(text.contains("37 100"), "{text:?}");
+    s.send_stdin(b"exit 5\n").await.unwrap();
+    let (_, _, status) = s.collect().await;
+    assert_eq!(exit_code(&status), Some(5), "{}", String::from_utf8_lossy(&status));
+}
+
+#[tokio::test]
+async fn tokens_are_single_use_and_bad_requests_are_refused() {
+    let mut d = Daemon::start_full(&[], &["--stream-token-ttl", "1s"]).await;
+    let c = running(&mut d, "spdy-tokens").await;
+    let ch = Channels { stdout: true, ..Default::default() };
+    let marker = format!("/tmp/berth-exec-ran-{}", std::process::id());
+    let cmd = ["sh", "-c", &format!("echo ran; touch {marker}")];
+
+    // A plain GET (no upgrade) is a clear 400 and does not spend the token.
+    let url = exec_url(&mut d, &c, &cmd, ch).await.unwrap();
+    let host = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let path = url.trim_start_matches("http://").trim_start_matches(&host).to_string();
+    let plain = raw_get(&host, &path).await;
+    assert!(plain.starts_with("HTTP/1.1 400"), "{plain}");
+    assert!(plain.contains("SPDY/3.1"), "{plain}");
+    let s = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap();
+    assert_eq!(s.collect().await.0, b"ran\n");
+    // Used once: 404, and nothing runs.
+    let _ = std::fs::remove_file(&marker);
+    let e = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.err().expect("reused token accepted");
+    assert_eq!(e.kind, berth::error::Kind::NotFound, "{e}");
+    // Unknown token: 404.
+    let e = ExecStream::connect(&format!("http://{host}/exec/00ff"), EXEC_PROTOCOLS, ch).await.err().unwrap();
+    assert_eq!(e.kind, berth::error::Kind::NotFound);
+    // Expired: 404.
+    let url = exec_url(&mut d, &c, &cmd, ch).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let e = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.err().expect("expired token accepted");
+    assert_eq!(e.kind, berth::error::Kind::NotFound, "{e}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!std::path::Path::new(&marker).exists(), "a refused request ran its command");
+
+    // Bad Exec requests are refused at the CRI call.
+    let e = exec_url(&mut d, &c, &[], ch).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = exec_url(&mut d, &c, &["true"], Channels::default()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = exec_url(&mut d, "0123456789abcdef", &["true"], ch).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_client_that_vanishes_leaves_no_process_or_fd() {
+    let mut d = Daemon::start().await;
+    let c = running(&mut d, "spdy-vanish").await;
+    let pod =
+        d.rt.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items[0].id.clone();
+    let shim = d.shim_pid(&pod).await;
+    let fds = || std::fs::read_dir(format!("/proc/{shim}/fd")).map(|d| d.count()).unwrap_or(0);
+    // Warm up: the first exec makes the shim open what it keeps.
+    let ch = Channels { stdout: true, ..Default::default() };
+    let url = exec_url(&mut d, &c, &["true"], ch).await.unwrap();
+    ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap().collect().await;
+    let before = fds();
+
+    let ch = Channels { stdin: true, stdout: true, ..Default::default() };
+    let url = exec_url(&mut d, &c, &["sh", "-c", "echo started; sleep 4343"], ch).await.unwrap();
+    let mut s = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap();
+    assert_eq!(s.next().await, Some(Event::Stdout(b"started\n".to_vec())));
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ps = d.exec_out(&c, &["ps", "-o", "args"]).await;
+        if !ps.contains("sleep 4343") && fds() <= before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind: fds {} (before {before}), processes:\n{ps}", fds());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn raw_get(host: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(host).await.unwrap();
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).await.unwrap();
+    out
+}
