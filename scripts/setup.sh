@@ -16,11 +16,16 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 # --test adds what only the tests use: a registry to pull from (Debian's
 # docker-registry, started by the tests on loopback, never as a service),
-# htpasswd for its basic auth and openssl for its certificates and tokens.
+# htpasswd for its basic auth, openssl for its certificates and tokens, and
+# Go with spdystream for a real SPDY client.
 if [ "${1:-}" = "--test" ]; then
   command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
   command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
+  # A real SPDY peer for the streaming tests: Go's spdystream (what
+  # kubelet and crictl use), built by the tests from tests/peers/.
+  command -v go >/dev/null 2>&1 || need+=(golang-go)
+  [ -d /usr/share/gocode/src/github.com/docker/spdystream ] || need+=(golang-github-docker-spdystream-dev)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -177,3 +177,67 @@ async fn raw_get(host: &str, path: &str) -> String {
     conn.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// Builds the Go peer (tests/peers/spdy_exec.go) on Debian's spdystream, the
+/// SPDY implementation kubelet and crictl use; None when Go or the package
+/// is missing.
+fn go_peer(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let src = berth_tests::workspace().join("tests/peers/spdy_exec.go");
+    let out = dir.join("spdy_exec");
+    let ok = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", dir.join("gocache"))
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(out)
+}
+
+fn run_peer(peer: &std::path::Path, url: &str, protocol: &str, tty: bool, stdin: &[u8]) -> String {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new(peer);
+    cmd.arg(url).arg(protocol);
+    if tty {
+        cmd.arg("tty");
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "peer failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[tokio::test]
+async fn go_spdystream_client_execs() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(peer) = go_peer(dir.path()) else {
+        eprintln!("SKIP: go or golang-github-docker-spdystream-dev missing (scripts/setup.sh --test installs them)");
+        return;
+    };
+    let mut d = Daemon::start().await;
+    let c = running(&mut d, "go-peer").await;
+    let ch = Channels { stdin: true, stdout: true, stderr: true, tty: false };
+    let url = exec_url(&mut d, &c, &["sh", "-c", "read x; echo got:$x; echo e >&2; exit 3"], ch).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || run_peer(&peer, &url, "v4.channel.k8s.io", false, b"hello\n"))
+        .await
+        .unwrap();
+    assert!(out.contains("stdout=\"got:hello\\n\""), "{out}");
+    assert!(out.contains("stderr=\"e\\n\""), "{out}");
+    let status = out.lines().find_map(|l| l.strip_prefix("status=")).unwrap_or("");
+    assert_eq!(exit_code(status.as_bytes()), Some(3), "{out}");
+
+    let peer = dir.path().join("spdy_exec");
+    let ch = Channels { stdin: true, stdout: true, tty: true, ..Default::default() };
+    let url = exec_url(&mut d, &c, &["sh", "-c", "sleep 0.3; stty size"], ch).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || run_peer(&peer, &url, "v4.channel.k8s.io", true, b"")).await.unwrap();
+    assert!(out.contains("33 90"), "{out}");
+    assert!(out.contains("\"Success\""), "{out}");
+}
