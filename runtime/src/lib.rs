@@ -29,5 +29,6 @@ pub mod stats;
 pub mod store;
 pub mod stream_client;
 pub mod streaming;
+pub mod terminal;
 pub mod unpack;
 pub mod users;

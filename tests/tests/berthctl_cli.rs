@@ -79,3 +79,57 @@ async fn berthctl_drives_a_pod_from_crictl_configs() {
     assert_ne!(code, 0);
     assert!(err.contains("NotFound"), "{err}");
 }
+
+/// `berthctl exec` streams through the runtime's streaming server: stdin
+/// with -i, a terminal with -t (berthctl's own terminal put in raw mode),
+/// and the command's exit code as berthctl's.
+#[tokio::test]
+async fn berthctl_exec_streams_with_stdin_and_a_terminal() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("cli-exec");
+    let pod = d.run_pod(&cfg).await;
+    let c = d.create(&pod, &cfg, "c", &["sleep", "100000"]).await;
+    d.start_container(&c).await;
+    d.wait_state(&c, protocol::cri::ContainerState::ContainerRunning, std::time::Duration::from_secs(10)).await;
+    let endpoint = format!("unix://{}", d.socket.display());
+
+    let mut child = Command::new(bin_dir().join("berthctl"))
+        .args(["--endpoint", &endpoint, "exec", "-i", &c, "sh", "-c", "read x; echo got:$x; echo to-err >&2; exit 3"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"typed\n").unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got:typed\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "to-err\n");
+    assert_eq!(out.status.code(), Some(3));
+
+    // Under a terminal (script(1) gives berthctl one): a shell, typed to.
+    let line = format!("{} --endpoint {endpoint} exec -it {c} sh", bin_dir().join("berthctl").display());
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"echo in-tty-$((6*7)); tty\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stdin.write_all(b"exit 7\n").unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        let o = child.wait_with_output().unwrap();
+        drop(stdin);
+        o
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("in-tty-42"), "{text:?}");
+    assert!(text.contains("/dev/pts/"), "the command had no terminal: {text:?}");
+    assert_eq!(out.status.code(), Some(7), "{text:?} {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -103,9 +103,16 @@ enum Cmd {
     Inspect { ids: Vec<String> },
     /// Run a command in a container.
     Exec {
-        /// Synchronously (the only mode so far).
+        /// Run with CRI ExecSync (output collected, then printed) instead of
+        /// streaming through the runtime's streaming server.
         #[arg(short, long)]
         sync: bool,
+        /// Pass stdin to the command.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Give the command a terminal (this terminal goes raw; resizes follow).
+        #[arg(short, long)]
+        tty: bool,
         /// Seconds before the command is killed (0: none).
         #[arg(long = "exec-timeout", default_value_t = 0)]
         exec_timeout: i64,
@@ -193,6 +200,78 @@ enum Cmd {
 enum ImageCmd {
     /// Import an OCI image layout folder (berthd reads it; give a path it can see).
     Import { dir: PathBuf, name: Option<String> },
+}
+
+/// Runs an exec through the streaming server: this process's stdin and
+/// terminal on one side, the command on the other. Returns its exit code.
+async fn exec_stream(url: &str, interactive: bool, tty: bool) -> Result<i32> {
+    use berth::stream_client::{exit_code, Channels, Event, ExecStream};
+    use std::os::fd::AsFd;
+    let ch = Channels { stdin: interactive, stdout: true, stderr: !tty, tty };
+    let mut s =
+        ExecStream::connect(url, berth::streaming::EXEC_PROTOCOLS, ch).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stdin_fd = std::io::stdin();
+    let _raw = if tty && interactive { berth::terminal::RawMode::enable(stdin_fd.as_fd()) } else { None };
+    let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
+    if tty {
+        if let Some((w, h)) = berth::terminal::size(std::io::stdout()) {
+            s.resize(w, h).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    if interactive {
+        // A plain thread: reading a terminal blocks, and the process exits
+        // with the command whatever this thread is doing.
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut stdin = std::io::stdin();
+            let mut buf = vec![0u8; 8192];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if in_tx.blocking_send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    } else {
+        drop(in_tx);
+    }
+    let mut stdin_open = interactive;
+    let mut status = Vec::new();
+    loop {
+        tokio::select! {
+            ev = s.next() => match ev {
+                Some(Event::Stdout(d)) => { let mut o = std::io::stdout(); o.write_all(&d)?; o.flush()?; }
+                Some(Event::Stderr(d)) => { let mut o = std::io::stderr(); o.write_all(&d)?; o.flush()?; }
+                Some(Event::Status(st)) => status = st,
+                Some(Event::Closed) | None => break,
+            },
+            data = in_rx.recv(), if stdin_open => match data {
+                Some(d) => s.send_stdin(&d).await.map_err(|e| anyhow::anyhow!("{e}"))?,
+                None => {
+                    stdin_open = false;
+                    s.close_stdin().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+            },
+            _ = winch.recv(), if tty => {
+                if let Some((w, h)) = berth::terminal::size(std::io::stdout()) {
+                    let _ = s.resize(w, h).await;
+                }
+            }
+        }
+    }
+    Ok(match exit_code(&status) {
+        Some(code) => code,
+        None if status.is_empty() => 0,
+        None => {
+            eprintln!("{}", String::from_utf8_lossy(&status));
+            1
+        }
+    })
 }
 
 /// Pulls through Berth's progress stream; a runtime without it (any other
@@ -566,7 +645,24 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                 print_json(&serde_json::json!({ "status": r.status, "info": info }))?;
             }
         }
-        Cmd::Exec { sync: _, exec_timeout, container, cmd } => {
+        Cmd::Exec { sync: false, interactive, tty, container, cmd, .. } => {
+            let id = c.container_id(&container).await?;
+            let url =
+                c.rt.exec(c.req(cri::ExecRequest {
+                    container_id: id,
+                    cmd,
+                    tty,
+                    stdin: interactive,
+                    stdout: true,
+                    stderr: !tty,
+                    ..Default::default()
+                }))
+                .await?
+                .into_inner()
+                .url;
+            return exec_stream(&url, interactive, tty).await;
+        }
+        Cmd::Exec { sync: true, exec_timeout, container, cmd, .. } => {
             let id = c.container_id(&container).await?;
             let r =
                 c.rt.exec_sync(c.req(cri::ExecSyncRequest { container_id: id, cmd, timeout: exec_timeout }))
