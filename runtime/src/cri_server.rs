@@ -211,8 +211,15 @@ impl RuntimeService for CriServer {
         Err(unimplemented("Attach"))
     }
 
-    async fn port_forward(&self, _req: Request<cri::PortForwardRequest>) -> Reply<cri::PortForwardResponse> {
-        Err(unimplemented("PortForward"))
+    async fn port_forward(&self, req: Request<cri::PortForwardRequest>) -> Reply<cri::PortForwardResponse> {
+        let r = req.into_inner();
+        if let Some(p) = r.port.iter().find(|p| !(1..=65535).contains(*p)) {
+            return Err(Status::invalid_argument(format!("port {p} is not a TCP port")));
+        }
+        let netns = self.mgr.port_forward_target(&r.pod_sandbox_id)?;
+        let url =
+            self.stream.port_forward_url(crate::streaming::PortForwardRequest { pod_id: r.pod_sandbox_id, netns });
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(&self, req: Request<cri::ContainerStatsRequest>) -> Reply<cri::ContainerStatsResponse> {

@@ -1550,6 +1550,18 @@ impl Manager {
         Ok(self.cfg.state.join("sandboxes").join(&meta.sandbox_id).join("io.sock"))
     }
 
+    /// The network namespace a port-forward to pod `id` connects in: its
+    /// pinned one, or None for a host-network pod (the host's).
+    pub fn port_forward_target(&self, id: &str) -> Result<Option<PathBuf>> {
+        let sb = self.sandbox(id)?;
+        let m = lock(&sb.meta).clone();
+        if m.stopped || sb.lost_at().is_some() {
+            return Err(Error::precondition(format!("pod sandbox {id} is not ready")));
+        }
+        Ok(m.pinned.iter().any(|n| n == "net").then(|| m.dir.join("ns/net")))
+    }
+
+    /// Layer digests the containers use (kept when their images go).
     pub fn layers_in_use(&self) -> BTreeSet<String> {
         lock(&self.containers).values().flat_map(|c| c.layers.iter().cloned()).collect()
     }

@@ -1,8 +1,10 @@
-//! The client side of an exec stream, as kubectl and crictl speak it: an
-//! HTTP upgrade to SPDY/3.1 on the URL CRI Exec returned, then one stream
-//! per channel (error, stdin, stdout, stderr, resize). Used by berthctl and
-//! the tests.
+//! The client side of the streaming protocols, as kubectl and crictl speak
+//! them: an HTTP upgrade to SPDY/3.1 on the URL CRI Exec or PortForward
+//! returned, then one stream per exec channel (error, stdin, stdout, stderr,
+//! resize), or a data and an error stream per forwarded connection. Used by
+//! berthctl and the tests.
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
@@ -224,4 +226,120 @@ pub fn exit_code(status: &[u8]) -> Option<i32> {
         .find(|c| c["reason"] == "ExitCode")
         .and_then(|c| c["message"].as_str())
         .and_then(|m| m.parse().ok())
+}
+
+type SharedWriter = Arc<tokio::sync::Mutex<spdy::Writer<WriteHalf<TcpStream>>>>;
+type Routes = Arc<std::sync::Mutex<HashMap<u32, mpsc::Sender<Option<Vec<u8>>>>>>;
+
+/// A port-forward session (`portforward.k8s.io`): each connection is a
+/// pair of streams, data and error, named by a request id.
+pub struct PortForward {
+    writer: SharedWriter,
+    routes: Routes,
+    next_id: u32,
+    next_request: u64,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// One forwarded connection.
+pub struct ForwardConn {
+    writer: SharedWriter,
+    data_id: u32,
+    data: mpsc::Receiver<Option<Vec<u8>>>,
+    error: mpsc::Receiver<Option<Vec<u8>>>,
+}
+
+impl PortForward {
+    /// Upgrades the URL CRI PortForward returned.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let (conn, status, _, body) = upgrade(url, &[crate::streaming::PORT_FORWARD_PROTOCOL]).await?;
+        if status != 101 {
+            let kind = if status == 404 { crate::error::Kind::NotFound } else { crate::error::Kind::Unavailable };
+            return Err(Error::new(kind, format!("streaming server answered {status}: {body}")));
+        }
+        let (rd, wr) = tokio::io::split(conn);
+        let writer = Arc::new(tokio::sync::Mutex::new(spdy::Writer::new(wr)));
+        let routes: Routes = Arc::default();
+        let r = Arc::clone(&routes);
+        let reader = tokio::spawn(async move {
+            let mut reader = spdy::Reader::new(rd);
+            while let Ok(Some(f)) = reader.next().await {
+                let (id, data, fin) = match f {
+                    spdy::Frame::Data { id, data, flags } => (id, data, flags & FLAG_FIN != 0),
+                    spdy::Frame::RstStream { id, .. } => (id, Vec::new(), true),
+                    _ => continue,
+                };
+                let tx = r.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
+                if let Some(tx) = tx {
+                    if !data.is_empty() {
+                        let _ = tx.send(Some(data)).await;
+                    }
+                    if fin {
+                        let _ = tx.send(None).await;
+                        r.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                    }
+                }
+            }
+            // The session ended: every connection sees its end.
+            r.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        });
+        Ok(PortForward { writer, routes, next_id: 1, next_request: 0, reader })
+    }
+
+    /// Opens a connection to `port` in the pod.
+    pub async fn open(&mut self, port: u16) -> Result<ForwardConn> {
+        let request = self.next_request.to_string();
+        self.next_request += 1;
+        let port_s = port.to_string();
+        let (error_id, data_id) = (self.next_id, self.next_id + 2);
+        self.next_id += 4;
+        let (etx, error) = mpsc::channel(4);
+        let (dtx, data) = mpsc::channel(64);
+        {
+            let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+            routes.insert(error_id, etx);
+            routes.insert(data_id, dtx);
+        }
+        let mut w = self.writer.lock().await;
+        for (id, kind) in [(error_id, "error"), (data_id, "data")] {
+            let headers = [("streamtype", kind), ("port", port_s.as_str()), ("requestid", request.as_str())];
+            w.syn_stream(id, &headers, 0).await.map_err(net)?;
+        }
+        // The client never writes on the error stream.
+        w.data(error_id, &[], true).await.map_err(net)?;
+        drop(w);
+        Ok(ForwardConn { writer: Arc::clone(&self.writer), data_id, data, error })
+    }
+}
+
+impl ForwardConn {
+    /// Sends bytes to the pod's port.
+    pub async fn send(&self, data: &[u8]) -> Result<()> {
+        self.writer.lock().await.data(self.data_id, data, false).await.map_err(net)
+    }
+
+    /// Ends what this side sends.
+    pub async fn close_write(&self) -> Result<()> {
+        self.writer.lock().await.data(self.data_id, &[], true).await.map_err(net)
+    }
+
+    /// The next bytes from the pod; None at the end.
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        self.data.recv().await.flatten()
+    }
+
+    /// The error stream's text, once it ended (empty when all went well).
+    pub async fn error(&mut self) -> String {
+        let mut out = Vec::new();
+        while let Some(Some(d)) = self.error.recv().await {
+            out.extend(d);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
 }

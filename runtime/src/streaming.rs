@@ -1,10 +1,12 @@
-//! berthd's CRI streaming server: CRI Exec answers with a URL on it; the
-//! URL's single-use token (one minute by default) names the prepared
-//! request. A client (kubelet's proxy, crictl, berthctl) upgrades the HTTP
-//! request to SPDY/3.1 and speaks Kubernetes' remotecommand protocol
-//! (`v4.channel.k8s.io` down to `channel.k8s.io`): stdin, stdout, stderr,
-//! error and resize streams. The process itself runs in the shim, reached
-//! through the sandbox's io socket.
+//! berthd's CRI streaming server: CRI Exec and PortForward answer with a URL
+//! on it; the URL's single-use token (one minute by default) names the
+//! prepared request. A client (kubelet's proxy, crictl, berthctl) upgrades
+//! the HTTP request to SPDY/3.1 and speaks Kubernetes' remotecommand protocol
+//! (`v4.channel.k8s.io` down to `channel.k8s.io`: stdin, stdout, stderr,
+//! error and resize streams) or `portforward.k8s.io` (a data and an error
+//! stream per connection). An exec's process runs in the shim, reached
+//! through the sandbox's io socket; a forwarded connection is made inside
+//! the pod's network namespace.
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,11 +49,30 @@ pub struct ExecRequest {
     pub io_socket: PathBuf,
 }
 
+/// A prepared port-forward.
+#[derive(Clone, Debug)]
+pub struct PortForwardRequest {
+    /// Pod sandbox id.
+    pub pod_id: String,
+    /// Its pinned network namespace; None for a host-network pod.
+    pub netns: Option<PathBuf>,
+}
+
+/// What a token stands for.
+#[derive(Clone, Debug)]
+enum Target {
+    Exec(ExecRequest),
+    PortForward(PortForwardRequest),
+}
+
+/// The port-forward subprotocol.
+pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
+
 /// The streaming server.
 pub struct StreamServer {
     addr: SocketAddr,
     ttl: Duration,
-    pending: Mutex<HashMap<String, (Instant, ExecRequest)>>,
+    pending: Mutex<HashMap<String, (Instant, Target)>>,
     log: Logger,
 }
 
@@ -92,18 +113,27 @@ impl StreamServer {
         self.addr
     }
 
-    /// Stores a prepared exec and returns its URL.
-    pub fn exec_url(&self, req: ExecRequest) -> String {
+    fn url(&self, kind: &str, target: Target) -> String {
         let token = hex::encode(rand::random::<[u8; 16]>());
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         pending.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
-        pending.insert(token.clone(), (now, req));
-        format!("http://{}/exec/{token}", self.addr)
+        pending.insert(token.clone(), (now, target));
+        format!("http://{}/{kind}/{token}", self.addr)
+    }
+
+    /// Stores a prepared exec and returns its URL.
+    pub fn exec_url(&self, req: ExecRequest) -> String {
+        self.url("exec", Target::Exec(req))
+    }
+
+    /// Stores a prepared port-forward and returns its URL.
+    pub fn port_forward_url(&self, req: PortForwardRequest) -> String {
+        self.url("portforward", Target::PortForward(req))
     }
 
     /// Takes a token's request: once, and only before it expires.
-    fn take(&self, token: &str) -> Option<ExecRequest> {
+    fn take(&self, token: &str) -> Option<Target> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let (at, req) = pending.remove(token)?;
         (at.elapsed() < self.ttl).then_some(req)
@@ -111,9 +141,15 @@ impl StreamServer {
 
     fn handle(self: &Arc<Self>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_string();
-        let Some(token) = path.strip_prefix("/exec/").filter(|t| !t.is_empty() && !t.contains('/')) else {
-            return text(StatusCode::NOT_FOUND, format!("no such stream endpoint {path}"));
+        let (kind, token) = path.trim_start_matches('/').split_once('/').unwrap_or(("", ""));
+        let supported: &[&'static str] = match kind {
+            "exec" => EXEC_PROTOCOLS,
+            "portforward" => &[PORT_FORWARD_PROTOCOL],
+            _ => &[],
         };
+        if supported.is_empty() || token.is_empty() || token.contains('/') {
+            return text(StatusCode::NOT_FOUND, format!("no such stream endpoint {path}"));
+        }
         let header = |name: &str| {
             req.headers()
                 .get_all(name)
@@ -136,32 +172,38 @@ impl StreamServer {
             );
         }
         let offered = header("x-stream-protocol-version");
-        let protocol = if offered.is_empty() {
-            "channel.k8s.io"
+        let protocol: &'static str = if offered.is_empty() {
+            // Clients from before protocol negotiation speak the oldest.
+            supported[supported.len() - 1]
         } else {
-            match EXEC_PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)) {
+            match supported.iter().find(|p| offered.iter().any(|o| o == *p)) {
                 Some(p) => p,
                 None => {
                     return text(
                         StatusCode::FORBIDDEN,
-                        format!("none of the offered protocols {offered:?} is supported: {EXEC_PROTOCOLS:?}"),
+                        format!("none of the offered protocols {offered:?} is supported: {supported:?}"),
                     )
                 }
             }
         };
-        let Some(exec) = self.take(token) else {
-            return text(StatusCode::NOT_FOUND, "unknown, used or expired stream token");
+        let target = match self.take(token) {
+            Some(t @ Target::Exec(_)) if kind == "exec" => t,
+            Some(t @ Target::PortForward(_)) if kind == "portforward" => t,
+            _ => return text(StatusCode::NOT_FOUND, "unknown, used or expired stream token"),
         };
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            match hyper::upgrade::on(req).await {
-                Ok(up) => {
-                    let io = hyper_util::rt::TokioIo::new(up);
-                    if let Err(e) = exec_session(io, &exec, protocol, &me.log).await {
+            let up = match hyper::upgrade::on(req).await {
+                Ok(up) => hyper_util::rt::TokioIo::new(up),
+                Err(e) => return warn!(me.log, "upgrade failed"; "error" => %e),
+            };
+            match target {
+                Target::Exec(exec) => {
+                    if let Err(e) = exec_session(up, &exec, protocol, &me.log).await {
                         warn!(me.log, "exec stream ended with an error"; "container_id" => &exec.container_id, "error" => %e);
                     }
                 }
-                Err(e) => warn!(me.log, "upgrade failed"; "error" => %e),
+                Target::PortForward(pf) => port_forward_session(up, pf, me.log.clone()).await,
             }
         });
         let mut r = Response::new(Full::new(Bytes::new()));
@@ -347,6 +389,169 @@ async fn exec_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let _ = w.shutdown().await;
     info!(log, "exec stream ended"; "container_id" => &req.container_id, "exit" => format!("{exit:?}"));
     Ok(())
+}
+
+/// Connects to `port` on loopback inside `netns` (the caller's namespace
+/// when None), trying IPv4 then IPv6 as kubelet's server does.
+async fn connect_in(netns: Option<PathBuf>, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A thread of its own: setns changes the calling thread, which must not
+    // be one a runtime reuses.
+    std::thread::spawn(move || {
+        let r = (|| {
+            if let Some(ns) = &netns {
+                let f = std::fs::File::open(ns)?;
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            }
+            let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+            for ip in [std::net::IpAddr::from([127, 0, 0, 1]), std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)] {
+                match std::net::TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_secs(10)) {
+                    Ok(s) => {
+                        s.set_nonblocking(true)?;
+                        return Ok(s);
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        })();
+        let _ = tx.send(r);
+    });
+    let s = rx.await.map_err(|_| std::io::Error::other("connect thread ended"))??;
+    tokio::net::TcpStream::from_std(s)
+}
+
+struct Forward {
+    port: u16,
+    error: Option<u32>,
+    data: Option<u32>,
+}
+
+async fn port_forward_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: IO,
+    req: PortForwardRequest,
+    log: Logger,
+) {
+    let (rd, wr) = tokio::io::split(io);
+    let mut reader = spdy::Reader::new(rd);
+    let writer = Arc::new(tokio::sync::Mutex::new(spdy::Writer::new(wr)));
+    let mut pairs: HashMap<String, Forward> = HashMap::new();
+    let mut inbound: HashMap<u32, tokio::sync::mpsc::Sender<Option<Vec<u8>>>> = HashMap::new();
+    let mut tasks = Vec::new();
+    info!(log, "port-forward stream started"; "sandbox_id" => &req.pod_id);
+    while let Ok(Some(f)) = reader.next().await {
+        match f {
+            spdy::Frame::SynStream { id, headers, .. } => {
+                let get = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+                let (kind, port, request) = (get("streamtype"), get("port"), get("requestid"));
+                let mut w = writer.lock().await;
+                let Ok(port) = port.parse::<u16>().map_err(|_| ()).and_then(|p| if p == 0 { Err(()) } else { Ok(p) })
+                else {
+                    let _ = w.rst_stream(id, 1).await;
+                    continue;
+                };
+                let _ = w.syn_reply(id, &[], 0).await;
+                drop(w);
+                // Old clients send no request id: pair by port.
+                let key = if request.is_empty() { format!("port-{port}") } else { request };
+                let pair = pairs.entry(key.clone()).or_insert(Forward { port, error: None, data: None });
+                match kind.as_str() {
+                    "error" => pair.error = Some(id),
+                    "data" => pair.data = Some(id),
+                    _ => continue,
+                }
+                if let (Some(error), Some(data)) = (pair.error, pair.data) {
+                    let port = pair.port;
+                    pairs.remove(&key);
+                    let (tx, rx) = tokio::sync::mpsc::channel(16);
+                    inbound.insert(data, tx);
+                    let netns = req.netns.clone();
+                    let (w, log, pod) = (Arc::clone(&writer), log.clone(), req.pod_id.clone());
+                    tasks.push(tokio::spawn(forward(netns, port, data, error, rx, w, log, pod)));
+                }
+            }
+            spdy::Frame::Data { id, data, flags } => {
+                if let Some(tx) = inbound.get(&id) {
+                    if !data.is_empty() && tx.send(Some(data)).await.is_err() {
+                        inbound.remove(&id);
+                        continue;
+                    }
+                    if flags & FLAG_FIN != 0 {
+                        let _ = tx.send(None).await;
+                        inbound.remove(&id);
+                    }
+                }
+            }
+            spdy::Frame::RstStream { id, .. } => {
+                inbound.remove(&id);
+            }
+            spdy::Frame::Ping(p) => {
+                let _ = writer.lock().await.ping(p).await;
+            }
+            spdy::Frame::GoAway { .. } => break,
+            _ => {}
+        }
+    }
+    // The client is gone: every forwarded connection goes with it.
+    for t in tasks {
+        t.abort();
+    }
+    info!(log, "port-forward stream ended"; "sandbox_id" => &req.pod_id);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward<W: AsyncWrite + Unpin + Send + 'static>(
+    netns: Option<PathBuf>,
+    port: u16,
+    data: u32,
+    error: u32,
+    mut from_client: tokio::sync::mpsc::Receiver<Option<Vec<u8>>>,
+    writer: Arc<tokio::sync::Mutex<spdy::Writer<W>>>,
+    log: Logger,
+    pod: String,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = match connect_in(netns, port).await {
+        Ok(t) => t,
+        Err(e) => {
+            let msg = format!("error forwarding port {port} to pod {pod}: {e}");
+            warn!(log, "port-forward connect failed"; "sandbox_id" => &pod, "port" => port, "error" => %e);
+            let mut w = writer.lock().await;
+            let _ = w.data(error, msg.as_bytes(), true).await;
+            let _ = w.data(data, &[], true).await;
+            return;
+        }
+    };
+    let (mut tr, mut tw) = tcp.into_split();
+    let up = tokio::spawn(async move {
+        while let Some(msg) = from_client.recv().await {
+            match msg {
+                Some(d) => {
+                    if tw.write_all(&d).await.is_err() {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        let _ = tw.shutdown().await;
+    });
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match tr.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if writer.lock().await.data(data, &buf[..n], false).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let mut w = writer.lock().await;
+    let _ = w.data(data, &[], true).await;
+    let _ = w.data(error, &[], true).await;
+    drop(w);
+    let _ = up.await;
 }
 
 #[cfg(test)]

@@ -241,3 +241,129 @@ async fn go_spdystream_client_execs() {
     assert!(out.contains("33 90"), "{out}");
     assert!(out.contains("\"Success\""), "{out}");
 }
+
+/// A listener on the host's loopback that answers every connection with
+/// `host-answer`; returns its port.
+fn host_listener() -> u16 {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(b"host-answer\n");
+        }
+    });
+    port
+}
+
+async fn forward_once(url: &str, port: u16, send: &[u8]) -> (Vec<u8>, String) {
+    let mut pf = berth::stream_client::PortForward::connect(url).await.unwrap();
+    let mut conn = pf.open(port).await.unwrap();
+    conn.send(send).await.unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(5), conn.recv()).await {
+        got.extend(d);
+        if got.ends_with(b"\n") {
+            break;
+        }
+    }
+    drop(pf);
+    let err = tokio::time::timeout(Duration::from_secs(5), conn.error()).await.unwrap_or_default();
+    (got, err)
+}
+
+async fn port_forward_url(d: &mut Daemon, pod: &str, port: u16) -> String {
+    d.rt.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.into(), port: vec![port as i32] })
+        .await
+        .unwrap()
+        .into_inner()
+        .url
+}
+
+#[tokio::test]
+async fn port_forward_reaches_the_pods_loopback_not_the_hosts() {
+    let port = host_listener();
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("pf");
+    let pod = d.run_pod(&cfg).await;
+    let script = format!("while true; do echo pod-answer | nc -l -p {port}; done");
+    let c = d.create(&pod, &cfg, "server", &["sh", "-c", &script]).await;
+    d.start_container(&c).await;
+    d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+
+    // The server needs a moment to listen: retry until it answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (got, err) = loop {
+        let url = port_forward_url(&mut d, &pod, port).await;
+        let (got, err) = forward_once(&url, port, b"hello-from-client\n").await;
+        if !got.is_empty() || Instant::now() > deadline {
+            break (got, err);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(String::from_utf8_lossy(&got), "pod-answer\n", "error stream: {err}");
+    // What the client sent reached the server in the pod.
+    let log = d.status(&c).await.log_path;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("hello-from-client") {
+        assert!(Instant::now() < deadline, "the request never reached the pod");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // berthctl port-forward LOCAL:REMOTE does the same for a local client.
+    let local = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = std::process::Command::new(berth_tests::bin_dir().join("berthctl"))
+        .arg("--endpoint")
+        .arg(format!("unix://{}", d.socket.display()))
+        .args(["port-forward", &pod, &format!("{local}:{port}")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        use std::io::{Read, Write};
+        if let Ok(mut t) = std::net::TcpStream::connect(("127.0.0.1", local)) {
+            let _ = t.write_all(b"via-berthctl\n");
+            t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut got = Vec::new();
+            let _ = t.read_to_end(&mut got);
+            if !got.is_empty() {
+                break got;
+            }
+        }
+        assert!(Instant::now() < deadline, "berthctl port-forward never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(String::from_utf8_lossy(&answer), "pod-answer\n");
+
+    // Nothing listens on another port in the pod: the error stream says so.
+    let closed = port.wrapping_add(1).max(1);
+    let url = port_forward_url(&mut d, &pod, closed).await;
+    let (got, err) = forward_once(&url, closed, b"x").await;
+    assert!(got.is_empty());
+    assert!(err.contains(&format!("error forwarding port {closed}")), "{err:?}");
+
+    // A host-network pod forwards to the host's own loopback.
+    let mut hcfg = d.pod_config("pf-host");
+    if let Some(ns) =
+        hcfg.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut())
+    {
+        ns.network = cri::NamespaceMode::Node as i32;
+    }
+    let hpod = d.run_pod(&hcfg).await;
+    let url = port_forward_url(&mut d, &hpod, port).await;
+    let (got, _) = forward_once(&url, port, b"x").await;
+    assert_eq!(got, b"host-answer\n");
+
+    // Bad requests.
+    let e =
+        d.rt.port_forward(cri::PortForwardRequest { pod_sandbox_id: "nope".into(), port: vec![] }).await.unwrap_err();
+    assert!(matches!(e.code(), tonic::Code::NotFound | tonic::Code::InvalidArgument), "{e:?}");
+    let e =
+        d.rt.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![70000] })
+            .await
+            .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}

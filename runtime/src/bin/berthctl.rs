@@ -120,6 +120,16 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Forward local ports to ports inside a pod (LOCAL:REMOTE, or PORT for
+    /// both), until interrupted.
+    PortForward {
+        pod: String,
+        #[arg(required = true)]
+        ports: Vec<String>,
+        /// Local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
+    },
     /// Print a container's log.
     Logs {
         container: String,
@@ -200,6 +210,63 @@ enum Cmd {
 enum ImageCmd {
     /// Import an OCI image layout folder (berthd reads it; give a path it can see).
     Import { dir: PathBuf, name: Option<String> },
+}
+
+/// Listens on each local port and forwards every connection through one
+/// port-forward session, until interrupted or the session ends.
+async fn port_forward(url: &str, address: std::net::IpAddr, pairs: &[(u16, u16)]) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let session = berth::stream_client::PortForward::connect(url).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let session = std::sync::Arc::new(tokio::sync::Mutex::new(session));
+    let mut listeners = Vec::new();
+    for (local, remote) in pairs {
+        let l = tokio::net::TcpListener::bind((address, *local))
+            .await
+            .with_context(|| format!("listening on {address}:{local}"))?;
+        eprintln!("Forwarding from {} -> {remote}", l.local_addr()?);
+        listeners.push((l, *remote));
+    }
+    let mut tasks = Vec::new();
+    for (l, remote) in listeners {
+        let session = std::sync::Arc::clone(&session);
+        tasks.push(tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let conn = session.lock().await.open(remote).await;
+                let Ok(mut conn) = conn else { break };
+                tokio::spawn(async move {
+                    let (mut rd, mut wr) = tcp.into_split();
+                    let mut buf = vec![0u8; 32 * 1024];
+                    loop {
+                        tokio::select! {
+                            n = rd.read(&mut buf) => match n {
+                                Ok(0) | Err(_) => { let _ = conn.close_write().await; break; }
+                                Ok(n) => if conn.send(&buf[..n]).await.is_err() { break },
+                            },
+                            d = conn.recv() => match d {
+                                Some(d) => if wr.write_all(&d).await.is_err() { break },
+                                None => break,
+                            },
+                        }
+                    }
+                    // Whatever the pod still sends after our side closed.
+                    while let Some(d) = conn.recv().await {
+                        if wr.write_all(&d).await.is_err() {
+                            break;
+                        }
+                    }
+                    let err = conn.error().await;
+                    if !err.is_empty() {
+                        eprintln!("{err}");
+                    }
+                });
+            }
+        }));
+    }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = futures::future::join_all(tasks) => {}
+    }
+    Ok(())
 }
 
 /// Runs an exec through the streaming server: this process's stdin and
@@ -661,6 +728,25 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                 .into_inner()
                 .url;
             return exec_stream(&url, interactive, tty).await;
+        }
+        Cmd::PortForward { pod, ports, address } => {
+            let id = c.pod_id(&pod).await?;
+            let mut pairs = Vec::new();
+            for p in &ports {
+                let (local, remote) = p.split_once(':').unwrap_or((p, p));
+                let parse = |s: &str| s.parse::<u16>().ok().filter(|p| *p > 0);
+                match (parse(local), parse(remote)) {
+                    (Some(l), Some(r)) => pairs.push((l, r)),
+                    _ => bail!("{p:?}: give LOCAL:REMOTE or PORT (1-65535)"),
+                }
+            }
+            let remotes = pairs.iter().map(|(_, r)| *r as i32).collect();
+            let url =
+                c.rt.port_forward(c.req(cri::PortForwardRequest { pod_sandbox_id: id, port: remotes }))
+                    .await?
+                    .into_inner()
+                    .url;
+            port_forward(&url, address, &pairs).await?;
         }
         Cmd::Exec { sync: true, exec_timeout, container, cmd, .. } => {
             let id = c.container_id(&container).await?;
