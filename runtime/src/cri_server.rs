@@ -203,12 +203,25 @@ impl RuntimeService for CriServer {
             stdout: r.stdout,
             stderr: r.stderr,
             io_socket,
+            attach: false,
         });
         Ok(Response::new(cri::ExecResponse { url }))
     }
 
-    async fn attach(&self, _req: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
-        Err(unimplemented("Attach"))
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
+        let r = req.into_inner();
+        let (io_socket, tty) = self.mgr.attach_target(&r).await?;
+        let url = self.stream.attach_url(crate::streaming::ExecRequest {
+            container_id: r.container_id,
+            cmd: Vec::new(),
+            tty,
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr && !tty,
+            io_socket,
+            attach: true,
+        });
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
     async fn port_forward(&self, req: Request<cri::PortForwardRequest>) -> Reply<cri::PortForwardResponse> {

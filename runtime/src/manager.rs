@@ -1550,6 +1550,26 @@ impl Manager {
         Ok(self.cfg.state.join("sandboxes").join(&meta.sandbox_id).join("io.sock"))
     }
 
+    /// Where an attach to a running container connects, and whether the
+    /// container has a terminal (its own setting decides, not the request's).
+    pub async fn attach_target(&self, req: &cri::AttachRequest) -> Result<(PathBuf, bool)> {
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(Error::invalid("Attach needs at least one of stdin, stdout and stderr"));
+        }
+        let meta = self.container(&req.container_id)?;
+        if req.stdin && !meta.config.stdin {
+            return Err(Error::precondition(format!(
+                "container {} was not created with stdin: nothing to attach stdin to",
+                req.container_id
+            )));
+        }
+        if self.runtime_state(&meta).await.state != cri::ContainerState::ContainerRunning as i32 {
+            return Err(Error::precondition(format!("container {} is not running", req.container_id)));
+        }
+        let sock = self.cfg.state.join("sandboxes").join(&meta.sandbox_id).join("io.sock");
+        Ok((sock, meta.config.tty))
+    }
+
     /// The network namespace a port-forward to pod `id` connects in: its
     /// pinned one, or None for a host-network pod (the host's).
     pub fn port_forward_target(&self, id: &str) -> Result<Option<PathBuf>> {

@@ -47,6 +47,8 @@ pub struct ExecRequest {
     pub stderr: bool,
     /// The shim's io socket.
     pub io_socket: PathBuf,
+    /// Attach to the container's own stdio (`cmd` is empty).
+    pub attach: bool,
 }
 
 /// A prepared port-forward.
@@ -127,6 +129,11 @@ impl StreamServer {
         self.url("exec", Target::Exec(req))
     }
 
+    /// Stores a prepared attach and returns its URL.
+    pub fn attach_url(&self, req: ExecRequest) -> String {
+        self.url("attach", Target::Exec(req))
+    }
+
     /// Stores a prepared port-forward and returns its URL.
     pub fn port_forward_url(&self, req: PortForwardRequest) -> String {
         self.url("portforward", Target::PortForward(req))
@@ -143,7 +150,7 @@ impl StreamServer {
         let path = req.uri().path().to_string();
         let (kind, token) = path.trim_start_matches('/').split_once('/').unwrap_or(("", ""));
         let supported: &[&'static str] = match kind {
-            "exec" => EXEC_PROTOCOLS,
+            "exec" | "attach" => EXEC_PROTOCOLS,
             "portforward" => &[PORT_FORWARD_PROTOCOL],
             _ => &[],
         };
@@ -187,7 +194,7 @@ impl StreamServer {
             }
         };
         let target = match self.take(token) {
-            Some(t @ Target::Exec(_)) if kind == "exec" => t,
+            Some(Target::Exec(e)) if (kind == "attach") == e.attach => Target::Exec(e),
             Some(t @ Target::PortForward(_)) if kind == "portforward" => t,
             _ => return text(StatusCode::NOT_FOUND, "unknown, used or expired stream token"),
         };
@@ -307,6 +314,7 @@ async fn exec_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     start.args = req.cmd.clone();
     start.tty = req.tty;
     start.stdin = req.stdin;
+    start.attach = req.attach;
     let bytes = start.write_to_bytes().map_err(|e| Error::internal(format!("encoding IoStart: {e}")))?;
     write_frame(&mut shim_wr, &IoFrame::Start(bytes)).await.map_err(net)?;
     info!(log, "exec stream started"; "container_id" => &req.container_id, "protocol" => protocol, "tty" => req.tty);
@@ -368,7 +376,8 @@ async fn exec_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     let _ = writer.lock().await.data(id, &d, false).await;
                 }
             }
-            Ok(Some(IoFrame::Exit(code))) => break Ok(code),
+            // An attach ends well however the container did (as kubelet's).
+            Ok(Some(IoFrame::Exit(code))) => break Ok(if req.attach { 0 } else { code }),
             Ok(Some(IoFrame::Error(e))) => break Err(e),
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => break Err("the shim closed the exec stream".to_string()),

@@ -50,9 +50,7 @@ pub struct Container {
     pub pty: Option<std::os::fd::OwnedFd>,
     /// The write end of the stdin pipe the shim holds open, when asked to.
     pub stdin: Mutex<Option<std::os::fd::OwnedFd>>,
-    /// Close stdin when the first attach ends (read by attach, which comes
-    /// with the streaming server).
-    #[allow(dead_code)]
+    /// Close stdin when the first attach ends.
     pub stdin_once: bool,
     record: Mutex<Record>,
     exited: watch::Sender<bool>,

@@ -38,6 +38,9 @@ pub struct LogSink {
     path: Option<PathBuf>,
     out: Mutex<Output>,
     max_line: usize,
+    /// Output copied to attached clients. A slow client loses chunks
+    /// (lagging receiver); the log never waits for it.
+    attached: tokio::sync::broadcast::Sender<(Stream, Vec<u8>)>,
 }
 
 /// The open file and whether writing to it is failing: one lock per write.
@@ -61,7 +64,13 @@ impl LogSink {
             Some(p) => Some(open_log(p)?),
             None => None,
         };
-        Ok(LogSink { path, out: Mutex::new(Output { file, error: None }), max_line: max_line.max(1) })
+        let attached = tokio::sync::broadcast::channel(256).0;
+        Ok(LogSink { path, out: Mutex::new(Output { file, error: None }), max_line: max_line.max(1), attached })
+    }
+
+    /// Output from now on, for an attached client.
+    pub fn attach(&self) -> tokio::sync::broadcast::Receiver<(Stream, Vec<u8>)> {
+        self.attached.subscribe()
     }
 
     /// Reopens the file by path, for rotation: the old file keeps what was
@@ -230,6 +239,9 @@ pub async fn forward<R: tokio::io::AsyncRead + Unpin>(stream: Stream, mut pipe: 
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
+        if sink.attached.receiver_count() > 0 {
+            let _ = sink.attached.send((stream, buf[..n].to_vec()));
+        }
         splitter.push(&buf[..n], SystemTime::now(), &mut out);
         if !out.is_empty() {
             sink.write_records(&out);

@@ -1,9 +1,14 @@
 //! Interactive processes over `<sandbox dir>/io.sock` (0600): berthd's
-//! streaming server connects once per exec, sends an `IoStart`, then relays
-//! stdin and terminal sizes while the shim sends output and, last, the exit
-//! code. The process is the shim's child (`runc exec --detach`), reaped by
-//! the shim's reaper. A connection that ends before the process does takes
-//! the process (and what it started) with it, as kubelet's server does.
+//! streaming server connects once per exec or attach, sends an `IoStart`,
+//! then relays stdin and terminal sizes while the shim sends output and,
+//! last, the exit code.
+//!
+//! An exec's process is the shim's child (`runc exec --detach`), reaped by
+//! the shim's reaper; a connection that ends before the process does takes
+//! the process (and what it started) with it, as kubelet's server does. An
+//! attach joins the container's own stdio: it gets a copy of the output
+//! the log receives, its stdin goes to the container, and its end leaves
+//! the container running (closing stdin first with stdin_once).
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -40,7 +45,12 @@ pub async fn serve(listener: tokio::net::UnixListener, svc: Arc<ShimService>) {
                 let _ = write_frame(&mut wr, &Frame::Error("expected a start frame".into())).await;
                 return;
             };
-            if let Err(e) = exec(&svc, start, rd, &mut wr).await {
+            let r = if start.attach {
+                attach(&svc, start, rd, &mut wr).await
+            } else {
+                exec(&svc, start, rd, &mut wr).await
+            };
+            if let Err(e) = r {
                 warn!(svc.log, "interactive exec failed"; "error" => &e);
                 let _ = write_frame(&mut wr, &Frame::Error(e)).await;
             }
@@ -230,5 +240,104 @@ async fn exec(
     let code = status.map(|s| s.code).unwrap_or(255);
     let _ = write_frame(wr, &Frame::Exit(code)).await;
     let _ = wr.shutdown().await;
+    Ok(())
+}
+
+/// A dup of `fd` as an async writer (a pipe, or a pty master).
+fn writer_of(fd: &OwnedFd, pty: bool) -> Result<Box<dyn tokio::io::AsyncWrite + Unpin + Send>, String> {
+    let dup = fd.try_clone().map_err(|e| e.to_string())?;
+    if pty {
+        Ok(Box::new(tokio::fs::File::from_std(std::fs::File::from(dup))))
+    } else {
+        let tx = tokio::net::unix::pipe::Sender::from_owned_fd(dup).map_err(|e| format!("stdin pipe: {e}"))?;
+        Ok(Box::new(tx))
+    }
+}
+
+async fn attach(
+    svc: &ShimService,
+    start: IoStart,
+    mut rd: tokio::net::unix::OwnedReadHalf,
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Result<(), String> {
+    let c = svc.get(&start.container_id).map_err(|e| match e {
+        ttrpc::Error::RpcStatus(s) => s.message().to_string(),
+        other => other.to_string(),
+    })?;
+    if c.record().status != protocol::shim::Status::RUNNING {
+        return Err(format!("container {} is not running", start.container_id));
+    }
+    let mut output = c.log.attach();
+    let mut stdin = None;
+    if start.stdin {
+        stdin = match (&c.pty, c.stdin.lock().unwrap_or_else(|e| e.into_inner()).as_ref()) {
+            (Some(p), _) => Some(writer_of(p, true)?),
+            (None, Some(fd)) => Some(writer_of(fd, false)?),
+            (None, None) => return Err(format!("container {} was not created with stdin", c.id)),
+        };
+    }
+    info!(svc.log, "attached"; "container_id" => &c.id, "stdin" => start.stdin);
+    let exited = c.wait();
+    tokio::pin!(exited);
+    let mut container_ended = false;
+    loop {
+        tokio::select! {
+            _ = &mut exited => { container_ended = true; break; }
+            m = output.recv() => match m {
+                Ok((stream, data)) => {
+                    let f = match stream {
+                        crate::cri_log::Stream::Stdout => Frame::Stdout(data),
+                        crate::cri_log::Stream::Stderr => Frame::Stderr(data),
+                    };
+                    if write_frame(wr, &f).await.is_err() {
+                        break;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            f = read_frame(&mut rd) => match f {
+                Ok(Some(Frame::Stdin(data))) => {
+                    if let Some(w) = stdin.as_mut() {
+                        if w.write_all(&data).await.is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
+                Ok(Some(Frame::StdinClose)) => {
+                    stdin = None;
+                    if c.stdin_once {
+                        break;
+                    }
+                }
+                Ok(Some(Frame::Resize(w, h))) => {
+                    if let Some(p) = &c.pty {
+                        let _ = crate::console::resize(p, w, h);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            },
+        }
+    }
+    drop(stdin);
+    if start.stdin && c.stdin_once {
+        // The first attach is over: the container sees the end of its input.
+        c.stdin.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+    if container_ended {
+        // The monitor reports the exit only after the output is drained.
+        while let Ok((stream, data)) = output.try_recv() {
+            let f = match stream {
+                crate::cri_log::Stream::Stdout => Frame::Stdout(data),
+                crate::cri_log::Stream::Stderr => Frame::Stderr(data),
+            };
+            let _ = write_frame(wr, &f).await;
+        }
+    }
+    let code = c.record().exit_code;
+    let _ = write_frame(wr, &Frame::Exit(code)).await;
+    let _ = wr.shutdown().await;
+    info!(svc.log, "detached"; "container_id" => &c.id, "container_ended" => container_ended);
     Ok(())
 }

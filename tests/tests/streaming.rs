@@ -367,3 +367,97 @@ async fn port_forward_reaches_the_pods_loopback_not_the_hosts() {
             .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 }
+
+async fn attach_url(d: &mut Daemon, c: &str, ch: Channels) -> String {
+    d.rt.attach(cri::AttachRequest {
+        container_id: c.into(),
+        stdin: ch.stdin,
+        tty: ch.tty,
+        stdout: ch.stdout,
+        stderr: ch.stderr,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .url
+}
+
+async fn read_until(s: &mut ExecStream, want: &str) -> String {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&seen).contains(want) {
+        assert!(Instant::now() < deadline, "never saw {want:?}: {:?}", String::from_utf8_lossy(&seen));
+        match tokio::time::timeout(Duration::from_secs(10), s.next()).await {
+            Ok(Some(Event::Stdout(b))) | Ok(Some(Event::Stderr(b))) => seen.extend(b),
+            other => panic!("stream ended ({other:?}) before {want:?}: {:?}", String::from_utf8_lossy(&seen)),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn attach_copies_output_to_every_client_and_the_log() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("attach");
+    let pod = d.run_pod(&cfg).await;
+    let mut conf = berth_tests::container_config("cat", &["cat"]);
+    conf.stdin = true;
+    let c = d.create_with(&pod, &cfg, conf).await.unwrap();
+    d.start_container(&c).await;
+    d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+
+    let ch = Channels { stdin: true, stdout: true, stderr: true, tty: false };
+    let mut a = ExecStream::connect(&attach_url(&mut d, &c, ch).await, EXEC_PROTOCOLS, ch).await.unwrap();
+    let watch = Channels { stdout: true, stderr: true, ..Default::default() };
+    let mut b = ExecStream::connect(&attach_url(&mut d, &c, watch).await, EXEC_PROTOCOLS, watch).await.unwrap();
+    // Both are attached once an echo comes back through the first.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        a.send_stdin(b"ping\n").await.unwrap();
+        match tokio::time::timeout(Duration::from_millis(500), a.next()).await {
+            Ok(Some(Event::Stdout(_))) => break,
+            _ => assert!(Instant::now() < deadline, "attach never echoed"),
+        }
+    }
+    a.send_stdin(b"hello-attach\n").await.unwrap();
+    read_until(&mut a, "hello-attach").await;
+    read_until(&mut b, "hello-attach").await;
+    let log = d.status(&c).await.log_path;
+    assert!(std::fs::read_to_string(&log).unwrap().contains("stdout F hello-attach"), "the log missed attached input");
+
+    // Detaching leaves the container running.
+    drop(a);
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(d.status(&c).await.state(), cri::ContainerState::ContainerRunning);
+
+    // With stdin_once, the end of the first attach's stdin ends the container's.
+    let mut conf = berth_tests::container_config("once", &["sh", "-c", "cat; echo after-eof"]);
+    conf.stdin = true;
+    conf.stdin_once = true;
+    let once = d.create_with(&pod, &cfg, conf).await.unwrap();
+    d.start_container(&once).await;
+    d.wait_state(&once, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+    let mut s = ExecStream::connect(&attach_url(&mut d, &once, ch).await, EXEC_PROTOCOLS, ch).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.send_stdin(b"only-once\n").await.unwrap();
+    read_until(&mut s, "only-once").await;
+    s.close_stdin().await.unwrap();
+    let st = d.wait_state(&once, cri::ContainerState::ContainerExited, Duration::from_secs(10)).await;
+    assert_eq!(st.exit_code, 0);
+    assert!(std::fs::read_to_string(&st.log_path).unwrap().contains("after-eof"));
+
+    // stdin to a container created without it is refused.
+    let e =
+        d.rt.attach(cri::AttachRequest { container_id: c.clone(), stdin: true, stdout: true, ..Default::default() })
+            .await;
+    assert!(e.is_ok(), "{e:?}");
+    let plain = d.create(&pod, &cfg, "plain", &["sleep", "1000"]).await;
+    d.start_container(&plain).await;
+    let e =
+        d.rt.attach(cri::AttachRequest { container_id: plain, stdin: true, stdout: true, ..Default::default() })
+            .await
+            .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+}

@@ -120,6 +120,15 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Attach to a running container's stdio (-i sends stdin; a container
+    /// with a terminal gets this terminal, in raw mode).
+    Attach {
+        container: String,
+        #[arg(short, long)]
+        interactive: bool,
+        #[arg(short, long)]
+        tty: bool,
+    },
     /// Forward local ports to ports inside a pod (LOCAL:REMOTE, or PORT for
     /// both), until interrupted.
     PortForward {
@@ -720,6 +729,22 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                     cmd,
                     tty,
                     stdin: interactive,
+                    stdout: true,
+                    stderr: !tty,
+                    ..Default::default()
+                }))
+                .await?
+                .into_inner()
+                .url;
+            return exec_stream(&url, interactive, tty).await;
+        }
+        Cmd::Attach { container, interactive, tty } => {
+            let id = c.container_id(&container).await?;
+            let url =
+                c.rt.attach(c.req(cri::AttachRequest {
+                    container_id: id,
+                    stdin: interactive,
+                    tty,
                     stdout: true,
                     stderr: !tty,
                     ..Default::default()
