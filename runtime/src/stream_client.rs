@@ -39,12 +39,19 @@ pub struct Channels {
     pub tty: bool,
 }
 
+type WsSink =
+    futures::stream::SplitSink<tokio_tungstenite::WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::Message>;
+
+/// The sending side of an exec stream, by transport.
+enum Sender {
+    Spdy { writer: spdy::Writer<WriteHalf<TcpStream>>, stdin: Option<u32>, resize: Option<u32> },
+    Ws { sink: WsSink, v5: bool },
+}
+
 /// An exec stream in progress.
 pub struct ExecStream {
-    writer: spdy::Writer<WriteHalf<TcpStream>>,
+    sender: Sender,
     events: mpsc::Receiver<Event>,
-    stdin: Option<u32>,
-    resize: Option<u32>,
     reader: tokio::task::JoinHandle<()>,
     /// The subprotocol the server chose.
     pub protocol: String,
@@ -172,26 +179,112 @@ impl ExecStream {
             }
             let _ = tx.send(Event::Closed).await;
         });
-        Ok(ExecStream { writer, events, stdin, resize, reader, protocol })
+        Ok(ExecStream { sender: Sender::Spdy { writer, stdin, resize }, events, reader, protocol })
+    }
+
+    /// Connects over a WebSocket instead (`v5.channel.k8s.io` or
+    /// `v4.channel.k8s.io`): one binary message per chunk, its first byte
+    /// the channel.
+    pub async fn connect_ws(url: &str, protocols: &[&str]) -> Result<Self> {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+        let rest = url.strip_prefix("http://").ok_or_else(|| Error::invalid(format!("{url}: not an http:// URL")))?;
+        let host = rest.split('/').next().unwrap_or(rest);
+        let mut req =
+            format!("ws://{rest}").into_client_request().map_err(|e| Error::invalid(format!("{url}: {e}")))?;
+        let offered = protocols.join(", ");
+        req.headers_mut()
+            .insert("sec-websocket-protocol", offered.parse().map_err(|_| Error::invalid("bad protocol list"))?);
+        let tcp = TcpStream::connect(host).await.map_err(net)?;
+        let (ws, resp) = tokio_tungstenite::client_async(req, tcp).await.map_err(|e| {
+            use tokio_tungstenite::tungstenite::Error as WsError;
+            match e {
+                WsError::Http(r) => {
+                    let body =
+                        r.body().as_ref().map(|b| String::from_utf8_lossy(b).trim().to_string()).unwrap_or_default();
+                    let kind = match r.status().as_u16() {
+                        404 => crate::error::Kind::NotFound,
+                        400 | 403 => crate::error::Kind::InvalidArgument,
+                        _ => crate::error::Kind::Unavailable,
+                    };
+                    Error::new(kind, format!("streaming server answered {}: {body}", r.status()))
+                }
+                other => Error::new(crate::error::Kind::Unavailable, format!("websocket: {other}")),
+            }
+        })?;
+        let protocol =
+            resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let v5 = protocol == "v5.channel.k8s.io";
+        let (sink, mut stream) = ws.split();
+        let (tx, events) = mpsc::channel(64);
+        let reader = tokio::spawn(async move {
+            let mut status = Vec::new();
+            while let Some(Ok(m)) = stream.next().await {
+                let data = match m {
+                    Message::Binary(b) => b.to_vec(),
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                let Some((&ch, rest)) = data.split_first() else { continue };
+                let ev = match ch {
+                    1 if !rest.is_empty() => Event::Stdout(rest.to_vec()),
+                    2 if !rest.is_empty() => Event::Stderr(rest.to_vec()),
+                    3 => {
+                        status.extend_from_slice(rest);
+                        continue;
+                    }
+                    _ => continue,
+                };
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Event::Status(status)).await;
+            let _ = tx.send(Event::Closed).await;
+        });
+        Ok(ExecStream { sender: Sender::Ws { sink, v5 }, events, reader, protocol })
+    }
+
+    async fn ws_send(sink: &mut WsSink, data: Vec<u8>) -> Result<()> {
+        use futures::SinkExt;
+        sink.send(tokio_tungstenite::tungstenite::Message::binary(data))
+            .await
+            .map_err(|e| Error::new(crate::error::Kind::Unavailable, format!("websocket: {e}")))
     }
 
     /// Sends stdin bytes.
     pub async fn send_stdin(&mut self, data: &[u8]) -> Result<()> {
-        let id = self.stdin.ok_or_else(|| Error::invalid("no stdin channel"))?;
-        self.writer.data(id, data, false).await.map_err(net)
+        match &mut self.sender {
+            Sender::Spdy { writer, stdin, .. } => {
+                let id = stdin.ok_or_else(|| Error::invalid("no stdin channel"))?;
+                writer.data(id, data, false).await.map_err(net)
+            }
+            Sender::Ws { sink, .. } => Self::ws_send(sink, [&[0u8][..], data].concat()).await,
+        }
     }
 
-    /// Closes stdin.
+    /// Closes stdin (on v4 WebSocket there is no way to say it; nothing is sent).
     pub async fn close_stdin(&mut self) -> Result<()> {
-        let id = self.stdin.ok_or_else(|| Error::invalid("no stdin channel"))?;
-        self.writer.data(id, &[], true).await.map_err(net)
+        match &mut self.sender {
+            Sender::Spdy { writer, stdin, .. } => {
+                let id = stdin.ok_or_else(|| Error::invalid("no stdin channel"))?;
+                writer.data(id, &[], true).await.map_err(net)
+            }
+            Sender::Ws { sink, v5: true } => Self::ws_send(sink, vec![255, 0]).await,
+            Sender::Ws { v5: false, .. } => Ok(()),
+        }
     }
 
     /// Sends a terminal size.
     pub async fn resize(&mut self, width: u16, height: u16) -> Result<()> {
-        let id = self.resize.ok_or_else(|| Error::invalid("no resize channel"))?;
         let msg = serde_json::json!({"Width": width, "Height": height}).to_string();
-        self.writer.data(id, msg.as_bytes(), false).await.map_err(net)
+        match &mut self.sender {
+            Sender::Spdy { writer, resize, .. } => {
+                let id = resize.ok_or_else(|| Error::invalid("no resize channel"))?;
+                writer.data(id, msg.as_bytes(), false).await.map_err(net)
+            }
+            Sender::Ws { sink, .. } => Self::ws_send(sink, [&[4u8][..], msg.as_bytes()].concat()).await,
+        }
     }
 
     /// The next event (Closed once, then None).

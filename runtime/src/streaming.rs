@@ -169,17 +169,29 @@ impl StreamServer {
         };
         let upgrade = header("upgrade");
         let connection = header("connection");
-        if !upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1"))
-            || !connection.iter().any(|c| c.eq_ignore_ascii_case("upgrade"))
-        {
+        let websocket = upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket"));
+        let spdy = upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1"));
+        if !(websocket || spdy) || !connection.iter().any(|c| c.eq_ignore_ascii_case("upgrade")) {
             // Checked before the token is used, so a bad request spends nothing.
             return text(
                 StatusCode::BAD_REQUEST,
-                "this endpoint needs an HTTP upgrade to SPDY/3.1 (Connection: Upgrade, Upgrade: SPDY/3.1)",
+                "this endpoint needs an HTTP upgrade (Connection: Upgrade) to SPDY/3.1 or websocket",
             );
         }
-        let offered = header("x-stream-protocol-version");
-        let protocol: &'static str = if offered.is_empty() {
+        let (offered, supported) = if websocket {
+            let ws: &[&'static str] = if kind == "portforward" { &[] } else { WS_EXEC_PROTOCOLS };
+            (header("sec-websocket-protocol"), ws)
+        } else {
+            (header("x-stream-protocol-version"), supported)
+        };
+        if supported.is_empty() {
+            return text(StatusCode::BAD_REQUEST, "port-forward speaks SPDY/3.1 only (WebSocket is not built yet)");
+        }
+        let ws_key = header("sec-websocket-key").into_iter().next();
+        if websocket && ws_key.is_none() {
+            return text(StatusCode::BAD_REQUEST, "a WebSocket upgrade needs Sec-WebSocket-Key");
+        }
+        let protocol: &'static str = if offered.is_empty() && !websocket {
             // Clients from before protocol negotiation speak the oldest.
             supported[supported.len() - 1]
         } else {
@@ -206,7 +218,12 @@ impl StreamServer {
             };
             match target {
                 Target::Exec(exec) => {
-                    if let Err(e) = exec_session(up, &exec, protocol, &me.log).await {
+                    let r = if websocket {
+                        ws_exec_session(up, &exec, protocol, &me.log).await
+                    } else {
+                        exec_session(up, &exec, protocol, &me.log).await
+                    };
+                    if let Err(e) = r {
                         warn!(me.log, "exec stream ended with an error"; "container_id" => &exec.container_id, "error" => %e);
                     }
                 }
@@ -216,16 +233,26 @@ impl StreamServer {
         let mut r = Response::new(Full::new(Bytes::new()));
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = r.headers_mut();
-        h.insert("connection", hyper::header::HeaderValue::from_static("Upgrade"));
-        h.insert("upgrade", hyper::header::HeaderValue::from_static("SPDY/3.1"));
-        h.insert("x-stream-protocol-version", hyper::header::HeaderValue::from_static(protocol));
+        let value = hyper::header::HeaderValue::from_static;
+        h.insert("connection", value("Upgrade"));
+        if let Some(key) = ws_key {
+            h.insert("upgrade", value("websocket"));
+            let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&accept) {
+                h.insert("sec-websocket-accept", v);
+            }
+            h.insert("sec-websocket-protocol", value(protocol));
+        } else {
+            h.insert("upgrade", value("SPDY/3.1"));
+            h.insert("x-stream-protocol-version", value(protocol));
+        }
         r
     }
 }
 
 /// The error stream's content for an exit code (or a failure to run).
 fn status_message(protocol: &str, exit: std::result::Result<i32, String>) -> Option<Vec<u8>> {
-    let v4 = protocol == "v4.channel.k8s.io";
+    let v4 = matches!(protocol, "v4.channel.k8s.io" | "v5.channel.k8s.io");
     let msg = match &exit {
         Ok(0) => None,
         Ok(code) => Some(format!("command terminated with non-zero exit code: exit status {code}")),
@@ -259,6 +286,91 @@ fn resizes(buf: &mut Vec<u8>) -> Vec<(u16, u16)> {
     }
     buf.drain(..used);
     out
+}
+
+/// What an exec or attach client sends, whatever the transport.
+#[derive(Debug)]
+enum ClientEvent {
+    Stdin(Vec<u8>),
+    StdinClose,
+    Resize(u16, u16),
+}
+
+/// What goes to the client, whatever the transport.
+#[derive(Debug)]
+enum ServerEvent {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// The error channel's content, sent once before the end.
+    Status(Option<Vec<u8>>),
+}
+
+/// Runs an exec or attach in the shim: client events in, output out, until
+/// the process ends (its status is the last event) or the client goes
+/// (`from_client` closes; the shim then ends an exec's process).
+async fn run_in_shim(
+    req: &ExecRequest,
+    protocol: &'static str,
+    mut from_client: tokio::sync::mpsc::Receiver<ClientEvent>,
+    to_client: tokio::sync::mpsc::Sender<ServerEvent>,
+    log: &Logger,
+) -> Result<()> {
+    let net = |e: std::io::Error| Error::internal(format!("shim io: {e}"));
+    let conn = tokio::net::UnixStream::connect(&req.io_socket)
+        .await
+        .ctx(|| format!("connecting to the shim at {}", req.io_socket.display()))?;
+    let (mut shim_rd, mut shim_wr) = conn.into_split();
+    let mut start = protocol::shim::IoStart::new();
+    start.container_id = req.container_id.clone();
+    start.args = req.cmd.clone();
+    start.tty = req.tty;
+    start.stdin = req.stdin;
+    start.attach = req.attach;
+    let bytes = start.write_to_bytes().map_err(|e| Error::internal(format!("encoding IoStart: {e}")))?;
+    write_frame(&mut shim_wr, &IoFrame::Start(bytes)).await.map_err(net)?;
+    info!(log, "stream started"; "container_id" => &req.container_id, "protocol" => protocol,
+          "tty" => req.tty, "attach" => req.attach);
+
+    // Client → shim. When the client goes, dropping the write half tells
+    // the shim.
+    let inbound = tokio::spawn(async move {
+        while let Some(ev) = from_client.recv().await {
+            let f = match ev {
+                ClientEvent::Stdin(d) => IoFrame::Stdin(d),
+                ClientEvent::StdinClose => IoFrame::StdinClose,
+                ClientEvent::Resize(w, h) => IoFrame::Resize(w, h),
+            };
+            if write_frame(&mut shim_wr, &f).await.is_err() {
+                break;
+            }
+        }
+    });
+    let exit = loop {
+        let ev = match read_frame(&mut shim_rd).await {
+            Ok(Some(IoFrame::Stdout(d))) if req.stdout => ServerEvent::Stdout(d),
+            // With a terminal there is one output stream.
+            Ok(Some(IoFrame::Stderr(d))) if req.stderr || (req.tty && req.stdout) => {
+                if req.tty {
+                    ServerEvent::Stdout(d)
+                } else {
+                    ServerEvent::Stderr(d)
+                }
+            }
+            // An attach ends well however the container did (as kubelet's).
+            Ok(Some(IoFrame::Exit(code))) => break Ok(if req.attach { 0 } else { code }),
+            Ok(Some(IoFrame::Error(e))) => break Err(e),
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => break Err("the shim closed the stream".to_string()),
+        };
+        if to_client.send(ev).await.is_err() {
+            // The client is gone; keep reading until the shim has ended it.
+            continue;
+        }
+    };
+    inbound.abort();
+    let _ = to_client.send(ServerEvent::Status(status_message(protocol, exit.clone()))).await;
+    info!(log, "stream ended"; "container_id" => &req.container_id, "exit" => format!("{exit:?}"));
+    Ok(())
 }
 
 async fn exec_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
@@ -305,99 +417,161 @@ async fn exec_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
     }
 
-    let conn = tokio::net::UnixStream::connect(&req.io_socket)
-        .await
-        .ctx(|| format!("connecting to the shim at {}", req.io_socket.display()))?;
-    let (mut shim_rd, mut shim_wr) = conn.into_split();
-    let mut start = protocol::shim::IoStart::new();
-    start.container_id = req.container_id.clone();
-    start.args = req.cmd.clone();
-    start.tty = req.tty;
-    start.stdin = req.stdin;
-    start.attach = req.attach;
-    let bytes = start.write_to_bytes().map_err(|e| Error::internal(format!("encoding IoStart: {e}")))?;
-    write_frame(&mut shim_wr, &IoFrame::Start(bytes)).await.map_err(net)?;
-    info!(log, "exec stream started"; "container_id" => &req.container_id, "protocol" => protocol, "tty" => req.tty);
-
-    // Client → shim. Ends when the client goes away; dropping the shim's
-    // write half then ends the process.
+    let (client_tx, client_rx) = tokio::sync::mpsc::channel(16);
+    let (server_tx, mut server_rx) = tokio::sync::mpsc::channel(16);
     let (stdin_id, resize_id) = (ids.get("stdin").copied(), ids.get("resize").copied());
     let w2 = Arc::clone(&writer);
     let inbound = tokio::spawn(async move {
         let mut resize_buf = Vec::new();
         while let Ok(Some(f)) = reader.next().await {
-            let sent = match f {
+            let mut events = Vec::new();
+            match f {
                 spdy::Frame::Data { id, data, flags } if Some(id) == stdin_id => {
-                    let mut r = Ok(());
                     if !data.is_empty() {
-                        r = write_frame(&mut shim_wr, &IoFrame::Stdin(data)).await;
+                        events.push(ClientEvent::Stdin(data));
                     }
-                    if r.is_ok() && flags & FLAG_FIN != 0 {
-                        r = write_frame(&mut shim_wr, &IoFrame::StdinClose).await;
+                    if flags & FLAG_FIN != 0 {
+                        events.push(ClientEvent::StdinClose);
                     }
-                    r
                 }
                 spdy::Frame::Data { id, data, .. } if Some(id) == resize_id => {
                     resize_buf.extend_from_slice(&data);
-                    let mut r = Ok(());
-                    for (w, h) in resizes(&mut resize_buf) {
-                        r = write_frame(&mut shim_wr, &IoFrame::Resize(w, h)).await;
-                    }
-                    r
+                    events.extend(resizes(&mut resize_buf).into_iter().map(|(w, h)| ClientEvent::Resize(w, h)));
                 }
-                spdy::Frame::RstStream { id, .. } if Some(id) == stdin_id => {
-                    write_frame(&mut shim_wr, &IoFrame::StdinClose).await
-                }
+                spdy::Frame::RstStream { id, .. } if Some(id) == stdin_id => events.push(ClientEvent::StdinClose),
                 spdy::Frame::Ping(p) => {
                     let _ = w2.lock().await.ping(p).await;
-                    Ok(())
                 }
                 spdy::Frame::GoAway { .. } => break,
-                _ => Ok(()),
-            };
-            if sent.is_err() {
-                break;
+                _ => {}
+            }
+            for ev in events {
+                if client_tx.send(ev).await.is_err() {
+                    return;
+                }
             }
         }
     });
-
-    // Shim → client, until the exit.
     let (out_id, err_id, error_id) =
         (ids.get("stdout").copied(), ids.get("stderr").copied(), ids.get("error").copied());
-    let exit = loop {
-        match read_frame(&mut shim_rd).await {
-            Ok(Some(IoFrame::Stdout(d))) => {
-                if let Some(id) = out_id {
-                    let _ = writer.lock().await.data(id, &d, false).await;
+    let w3 = Arc::clone(&writer);
+    let outbound = async move {
+        while let Some(ev) = server_rx.recv().await {
+            let mut w = w3.lock().await;
+            match ev {
+                ServerEvent::Stdout(d) => {
+                    if let Some(id) = out_id {
+                        let _ = w.data(id, &d, false).await;
+                    }
+                }
+                ServerEvent::Stderr(d) => {
+                    if let Some(id) = err_id {
+                        let _ = w.data(id, &d, false).await;
+                    }
+                }
+                ServerEvent::Status(msg) => {
+                    for id in [out_id, err_id].into_iter().flatten() {
+                        let _ = w.data(id, &[], true).await;
+                    }
+                    if let Some(id) = error_id {
+                        if let Some(m) = msg {
+                            let _ = w.data(id, &m, false).await;
+                        }
+                        let _ = w.data(id, &[], true).await;
+                    }
+                    let _ = w.go_away(0).await;
+                    let _ = w.shutdown().await;
+                    return;
                 }
             }
-            Ok(Some(IoFrame::Stderr(d))) => {
-                if let Some(id) = err_id.or(out_id.filter(|_| req.tty)) {
-                    let _ = writer.lock().await.data(id, &d, false).await;
-                }
-            }
-            // An attach ends well however the container did (as kubelet's).
-            Ok(Some(IoFrame::Exit(code))) => break Ok(if req.attach { 0 } else { code }),
-            Ok(Some(IoFrame::Error(e))) => break Err(e),
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => break Err("the shim closed the exec stream".to_string()),
         }
     };
-    inbound.abort();
-    let mut w = writer.lock().await;
-    for id in [out_id, err_id].into_iter().flatten() {
-        let _ = w.data(id, &[], true).await;
+    let (r, ()) = tokio::join!(run_in_shim(req, protocol, client_rx, server_tx, log), outbound);
+    linger(inbound).await;
+    r
+}
+
+/// After the server has said everything, reads on until the client closes
+/// (at most 2 s): closing a socket with unread input sends a reset, which
+/// can destroy the last output before the client reads it.
+async fn linger(inbound: tokio::task::JoinHandle<()>) {
+    let abort = inbound.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(2), inbound).await.is_err() {
+        abort.abort();
     }
-    if let Some(id) = error_id {
-        if let Some(msg) = status_message(protocol, exit.clone()) {
-            let _ = w.data(id, &msg, false).await;
+}
+
+/// WebSocket subprotocols for exec and attach, most preferred first.
+pub const WS_EXEC_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+
+/// Exec or attach over a WebSocket: every binary message starts with its
+/// channel (0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize); on v5, a
+/// message `255, 0` closes stdin.
+async fn ws_exec_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: IO,
+    req: &ExecRequest,
+    protocol: &'static str,
+    log: &Logger,
+) -> Result<()> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        io,
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        None,
+    )
+    .await;
+    let (mut sink, mut stream) = ws.split();
+    let (client_tx, client_rx) = tokio::sync::mpsc::channel(16);
+    let (server_tx, mut server_rx) = tokio::sync::mpsc::channel(16);
+    let v5 = protocol == "v5.channel.k8s.io";
+    let inbound = tokio::spawn(async move {
+        let mut resize_buf = Vec::new();
+        while let Some(Ok(m)) = stream.next().await {
+            let data = match m {
+                Message::Binary(b) => b.to_vec(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((&ch, rest)) = data.split_first() else { continue };
+            let events = match ch {
+                0 if !rest.is_empty() => vec![ClientEvent::Stdin(rest.to_vec())],
+                4 => {
+                    resize_buf.extend_from_slice(rest);
+                    resizes(&mut resize_buf).into_iter().map(|(w, h)| ClientEvent::Resize(w, h)).collect()
+                }
+                255 if v5 && rest.first() == Some(&0) => vec![ClientEvent::StdinClose],
+                _ => Vec::new(),
+            };
+            for ev in events {
+                if client_tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
         }
-        let _ = w.data(id, &[], true).await;
-    }
-    let _ = w.go_away(0).await;
-    let _ = w.shutdown().await;
-    info!(log, "exec stream ended"; "container_id" => &req.container_id, "exit" => format!("{exit:?}"));
-    Ok(())
+    });
+    let outbound = async move {
+        while let Some(ev) = server_rx.recv().await {
+            let (ch, data) = match ev {
+                ServerEvent::Stdout(d) => (1u8, d),
+                ServerEvent::Stderr(d) => (2, d),
+                ServerEvent::Status(msg) => {
+                    if let Some(m) = msg {
+                        let _ = sink.send(Message::binary([&[3u8][..], &m].concat())).await;
+                    }
+                    let _ = sink.close().await;
+                    return;
+                }
+            };
+            if sink.send(Message::binary([&[ch][..], &data].concat())).await.is_err() {
+                // Gone: keep draining so the shim side can finish.
+                continue;
+            }
+        }
+    };
+    let (r, ()) = tokio::join!(run_in_shim(req, protocol, client_rx, server_tx, log), outbound);
+    linger(inbound).await;
+    r
 }
 
 /// Connects to `port` on loopback inside `netns` (the caller's namespace

@@ -108,6 +108,14 @@ async fn berthctl_exec_streams_with_stdin_and_a_terminal() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "to-err\n");
     assert_eq!(out.status.code(), Some(3));
 
+    // The same over WebSocket.
+    let out = Command::new(bin_dir().join("berthctl"))
+        .args(["--endpoint", &endpoint, "exec", "--transport", "websocket", &c, "sh", "-c", "echo ws; exit 4"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ws\n");
+    assert_eq!(out.status.code(), Some(4));
+
     // Under a terminal (script(1) gives berthctl one): a shell, typed to.
     let line = format!("{} --endpoint {endpoint} exec -it {c} sh", bin_dir().join("berthctl").display());
     let mut child = Command::new("script")

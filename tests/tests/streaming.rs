@@ -461,3 +461,50 @@ async fn attach_copies_output_to_every_client_and_the_log() {
             .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
 }
+
+#[tokio::test]
+async fn exec_over_websocket_v5_and_v4() {
+    use berth::streaming::WS_EXEC_PROTOCOLS;
+    let mut d = Daemon::start().await;
+    let c = running(&mut d, "ws-exec").await;
+    let ch = Channels { stdin: true, stdout: true, stderr: true, tty: false };
+    let url = exec_url(&mut d, &c, &["sh", "-c", "read x; echo out:$x; echo err >&2; exit 3"], ch).await.unwrap();
+    let mut s = ExecStream::connect_ws(&url, WS_EXEC_PROTOCOLS).await.unwrap();
+    assert_eq!(s.protocol, "v5.channel.k8s.io");
+    s.send_stdin(b"ws\n").await.unwrap();
+    s.close_stdin().await.unwrap();
+    let (out, err, status) = s.collect().await;
+    assert_eq!(out, b"out:ws\n");
+    assert_eq!(err, b"err\n");
+    assert_eq!(exit_code(&status), Some(3), "{}", String::from_utf8_lossy(&status));
+
+    // v4: no stdin close signal; a command that needs none.
+    let ch = Channels { stdout: true, stderr: true, ..Default::default() };
+    let url = exec_url(&mut d, &c, &["sh", "-c", "echo v4; echo e4 >&2"], ch).await.unwrap();
+    let s = ExecStream::connect_ws(&url, &["v4.channel.k8s.io"]).await.unwrap();
+    assert_eq!(s.protocol, "v4.channel.k8s.io");
+    let (out, err, status) = s.collect().await;
+    assert_eq!((out.as_slice(), err.as_slice()), (&b"v4\n"[..], &b"e4\n"[..]));
+    assert_eq!(exit_code(&status), Some(0));
+
+    // A terminal over v5: typed input echoes, a resize reaches stty.
+    let ch = Channels { stdin: true, stdout: true, tty: true, ..Default::default() };
+    let url = exec_url(&mut d, &c, &["sh"], ch).await.unwrap();
+    let mut s = ExecStream::connect_ws(&url, WS_EXEC_PROTOCOLS).await.unwrap();
+    s.resize(120, 41).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.send_stdin(b"stty size; echo ws-$((20+3))\n").await.unwrap();
+    let text = read_until(&mut s, "ws-23").await;
+    assert!(text.contains("41 120"), "{text:?}");
+    s.send_stdin(b"exit 6\n").await.unwrap();
+    let (_, _, status) = s.collect().await;
+    assert_eq!(exit_code(&status), Some(6));
+
+    // A protocol the server does not speak: 403, and the token is not spent.
+    let ch = Channels { stdout: true, ..Default::default() };
+    let url = exec_url(&mut d, &c, &["echo", "kept"], ch).await.unwrap();
+    let e = ExecStream::connect_ws(&url, &["v1.bogus"]).await.err().unwrap();
+    assert_eq!(e.kind, berth::error::Kind::InvalidArgument, "{e}");
+    let s = ExecStream::connect_ws(&url, WS_EXEC_PROTOCOLS).await.unwrap();
+    assert_eq!(s.collect().await.0, b"kept\n");
+}

@@ -32,6 +32,16 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Streaming transport, as crictl names them.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+enum Transport {
+    /// SPDY/3.1 (what kubelet speaks).
+    #[default]
+    Spdy,
+    /// WebSocket, v5.channel.k8s.io.
+    Websocket,
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 enum Format {
     #[default]
@@ -113,6 +123,9 @@ enum Cmd {
         /// Give the command a terminal (this terminal goes raw; resizes follow).
         #[arg(short, long)]
         tty: bool,
+        /// How to reach the streaming server.
+        #[arg(long, value_enum, default_value_t)]
+        transport: Transport,
         /// Seconds before the command is killed (0: none).
         #[arg(long = "exec-timeout", default_value_t = 0)]
         exec_timeout: i64,
@@ -128,6 +141,9 @@ enum Cmd {
         interactive: bool,
         #[arg(short, long)]
         tty: bool,
+        /// How to reach the streaming server.
+        #[arg(long, value_enum, default_value_t)]
+        transport: Transport,
     },
     /// Forward local ports to ports inside a pod (LOCAL:REMOTE, or PORT for
     /// both), until interrupted.
@@ -280,12 +296,15 @@ async fn port_forward(url: &str, address: std::net::IpAddr, pairs: &[(u16, u16)]
 
 /// Runs an exec through the streaming server: this process's stdin and
 /// terminal on one side, the command on the other. Returns its exit code.
-async fn exec_stream(url: &str, interactive: bool, tty: bool) -> Result<i32> {
+async fn exec_stream(url: &str, interactive: bool, tty: bool, transport: Transport) -> Result<i32> {
     use berth::stream_client::{exit_code, Channels, Event, ExecStream};
     use std::os::fd::AsFd;
     let ch = Channels { stdin: interactive, stdout: true, stderr: !tty, tty };
-    let mut s =
-        ExecStream::connect(url, berth::streaming::EXEC_PROTOCOLS, ch).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut s = match transport {
+        Transport::Spdy => ExecStream::connect(url, berth::streaming::EXEC_PROTOCOLS, ch).await,
+        Transport::Websocket => ExecStream::connect_ws(url, berth::streaming::WS_EXEC_PROTOCOLS).await,
+    }
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let stdin_fd = std::io::stdin();
     let _raw = if tty && interactive { berth::terminal::RawMode::enable(stdin_fd.as_fd()) } else { None };
     let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
@@ -721,7 +740,7 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                 print_json(&serde_json::json!({ "status": r.status, "info": info }))?;
             }
         }
-        Cmd::Exec { sync: false, interactive, tty, container, cmd, .. } => {
+        Cmd::Exec { sync: false, interactive, tty, transport, container, cmd, .. } => {
             let id = c.container_id(&container).await?;
             let url =
                 c.rt.exec(c.req(cri::ExecRequest {
@@ -736,9 +755,9 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                 .await?
                 .into_inner()
                 .url;
-            return exec_stream(&url, interactive, tty).await;
+            return exec_stream(&url, interactive, tty, transport).await;
         }
-        Cmd::Attach { container, interactive, tty } => {
+        Cmd::Attach { container, interactive, tty, transport } => {
             let id = c.container_id(&container).await?;
             let url =
                 c.rt.attach(c.req(cri::AttachRequest {
@@ -752,7 +771,7 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                 .await?
                 .into_inner()
                 .url;
-            return exec_stream(&url, interactive, tty).await;
+            return exec_stream(&url, interactive, tty, transport).await;
         }
         Cmd::PortForward { pod, ports, address } => {
             let id = c.pod_id(&pod).await?;
