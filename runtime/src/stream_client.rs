@@ -40,11 +40,11 @@ pub struct Channels {
 }
 
 type WsSink =
-    futures::stream::SplitSink<tokio_tungstenite::WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::Message>;
+    futures::stream::SplitSink<tokio_tungstenite::WebSocketStream<Conn>, tokio_tungstenite::tungstenite::Message>;
 
 /// The sending side of an exec stream, by transport.
 enum Sender {
-    Spdy { writer: spdy::Writer<WriteHalf<TcpStream>>, stdin: Option<u32>, resize: Option<u32> },
+    Spdy { writer: spdy::Writer<WriteHalf<Conn>>, stdin: Option<u32>, resize: Option<u32> },
     Ws { sink: WsSink, v5: bool },
 }
 
@@ -69,12 +69,64 @@ fn net(e: std::io::Error) -> Error {
     Error::new(crate::error::Kind::Unavailable, format!("exec stream: {e}"))
 }
 
+/// A connection to the streaming server, plain or TLS.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+type Conn = Box<dyn Io>;
+
+/// Connects to the server of an `http://` or `https://` URL; with https the
+/// server's certificate must chain to `ca`, or to the system's roots.
+/// Returns the connection, the host, the path and whether it is TLS.
+async fn dial(url: &str, ca: Option<&std::path::Path>) -> Result<(Conn, String, String, bool)> {
+    let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (false, r),
+        (_, Some(r)) => (true, r),
+        _ => return Err(Error::invalid(format!("{url}: not an http:// or https:// URL"))),
+    };
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let tcp = TcpStream::connect(host).await.map_err(net)?;
+    if !tls {
+        return Ok((Box::new(tcp), host.to_string(), path, false));
+    }
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    match ca {
+        Some(ca) => {
+            let bad = |e: &dyn std::fmt::Display| Error::invalid(format!("CA {}: {e}", ca.display()));
+            for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| bad(&e))? {
+                roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::internal(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host).trim_start_matches('[').trim_end_matches(']');
+    let server_name =
+        rustls_pki_types::ServerName::try_from(name.to_string()).map_err(|e| Error::invalid(format!("{url}: {e}")))?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| Error::new(crate::error::Kind::Unavailable, format!("TLS with {host}: {e}")))?;
+    Ok((Box::new(stream), host.to_string(), path, true))
+}
+
 /// Sends an upgrade request for `url` and returns the response's status,
 /// headers and (for a refusal) body.
-async fn upgrade(url: &str, protocols: &[&str]) -> Result<(TcpStream, u16, HashMap<String, String>, String)> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| Error::invalid(format!("{url}: not an http:// URL")))?;
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let mut conn = TcpStream::connect(host).await.map_err(net)?;
+async fn upgrade(
+    url: &str,
+    protocols: &[&str],
+    ca: Option<&std::path::Path>,
+) -> Result<(Conn, u16, HashMap<String, String>, String)> {
+    let (mut conn, host, path, _) = dial(url, ca).await?;
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n");
     for p in protocols {
         req.push_str(&format!("X-Stream-Protocol-Version: {p}\r\n"));
@@ -112,7 +164,17 @@ impl ExecStream {
     /// Upgrades `url`, offering `protocols` (most wanted first), and opens
     /// the channels.
     pub async fn connect(url: &str, protocols: &[&str], ch: Channels) -> Result<Self> {
-        let (conn, status, headers, body) = upgrade(url, protocols).await?;
+        Self::connect_tls(url, protocols, ch, None).await
+    }
+
+    /// As [`ExecStream::connect`], trusting `ca` for an https URL.
+    pub async fn connect_tls(
+        url: &str,
+        protocols: &[&str],
+        ch: Channels,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let (conn, status, headers, body) = upgrade(url, protocols, ca).await?;
         if status != 101 {
             let kind = match status {
                 404 => crate::error::Kind::NotFound,
@@ -186,17 +248,22 @@ impl ExecStream {
     /// `v4.channel.k8s.io`): one binary message per chunk, its first byte
     /// the channel.
     pub async fn connect_ws(url: &str, protocols: &[&str]) -> Result<Self> {
+        Self::connect_ws_tls(url, protocols, None).await
+    }
+
+    /// As [`ExecStream::connect_ws`], trusting `ca` for an https URL.
+    pub async fn connect_ws_tls(url: &str, protocols: &[&str], ca: Option<&std::path::Path>) -> Result<Self> {
         use futures::StreamExt;
         use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
-        let rest = url.strip_prefix("http://").ok_or_else(|| Error::invalid(format!("{url}: not an http:// URL")))?;
-        let host = rest.split('/').next().unwrap_or(rest);
-        let mut req =
-            format!("ws://{rest}").into_client_request().map_err(|e| Error::invalid(format!("{url}: {e}")))?;
+        let (conn, host, path, tls) = dial(url, ca).await?;
+        let scheme = if tls { "wss" } else { "ws" };
+        let mut req = format!("{scheme}://{host}{path}")
+            .into_client_request()
+            .map_err(|e| Error::invalid(format!("{url}: {e}")))?;
         let offered = protocols.join(", ");
         req.headers_mut()
             .insert("sec-websocket-protocol", offered.parse().map_err(|_| Error::invalid("bad protocol list"))?);
-        let tcp = TcpStream::connect(host).await.map_err(net)?;
-        let (ws, resp) = tokio_tungstenite::client_async(req, tcp).await.map_err(|e| {
+        let (ws, resp) = tokio_tungstenite::client_async(req, conn).await.map_err(|e| {
             use tokio_tungstenite::tungstenite::Error as WsError;
             match e {
                 WsError::Http(r) => {
@@ -321,7 +388,7 @@ pub fn exit_code(status: &[u8]) -> Option<i32> {
         .and_then(|m| m.parse().ok())
 }
 
-type SharedWriter = Arc<tokio::sync::Mutex<spdy::Writer<WriteHalf<TcpStream>>>>;
+type SharedWriter = Arc<tokio::sync::Mutex<spdy::Writer<WriteHalf<Conn>>>>;
 type Routes = Arc<std::sync::Mutex<HashMap<u32, mpsc::Sender<Option<Vec<u8>>>>>>;
 
 /// A port-forward session (`portforward.k8s.io`): each connection is a
@@ -351,7 +418,12 @@ pub struct ForwardConn {
 impl PortForward {
     /// Upgrades the URL CRI PortForward returned.
     pub async fn connect(url: &str) -> Result<Self> {
-        let (conn, status, _, body) = upgrade(url, &[crate::streaming::PORT_FORWARD_PROTOCOL]).await?;
+        Self::connect_tls(url, None).await
+    }
+
+    /// As [`PortForward::connect`], trusting `ca` for an https URL.
+    pub async fn connect_tls(url: &str, ca: Option<&std::path::Path>) -> Result<Self> {
+        let (conn, status, _, body) = upgrade(url, &[crate::streaming::PORT_FORWARD_PROTOCOL], ca).await?;
         if status != 101 {
             let kind = if status == 404 { crate::error::Kind::NotFound } else { crate::error::Kind::Unavailable };
             return Err(Error::new(kind, format!("streaming server answered {status}: {body}")));

@@ -73,6 +73,7 @@ pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
 /// The streaming server.
 pub struct StreamServer {
     addr: SocketAddr,
+    scheme: &'static str,
     ttl: Duration,
     pending: Mutex<HashMap<String, (Instant, Target)>>,
     log: Logger,
@@ -85,28 +86,50 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
 }
 
 impl StreamServer {
-    /// Binds `addr` (port 0 picks one) and serves in the background.
-    pub async fn start(addr: SocketAddr, ttl: Duration, log: Logger) -> Result<Arc<Self>> {
+    /// Binds `addr` (port 0 picks one) and serves in the background, over
+    /// TLS when `tls` gives a PEM certificate chain and key.
+    pub async fn start(
+        addr: SocketAddr,
+        ttl: Duration,
+        tls: Option<(PathBuf, PathBuf)>,
+        log: Logger,
+    ) -> Result<Arc<Self>> {
+        let acceptor = match &tls {
+            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            None => None,
+        };
         let listener =
             tokio::net::TcpListener::bind(addr).await.ctx(|| format!("binding the streaming server on {addr}"))?;
         let addr = listener.local_addr().ctx(|| "streaming server address".into())?;
-        let me = Arc::new(StreamServer { addr, ttl, pending: Mutex::new(HashMap::new()), log });
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let me = Arc::new(StreamServer { addr, scheme, ttl, pending: Mutex::new(HashMap::new()), log });
         let server = Arc::clone(&me);
         tokio::spawn(async move {
             loop {
                 let Ok((conn, _)) = listener.accept().await else { continue };
                 let s = Arc::clone(&server);
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let s = Arc::clone(&s);
                         async move { Ok::<_, std::convert::Infallible>(s.handle(req)) }
                     });
-                    let io = hyper_util::rt::TokioIo::new(conn);
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).with_upgrades().await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        Some(a) => {
+                            // A failed handshake is the client's problem; it gets no URL use.
+                            let Ok(tls) = a.accept(conn).await else { return };
+                            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).with_upgrades().await;
+                        }
+                        None => {
+                            let _ =
+                                http.serve_connection(hyper_util::rt::TokioIo::new(conn), svc).with_upgrades().await;
+                        }
+                    }
                 });
             }
         });
-        info!(me.log, "streaming server listening"; "address" => addr.to_string());
+        info!(me.log, "streaming server listening"; "address" => addr.to_string(), "tls" => tls.is_some());
         Ok(me)
     }
 
@@ -121,7 +144,7 @@ impl StreamServer {
         let now = Instant::now();
         pending.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
         pending.insert(token.clone(), (now, target));
-        format!("http://{}/{kind}/{token}", self.addr)
+        format!("{}://{}/{kind}/{token}", self.scheme, self.addr)
     }
 
     /// Stores a prepared exec and returns its URL.
@@ -248,6 +271,28 @@ impl StreamServer {
         }
         r
     }
+}
+
+/// A TLS acceptor for a PEM certificate chain and key.
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<std::result::Result<_, _>>())
+        .map_err(|e| Error::invalid(format!("streaming TLS certificate {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(Error::invalid(format!("streaming TLS certificate {} holds no certificate", cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| Error::invalid(format!("streaming TLS key {}: {e}", key.display())))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::internal(format!("TLS versions: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::invalid(format!("streaming TLS certificate and key do not fit: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// The error stream's content for an exit code (or a failure to run).

@@ -508,3 +508,30 @@ async fn exec_over_websocket_v5_and_v4() {
     let s = ExecStream::connect_ws(&url, WS_EXEC_PROTOCOLS).await.unwrap();
     assert_eq!(s.collect().await.0, b"kept\n");
 }
+
+#[tokio::test]
+async fn streams_over_tls() {
+    if std::process::Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("SKIP: openssl missing (scripts/setup.sh --test installs it)");
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let pki = berth_tests::registry::Pki::new(certs.path());
+    let (cert, key) = (pki.cert.display().to_string(), pki.key.display().to_string());
+    let mut d = Daemon::start_full(&[], &["--stream-tls-cert", &cert, "--stream-tls-key", &key]).await;
+    let c = running(&mut d, "tls").await;
+    let ch = Channels { stdout: true, stderr: true, ..Default::default() };
+    let url = exec_url(&mut d, &c, &["sh", "-c", "echo over-tls; exit 2"], ch).await.unwrap();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let s = ExecStream::connect_tls(&url, EXEC_PROTOCOLS, ch, Some(&pki.ca)).await.unwrap();
+    let (out, _, status) = s.collect().await;
+    assert_eq!(out, b"over-tls\n");
+    assert_eq!(exit_code(&status), Some(2));
+    let url = exec_url(&mut d, &c, &["echo", "wss"], ch).await.unwrap();
+    let s = ExecStream::connect_ws_tls(&url, berth::streaming::WS_EXEC_PROTOCOLS, Some(&pki.ca)).await.unwrap();
+    assert_eq!(s.collect().await.0, b"wss\n");
+    // Without the CA the server is not trusted.
+    let url = exec_url(&mut d, &c, &["echo", "no"], ch).await.unwrap();
+    let e = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.err().expect("untrusted server accepted");
+    assert!(e.message.to_lowercase().contains("certificate"), "{e}");
+}

@@ -25,6 +25,10 @@ struct Cli {
         global = true
     )]
     endpoint: String,
+    /// CA certificate (PEM) to trust for an https streaming server
+    /// (exec, attach, port-forward); default: the system's.
+    #[arg(long, global = true)]
+    stream_ca: Option<PathBuf>,
     /// Per-call timeout in seconds (0: none).
     #[arg(long = "request-timeout", default_value_t = 0, global = true)]
     request_timeout: u64,
@@ -239,9 +243,9 @@ enum ImageCmd {
 
 /// Listens on each local port and forwards every connection through one
 /// port-forward session, until interrupted or the session ends.
-async fn port_forward(url: &str, address: std::net::IpAddr, pairs: &[(u16, u16)]) -> Result<()> {
+async fn port_forward(url: &str, address: std::net::IpAddr, pairs: &[(u16, u16)], ca: Option<&Path>) -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let session = berth::stream_client::PortForward::connect(url).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let session = berth::stream_client::PortForward::connect_tls(url, ca).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let session = std::sync::Arc::new(tokio::sync::Mutex::new(session));
     let mut listeners = Vec::new();
     for (local, remote) in pairs {
@@ -296,13 +300,13 @@ async fn port_forward(url: &str, address: std::net::IpAddr, pairs: &[(u16, u16)]
 
 /// Runs an exec through the streaming server: this process's stdin and
 /// terminal on one side, the command on the other. Returns its exit code.
-async fn exec_stream(url: &str, interactive: bool, tty: bool, transport: Transport) -> Result<i32> {
+async fn exec_stream(url: &str, interactive: bool, tty: bool, transport: Transport, ca: Option<&Path>) -> Result<i32> {
     use berth::stream_client::{exit_code, Channels, Event, ExecStream};
     use std::os::fd::AsFd;
     let ch = Channels { stdin: interactive, stdout: true, stderr: !tty, tty };
     let mut s = match transport {
-        Transport::Spdy => ExecStream::connect(url, berth::streaming::EXEC_PROTOCOLS, ch).await,
-        Transport::Websocket => ExecStream::connect_ws(url, berth::streaming::WS_EXEC_PROTOCOLS).await,
+        Transport::Spdy => ExecStream::connect_tls(url, berth::streaming::EXEC_PROTOCOLS, ch, ca).await,
+        Transport::Websocket => ExecStream::connect_ws_tls(url, berth::streaming::WS_EXEC_PROTOCOLS, ca).await,
     }
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let stdin_fd = std::io::stdin();
@@ -426,6 +430,7 @@ struct Ctl {
     img: ImageServiceClient<Channel>,
     berth: ImagesClient<Channel>,
     timeout: Option<Duration>,
+    stream_ca: Option<PathBuf>,
 }
 
 fn short(id: &str) -> &str {
@@ -543,6 +548,7 @@ async fn main() -> Result<()> {
         img: ImageServiceClient::new(channel.clone()),
         berth: ImagesClient::new(channel),
         timeout: (cli.request_timeout > 0).then(|| Duration::from_secs(cli.request_timeout)),
+        stream_ca: cli.stream_ca.clone(),
     };
     match run(&mut c, cli.cmd).await {
         Ok(code) => std::process::exit(code),
@@ -755,7 +761,7 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                 .await?
                 .into_inner()
                 .url;
-            return exec_stream(&url, interactive, tty, transport).await;
+            return exec_stream(&url, interactive, tty, transport, c.stream_ca.as_deref()).await;
         }
         Cmd::Attach { container, interactive, tty, transport } => {
             let id = c.container_id(&container).await?;
@@ -771,7 +777,7 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                 .await?
                 .into_inner()
                 .url;
-            return exec_stream(&url, interactive, tty, transport).await;
+            return exec_stream(&url, interactive, tty, transport, c.stream_ca.as_deref()).await;
         }
         Cmd::PortForward { pod, ports, address } => {
             let id = c.pod_id(&pod).await?;
@@ -790,7 +796,7 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                     .await?
                     .into_inner()
                     .url;
-            port_forward(&url, address, &pairs).await?;
+            port_forward(&url, address, &pairs, c.stream_ca.as_deref()).await?;
         }
         Cmd::Exec { sync: true, exec_timeout, container, cmd, .. } => {
             let id = c.container_id(&container).await?;

@@ -54,6 +54,12 @@ struct Args {
     /// Exec URLs carry the address actually bound.
     #[arg(long, default_value = "127.0.0.1:0")]
     stream_address: std::net::SocketAddr,
+    /// Serve streams over TLS with this PEM certificate chain (with --stream-tls-key).
+    #[arg(long, requires = "stream_tls_key")]
+    stream_tls_cert: Option<PathBuf>,
+    /// PEM private key of --stream-tls-cert.
+    #[arg(long, requires = "stream_tls_cert")]
+    stream_tls_key: Option<PathBuf>,
     /// How long an exec URL's token stays valid (a duration like 1m or 30s).
     #[arg(long, default_value = "1m")]
     stream_token_ttl: String,
@@ -161,7 +167,8 @@ fn main() -> Result<()> {
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
-        let stream = berth::streaming::StreamServer::start(args.stream_address, stream_token_ttl, log.clone())
+        let tls = args.stream_tls_cert.clone().zip(args.stream_tls_key.clone());
+        let stream = berth::streaming::StreamServer::start(args.stream_address, stream_token_ttl, tls, log.clone())
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         berth::server::serve(&args.listen, mgr, stream, log.clone(), shutdown)
