@@ -202,21 +202,32 @@ impl StreamServer {
             );
         }
         let (offered, supported) = if websocket {
-            let ws: &[&'static str] = if kind == "portforward" { &[] } else { WS_EXEC_PROTOCOLS };
+            let ws: &[&'static str] = if kind == "portforward" { WS_PORT_FORWARD_PROTOCOLS } else { WS_EXEC_PROTOCOLS };
             (header("sec-websocket-protocol"), ws)
         } else {
             (header("x-stream-protocol-version"), supported)
         };
-        if supported.is_empty() {
-            return text(StatusCode::BAD_REQUEST, "port-forward speaks SPDY/3.1 only (WebSocket is not built yet)");
-        }
         let ws_key = header("sec-websocket-key").into_iter().next();
         if websocket && ws_key.is_none() {
             return text(StatusCode::BAD_REQUEST, "a WebSocket upgrade needs Sec-WebSocket-Key");
         }
-        let protocol: &'static str = if offered.is_empty() && !websocket {
-            // Clients from before protocol negotiation speak the oldest.
-            supported[supported.len() - 1]
+        // A WebSocket port-forward names its ports in the query (`port=80&port=443` or `port=80,443`).
+        let ws_ports = if websocket && kind == "portforward" {
+            match query_ports(req.uri().query().unwrap_or("")) {
+                Ok(p) => p,
+                Err(msg) => return text(StatusCode::BAD_REQUEST, msg),
+            }
+        } else {
+            Vec::new()
+        };
+        let protocol: &'static str = if offered.is_empty() && (!websocket || kind == "portforward") {
+            // Clients from before protocol negotiation speak the oldest
+            // (for a WebSocket port-forward: no subprotocol at all).
+            if websocket {
+                ""
+            } else {
+                supported[supported.len() - 1]
+            }
         } else {
             match supported.iter().find(|p| offered.iter().any(|o| o == *p)) {
                 Some(p) => p,
@@ -250,6 +261,7 @@ impl StreamServer {
                         warn!(me.log, "exec stream ended with an error"; "container_id" => &exec.container_id, "error" => %e);
                     }
                 }
+                Target::PortForward(pf) if websocket => ws_port_forward_session(up, pf, ws_ports, me.log.clone()).await,
                 Target::PortForward(pf) => port_forward_session(up, pf, me.log.clone()).await,
             }
         });
@@ -264,7 +276,9 @@ impl StreamServer {
             if let Ok(v) = hyper::header::HeaderValue::from_str(&accept) {
                 h.insert("sec-websocket-accept", v);
             }
-            h.insert("sec-websocket-protocol", value(protocol));
+            if !protocol.is_empty() {
+                h.insert("sec-websocket-protocol", value(protocol));
+            }
         } else {
             h.insert("upgrade", value("SPDY/3.1"));
             h.insert("x-stream-protocol-version", value(protocol));
@@ -544,6 +558,126 @@ async fn linger(inbound: tokio::task::JoinHandle<()>) {
     if tokio::time::timeout(Duration::from_secs(2), inbound).await.is_err() {
         abort.abort();
     }
+}
+
+/// WebSocket subprotocols for port-forward (a client may also offer none).
+pub const WS_PORT_FORWARD_PROTOCOLS: &[&str] = &["v4.channel.k8s.io"];
+
+/// The `port` query parameters of a WebSocket port-forward.
+fn query_ports(query: &str) -> std::result::Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        if k != "port" {
+            continue;
+        }
+        for p in v.split(',') {
+            match p.trim().parse::<u16>() {
+                Ok(n) if n > 0 => ports.push(n),
+                _ => return Err(format!("port {p:?} is not a TCP port (1-65535)")),
+            }
+        }
+    }
+    if ports.is_empty() {
+        return Err("a WebSocket port-forward needs the query parameter port (port=80 or port=80,443)".into());
+    }
+    Ok(ports)
+}
+
+/// Port-forward over a WebSocket: port i has data channel 2i and error
+/// channel 2i+1; each starts with the port (u16, little endian), then
+/// carries the connection's bytes (data) or the failure's text (error).
+async fn ws_port_forward_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: IO,
+    req: PortForwardRequest,
+    ports: Vec<u16>,
+    log: Logger,
+) {
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        io,
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        None,
+    )
+    .await;
+    let (mut sink, mut stream) = ws.split();
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            if sink.send(Message::binary(m)).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    info!(log, "port-forward stream started"; "sandbox_id" => &req.pod_id, "ports" => format!("{ports:?}"));
+    let mut to_tcp = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, port) in ports.iter().copied().enumerate() {
+        let (data, error) = ((2 * i) as u8, (2 * i + 1) as u8);
+        let le = port.to_le_bytes();
+        let _ = out_tx.send(vec![data, le[0], le[1]]).await;
+        let _ = out_tx.send(vec![error, le[0], le[1]]).await;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+        to_tcp.push(tx);
+        let out = out_tx.clone();
+        let (netns, pod, log) = (req.netns.clone(), req.pod_id.clone(), log.clone());
+        tasks.push(tokio::spawn(async move {
+            let tcp = match connect_in(netns, port).await {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(log, "port-forward connect failed"; "sandbox_id" => &pod, "port" => port, "error" => %e);
+                    let msg = format!("error forwarding port {port} to pod {pod}: {e}");
+                    let _ = out.send([&[error][..], msg.as_bytes()].concat()).await;
+                    return;
+                }
+            };
+            let (mut tr, mut tw) = tcp.into_split();
+            let up = tokio::spawn(async move {
+                while let Some(d) = rx.recv().await {
+                    if tw.write_all(&d).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = tw.shutdown().await;
+            });
+            let mut buf = vec![0u8; 32 * 1024];
+            while let Ok(n) = tr.read(&mut buf).await {
+                if n == 0 || out.send([&[data][..], &buf[..n]].concat()).await.is_err() {
+                    break;
+                }
+            }
+            up.abort();
+        }));
+    }
+    drop(out_tx);
+    let inbound = async {
+        while let Some(Ok(m)) = stream.next().await {
+            let d = match m {
+                Message::Binary(b) => b.to_vec(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((&ch, rest)) = d.split_first() else { continue };
+            if ch % 2 == 0 && !rest.is_empty() {
+                if let Some(tx) = to_tcp.get(ch as usize / 2) {
+                    let _ = tx.send(rest.to_vec()).await;
+                }
+            }
+        }
+    };
+    let all_done = futures::future::join_all(tasks.iter_mut());
+    tokio::select! {
+        _ = inbound => {}
+        _ = all_done => {}
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    drop(to_tcp);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    info!(log, "port-forward stream ended"; "sandbox_id" => &req.pod_id);
 }
 
 /// WebSocket subprotocols for exec and attach, most preferred first.

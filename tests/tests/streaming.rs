@@ -338,6 +338,39 @@ async fn port_forward_reaches_the_pods_loopback_not_the_hosts() {
     let _ = child.wait();
     assert_eq!(String::from_utf8_lossy(&answer), "pod-answer\n");
 
+    // Over a WebSocket: channel 0 data, channel 1 errors, each opened with
+    // the port in little endian.
+    {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+        let url = port_forward_url(&mut d, &pod, port).await;
+        let mut req = format!("{}?port={port}", url.replacen("http://", "ws://", 1)).into_client_request().unwrap();
+        req.headers_mut().insert("sec-websocket-protocol", "v4.channel.k8s.io".parse().unwrap());
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(resp.headers()["sec-websocket-protocol"], "v4.channel.k8s.io");
+        let le = port.to_le_bytes();
+        let mut got = Vec::new();
+        let mut heads = Vec::new();
+        ws.send(Message::binary([&[0u8][..], b"over-ws\n"].concat())).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !got.ends_with(b"\n") {
+            assert!(Instant::now() < deadline, "no answer over the WebSocket: {heads:?} {got:?}");
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                Ok(Some(Ok(Message::Binary(b)))) => {
+                    if heads.len() < 2 {
+                        heads.push(b.to_vec());
+                    } else if b[0] == 0 {
+                        got.extend_from_slice(&b[1..]);
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("WebSocket ended: {other:?}"),
+            }
+        }
+        assert_eq!(heads, vec![vec![0, le[0], le[1]], vec![1, le[0], le[1]]]);
+        assert_eq!(got, b"pod-answer\n");
+    }
+
     // Nothing listens on another port in the pod: the error stream says so.
     let closed = port.wrapping_add(1).max(1);
     let url = port_forward_url(&mut d, &pod, closed).await;
