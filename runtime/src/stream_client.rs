@@ -254,7 +254,7 @@ impl ExecStream {
     /// As [`ExecStream::connect_ws`], trusting `ca` for an https URL.
     pub async fn connect_ws_tls(url: &str, protocols: &[&str], ca: Option<&std::path::Path>) -> Result<Self> {
         use futures::StreamExt;
-        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let (conn, host, path, tls) = dial(url, ca).await?;
         let scheme = if tls { "wss" } else { "ws" };
         let mut req = format!("{scheme}://{host}{path}")
@@ -287,17 +287,16 @@ impl ExecStream {
         let reader = tokio::spawn(async move {
             let mut status = Vec::new();
             while let Some(Ok(m)) = stream.next().await {
-                let data = match m {
-                    Message::Binary(b) => b.to_vec(),
-                    Message::Close(_) => break,
-                    _ => continue,
+                let (ch, rest) = match crate::streaming::ws_frame(m) {
+                    crate::streaming::WsFrame::Data(ch, rest) => (ch, rest),
+                    crate::streaming::WsFrame::End => break,
+                    crate::streaming::WsFrame::Skip => continue,
                 };
-                let Some((&ch, rest)) = data.split_first() else { continue };
                 let ev = match ch {
-                    1 if !rest.is_empty() => Event::Stdout(rest.to_vec()),
-                    2 if !rest.is_empty() => Event::Stderr(rest.to_vec()),
+                    1 if !rest.is_empty() => Event::Stdout(rest),
+                    2 if !rest.is_empty() => Event::Stderr(rest),
                     3 => {
-                        status.extend_from_slice(rest);
+                        status.extend_from_slice(&rest);
                         continue;
                     }
                     _ => continue,

@@ -560,6 +560,29 @@ async fn linger(inbound: tokio::task::JoinHandle<()>) {
     }
 }
 
+/// A message of the WebSocket channel protocols.
+pub(crate) enum WsFrame {
+    /// A channel's bytes.
+    Data(u8, Vec<u8>),
+    /// The peer closed.
+    End,
+    /// Nothing for the channels (ping, text, empty).
+    Skip,
+}
+
+/// Splits a WebSocket message into its channel and payload.
+pub(crate) fn ws_frame(m: tokio_tungstenite::tungstenite::Message) -> WsFrame {
+    use tokio_tungstenite::tungstenite::Message;
+    match m {
+        Message::Binary(b) => match b.split_first() {
+            Some((&ch, rest)) => WsFrame::Data(ch, rest.to_vec()),
+            None => WsFrame::Skip,
+        },
+        Message::Close(_) => WsFrame::End,
+        _ => WsFrame::Skip,
+    }
+}
+
 /// WebSocket subprotocols for port-forward (a client may also offer none).
 pub const WS_PORT_FORWARD_PROTOCOLS: &[&str] = &["v4.channel.k8s.io"];
 
@@ -654,16 +677,14 @@ async fn ws_port_forward_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'st
     drop(out_tx);
     let inbound = async {
         while let Some(Ok(m)) = stream.next().await {
-            let d = match m {
-                Message::Binary(b) => b.to_vec(),
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            let Some((&ch, rest)) = d.split_first() else { continue };
-            if ch % 2 == 0 && !rest.is_empty() {
-                if let Some(tx) = to_tcp.get(ch as usize / 2) {
-                    let _ = tx.send(rest.to_vec()).await;
+            match ws_frame(m) {
+                WsFrame::Data(ch, rest) if ch % 2 == 0 && !rest.is_empty() => {
+                    if let Some(tx) = to_tcp.get(ch as usize / 2) {
+                        let _ = tx.send(rest).await;
+                    }
                 }
+                WsFrame::End => break,
+                _ => {}
             }
         }
     };
@@ -707,16 +728,15 @@ async fn ws_exec_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let inbound = tokio::spawn(async move {
         let mut resize_buf = Vec::new();
         while let Some(Ok(m)) = stream.next().await {
-            let data = match m {
-                Message::Binary(b) => b.to_vec(),
-                Message::Close(_) => break,
-                _ => continue,
+            let (ch, rest) = match ws_frame(m) {
+                WsFrame::Data(ch, rest) => (ch, rest),
+                WsFrame::End => break,
+                WsFrame::Skip => continue,
             };
-            let Some((&ch, rest)) = data.split_first() else { continue };
             let events = match ch {
-                0 if !rest.is_empty() => vec![ClientEvent::Stdin(rest.to_vec())],
+                0 if !rest.is_empty() => vec![ClientEvent::Stdin(rest)],
                 4 => {
-                    resize_buf.extend_from_slice(rest);
+                    resize_buf.extend_from_slice(&rest);
                     resizes(&mut resize_buf).into_iter().map(|(w, h)| ClientEvent::Resize(w, h)).collect()
                 }
                 255 if v5 && rest.first() == Some(&0) => vec![ClientEvent::StdinClose],

@@ -58,6 +58,18 @@ pub async fn serve(listener: tokio::net::UnixListener, svc: Arc<ShimService>) {
     }
 }
 
+/// A container that is running, or why not.
+fn running(svc: &ShimService, id: &str) -> Result<Arc<crate::container::Container>, String> {
+    let c = svc.get(id).map_err(|e| match e {
+        ttrpc::Error::RpcStatus(s) => s.message().to_string(),
+        other => other.to_string(),
+    })?;
+    if c.record().status != protocol::shim::Status::RUNNING {
+        return Err(format!("container {id} is not running"));
+    }
+    Ok(c)
+}
+
 struct Files {
     spec: PathBuf,
     pid: PathBuf,
@@ -100,13 +112,7 @@ async fn exec(
     mut rd: tokio::net::unix::OwnedReadHalf,
     wr: &mut tokio::net::unix::OwnedWriteHalf,
 ) -> Result<(), String> {
-    let c = svc.get(&start.container_id).map_err(|e| match e {
-        ttrpc::Error::RpcStatus(s) => s.message().to_string(),
-        other => other.to_string(),
-    })?;
-    if c.record().status != protocol::shim::Status::RUNNING {
-        return Err(format!("container {} is not running", start.container_id));
-    }
+    let c = running(svc, &start.container_id)?;
     if start.args.is_empty() {
         return Err("exec needs a command".into());
     }
@@ -260,13 +266,7 @@ async fn attach(
     mut rd: tokio::net::unix::OwnedReadHalf,
     wr: &mut tokio::net::unix::OwnedWriteHalf,
 ) -> Result<(), String> {
-    let c = svc.get(&start.container_id).map_err(|e| match e {
-        ttrpc::Error::RpcStatus(s) => s.message().to_string(),
-        other => other.to_string(),
-    })?;
-    if c.record().status != protocol::shim::Status::RUNNING {
-        return Err(format!("container {} is not running", start.container_id));
-    }
+    let c = running(svc, &start.container_id)?;
     let mut output = c.log.attach();
     let mut stdin = None;
     if start.stdin {
