@@ -560,6 +560,16 @@ async fn linger(inbound: tokio::task::JoinHandle<()>) {
     }
 }
 
+/// The server side of an upgraded WebSocket connection.
+async fn ws_server<IO: AsyncRead + AsyncWrite + Unpin>(io: IO) -> tokio_tungstenite::WebSocketStream<IO> {
+    tokio_tungstenite::WebSocketStream::from_raw_socket(
+        io,
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        None,
+    )
+    .await
+}
+
 /// A message of the WebSocket channel protocols.
 pub(crate) enum WsFrame {
     /// A channel's bytes.
@@ -618,12 +628,7 @@ async fn ws_port_forward_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'st
     use futures::{SinkExt, StreamExt};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_tungstenite::tungstenite::Message;
-    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-        io,
-        tokio_tungstenite::tungstenite::protocol::Role::Server,
-        None,
-    )
-    .await;
+    let ws = ws_server(io).await;
     let (mut sink, mut stream) = ws.split();
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
     let writer = tokio::spawn(async move {
@@ -715,12 +720,7 @@ async fn ws_exec_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 ) -> Result<()> {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-        io,
-        tokio_tungstenite::tungstenite::protocol::Role::Server,
-        None,
-    )
-    .await;
+    let ws = ws_server(io).await;
     let (mut sink, mut stream) = ws.split();
     let (client_tx, client_rx) = tokio::sync::mpsc::channel(16);
     let (server_tx, mut server_rx) = tokio::sync::mpsc::channel(16);

@@ -26,14 +26,7 @@ pub struct Containerd {
 
 /// True when containerd and ctr are installed.
 pub fn containerd_available() -> bool {
-    ["containerd", "ctr", "containerd-shim-runc-v2"].iter().all(|b| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {b}"))
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
+    crate::have_commands(&["containerd", "ctr", "containerd-shim-runc-v2"])
 }
 
 fn config(dir: &Path, cni_conf_dir: &Path, cni_bin_dir: &str, runc: &str) -> String {
@@ -188,26 +181,7 @@ async fn connect(socket: &Path) -> Channel {
 impl Drop for Containerd {
     fn drop(&mut self) {
         if self.child.is_some() {
-            let socket = self.socket.clone();
-            let _ = std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-                rt.block_on(async {
-                    let Ok(ch) =
-                        berth::cri_client::connect(&socket.display().to_string(), Duration::from_secs(2)).await
-                    else {
-                        return;
-                    };
-                    let mut c = RuntimeServiceClient::new(ch);
-                    if let Ok(pods) = c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await {
-                        for p in pods.into_inner().items {
-                            let _ =
-                                c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: p.id.clone() }).await;
-                            let _ = c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p.id }).await;
-                        }
-                    }
-                });
-            })
-            .join();
+            crate::remove_all_pods(&self.socket, true);
         }
         self.kill9();
         let mut mounts = crate::mounts_under(self.dir.path());

@@ -383,25 +383,7 @@ impl Daemon {
 
     fn cleanup(&mut self) {
         if self.child.is_some() && !self.exited() {
-            let socket = self.socket.clone();
-            // Drop may run inside a test's runtime: use a thread of our own.
-            let _ = std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-                rt.block_on(async {
-                    let Ok(ch) =
-                        berth::cri_client::connect(&socket.display().to_string(), Duration::from_secs(2)).await
-                    else {
-                        return;
-                    };
-                    let mut c = RuntimeServiceClient::new(ch);
-                    if let Ok(pods) = c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await {
-                        for p in pods.into_inner().items {
-                            let _ = c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p.id }).await;
-                        }
-                    }
-                });
-            })
-            .join();
+            remove_all_pods(&self.socket, false);
         }
         self.kill9();
         // Anything a failed test left: shims by their pid files, then mounts.
@@ -426,6 +408,42 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.cleanup();
     }
+}
+
+/// Removes every pod of the CRI runtime on `socket` (stopping each first when
+/// `stop_first`), from a thread of its own: a Drop may run inside a test's
+/// runtime, where blocking on another is not allowed.
+pub fn remove_all_pods(socket: &Path, stop_first: bool) {
+    let socket = socket.to_path_buf();
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async {
+            let Ok(ch) = berth::cri_client::connect(&socket.display().to_string(), Duration::from_secs(2)).await else {
+                return;
+            };
+            let mut c = RuntimeServiceClient::new(ch);
+            let Ok(pods) = c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await else { return };
+            for p in pods.into_inner().items {
+                if stop_first {
+                    let _ = c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: p.id.clone() }).await;
+                }
+                let _ = c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p.id }).await;
+            }
+        });
+    })
+    .join();
+}
+
+/// Whether every command is on PATH.
+pub fn have_commands(names: &[&str]) -> bool {
+    names.iter().all(|b| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {b}"))
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
 }
 
 /// The parent of a process (0 when it is gone).

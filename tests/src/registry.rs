@@ -15,14 +15,7 @@ use sha2::{Digest, Sha256};
 
 /// True when docker-registry, openssl and htpasswd are installed.
 pub fn registry_available() -> bool {
-    ["docker-registry", "openssl", "htpasswd"].iter().all(|b| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {b}"))
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
+    crate::have_commands(&["docker-registry", "openssl", "htpasswd"])
 }
 
 /// A free loopback port (bound and released; the registry binds it next).
