@@ -344,6 +344,10 @@ fn resizes(buf: &mut Vec<u8>) -> Vec<(u16, u16)> {
         }
     }
     buf.drain(..used);
+    // What never parses is noise; do not let it grow without bound.
+    if buf.len() > 64 * 1024 {
+        buf.clear();
+    }
     out
 }
 
