@@ -431,6 +431,7 @@ impl TokenService {
         let svc = Arc::new(TokenService { key, cert, port, _dir: dir, issued: AtomicUsize::new(0) });
         let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
         let me = svc.clone();
+        let refresh = svc.refresh_token();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
@@ -438,6 +439,7 @@ impl TokenService {
                 let mut request = String::new();
                 let _ = reader.read_line(&mut request);
                 let mut authorized = false;
+                let mut length = 0usize;
                 loop {
                     let mut line = String::new();
                     if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
@@ -447,9 +449,22 @@ impl TokenService {
                         if k.eq_ignore_ascii_case("authorization") && v.trim() == want {
                             authorized = true;
                         }
+                        if k.eq_ignore_ascii_case("content-length") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
                     }
                 }
-                let scope = request
+                // The OAuth2 form: a POST with an identity (refresh) token.
+                let mut form = vec![0u8; length.min(64 * 1024)];
+                let _ = reader.read_exact(&mut form);
+                let form = String::from_utf8_lossy(&form).to_string();
+                let post = request.starts_with("POST ");
+                if post {
+                    authorized = form.contains("grant_type=refresh_token")
+                        && form.split('&').any(|kv| kv == format!("refresh_token={refresh}"));
+                }
+                let params = if post { form.clone() } else { request.clone() };
+                let scope = params
                     .split(['?', '&', ' '])
                     .find_map(|p| p.strip_prefix("scope="))
                     .map(|s| s.replace("%3A", ":").replace("%2F", "/"))
@@ -457,7 +472,8 @@ impl TokenService {
                 let repo = scope.split(':').nth(1).unwrap_or("").to_string();
                 let (status, body) = if authorized {
                     me.issued.fetch_add(1, Ordering::SeqCst);
-                    ("200 OK", format!("{{\"token\":\"{}\"}}", me.sign("test-user", &repo, &["pull"])))
+                    let field = if post { "access_token" } else { "token" };
+                    ("200 OK", format!("{{\"{field}\":\"{}\"}}", me.sign("test-user", &repo, &["pull"])))
                 } else {
                     ("401 Unauthorized", "{\"errors\":[{\"message\":\"bad credentials\"}]}".to_string())
                 };
@@ -469,6 +485,11 @@ impl TokenService {
             }
         });
         svc
+    }
+
+    /// The identity (refresh) token the service accepts.
+    pub fn refresh_token(&self) -> String {
+        format!("refresh-{}", self.port)
     }
 
     fn realm(&self) -> String {

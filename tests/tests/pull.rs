@@ -257,6 +257,16 @@ async fn pull_with_bearer_tokens() {
     assert_eq!(pull(&mut d, &name, creds("ann", "pw")).await.unwrap(), img.id());
     assert!(tokens.issued.load(Ordering::SeqCst) > before, "no token was fetched");
 
+    // An identity token goes to the token service as an OAuth2 refresh token.
+    let rm = |name: &str| cri::RemoveImageRequest {
+        image: Some(cri::ImageSpec { image: name.into(), ..Default::default() }),
+    };
+    d.img.remove_image(rm(&name)).await.unwrap();
+    let auth = |t: String| Some(cri::AuthConfig { identity_token: t, ..Default::default() });
+    let e = pull(&mut d, &name, auth("not-the-token".into())).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert_eq!(pull(&mut d, &name, auth(tokens.refresh_token())).await.unwrap(), img.id());
+
     // A registry token from the client is used as is.
     d.img
         .remove_image(cri::RemoveImageRequest {

@@ -568,3 +568,24 @@ async fn streams_over_tls() {
     let e = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.err().expect("untrusted server accepted");
     assert!(e.message.to_lowercase().contains("certificate"), "{e}");
 }
+
+#[tokio::test]
+async fn many_execs_in_one_container_at_once() {
+    let mut d = Daemon::start().await;
+    let c = running(&mut d, "many").await;
+    let ch = Channels { stdout: true, stderr: true, ..Default::default() };
+    let mut urls = Vec::new();
+    for i in 0..8 {
+        let cmd = format!("sleep 0.3; echo exec-{i}; exit {i}");
+        urls.push(exec_url(&mut d, &c, &["sh", "-c", &cmd], ch).await.unwrap());
+    }
+    let runs = urls.into_iter().enumerate().map(|(i, url)| async move {
+        let s = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap();
+        let (out, _, status) = s.collect().await;
+        (i, out, exit_code(&status))
+    });
+    for (i, out, code) in futures::future::join_all(runs).await {
+        assert_eq!(String::from_utf8_lossy(&out), format!("exec-{i}\n"));
+        assert_eq!(code, Some(i as i32));
+    }
+}
