@@ -101,8 +101,8 @@ async fn tokens_are_single_use_and_bad_requests_are_refused() {
     let mut d = Daemon::start_full(&[], &["--stream-token-ttl", "1s"]).await;
     let c = running(&mut d, "spdy-tokens").await;
     let ch = Channels { stdout: true, ..Default::default() };
-    let marker = format!("/tmp/berth-exec-ran-{}", std::process::id());
-    let cmd = ["sh", "-c", &format!("echo ran; touch {marker}")];
+    // Each run of the command leaves a line in the container's /tmp/runs.
+    let cmd = ["sh", "-c", "echo ran; echo x >> /tmp/runs"];
 
     // A plain GET (no upgrade) is a clear 400 and does not spend the token.
     let url = exec_url(&mut d, &c, &cmd, ch).await.unwrap();
@@ -114,7 +114,6 @@ async fn tokens_are_single_use_and_bad_requests_are_refused() {
     let s = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap();
     assert_eq!(s.collect().await.0, b"ran\n");
     // Used once: 404, and nothing runs.
-    let _ = std::fs::remove_file(&marker);
     let e = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.err().expect("reused token accepted");
     assert_eq!(e.kind, berth::error::Kind::NotFound, "{e}");
     // Unknown token: 404.
@@ -126,7 +125,8 @@ async fn tokens_are_single_use_and_bad_requests_are_refused() {
     let e = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.err().expect("expired token accepted");
     assert_eq!(e.kind, berth::error::Kind::NotFound, "{e}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!std::path::Path::new(&marker).exists(), "a refused request ran its command");
+    let runs = d.exec_out(&c, &["sh", "-c", "wc -l < /tmp/runs"]).await;
+    assert_eq!(runs.trim(), "1", "a refused request ran its command");
 
     // Bad Exec requests are refused at the CRI call.
     let e = exec_url(&mut d, &c, &[], ch).await.unwrap_err();
