@@ -2,8 +2,10 @@
 // implementation kubelet, kubectl and crictl use), for Berth's tests: it
 // upgrades an exec URL, opens the remotecommand streams the way client-go
 // does, writes its own stdin to the stdin stream, and prints what came back.
+// With PROTOCOL portforward.k8s.io and a PORT, it opens one port-forward
+// stream pair instead, as client-go's port-forwarder does.
 //
-// usage: spdy_exec URL PROTOCOL [tty]
+// usage: spdy_exec URL PROTOCOL [tty | PORT]
 package main
 
 import (
@@ -54,6 +56,10 @@ func main() {
 		fail("spdy: %v", err)
 	}
 	go sc.Serve(spdystream.NoOpStreamHandler)
+	if os.Args[2] == "portforward.k8s.io" {
+		portForward(sc, os.Args[3])
+		return
+	}
 	open := func(kind string) *spdystream.Stream {
 		s, err := sc.CreateStream(http.Header{"Streamtype": []string{kind}}, nil, false)
 		if err != nil {
@@ -88,4 +94,30 @@ func main() {
 	status, _ = io.ReadAll(errStream)
 	wg.Wait()
 	fmt.Printf("stdout=%q\nstderr=%q\nstatus=%s\n", out, errOut, status)
+}
+
+func portForward(sc *spdystream.Connection, port string) {
+	open := func(kind string) *spdystream.Stream {
+		h := http.Header{"Streamtype": []string{kind}, "Port": []string{port}, "Requestid": []string{"0"}}
+		s, err := sc.CreateStream(h, nil, false)
+		if err != nil {
+			fail("stream %s: %v", kind, err)
+		}
+		if err := s.WaitTimeout(10 * time.Second); err != nil {
+			fail("stream %s not accepted: %v", kind, err)
+		}
+		return s
+	}
+	errStream := open("error")
+	errStream.Close()
+	data := open("data")
+	in, _ := io.ReadAll(os.Stdin)
+	data.Write(in)
+	var errOut []byte
+	done := make(chan struct{})
+	go func() { errOut, _ = io.ReadAll(errStream); close(done) }()
+	buf := make([]byte, 4096)
+	n, _ := data.Read(buf)
+	<-done
+	fmt.Printf("data=%q\nerror=%q\n", buf[:n], errOut)
 }

@@ -196,13 +196,10 @@ fn go_peer(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     ok.then_some(out)
 }
 
-fn run_peer(peer: &std::path::Path, url: &str, protocol: &str, tty: bool, stdin: &[u8]) -> String {
+fn run_peer(peer: &std::path::Path, url: &str, protocol: &str, mode: &str, stdin: &[u8]) -> String {
     use std::io::Write;
     let mut cmd = std::process::Command::new(peer);
-    cmd.arg(url).arg(protocol);
-    if tty {
-        cmd.arg("tty");
-    }
+    cmd.arg(url).arg(protocol).arg(mode);
     let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -226,9 +223,8 @@ async fn go_spdystream_client_execs() {
     let c = running(&mut d, "go-peer").await;
     let ch = Channels { stdin: true, stdout: true, stderr: true, tty: false };
     let url = exec_url(&mut d, &c, &["sh", "-c", "read x; echo got:$x; echo e >&2; exit 3"], ch).await.unwrap();
-    let out = tokio::task::spawn_blocking(move || run_peer(&peer, &url, "v4.channel.k8s.io", false, b"hello\n"))
-        .await
-        .unwrap();
+    let out =
+        tokio::task::spawn_blocking(move || run_peer(&peer, &url, "v4.channel.k8s.io", "", b"hello\n")).await.unwrap();
     assert!(out.contains("stdout=\"got:hello\\n\""), "{out}");
     assert!(out.contains("stderr=\"e\\n\""), "{out}");
     let status = out.lines().find_map(|l| l.strip_prefix("status=")).unwrap_or("");
@@ -237,9 +233,33 @@ async fn go_spdystream_client_execs() {
     let peer = dir.path().join("spdy_exec");
     let ch = Channels { stdin: true, stdout: true, tty: true, ..Default::default() };
     let url = exec_url(&mut d, &c, &["sh", "-c", "sleep 0.3; stty size"], ch).await.unwrap();
-    let out = tokio::task::spawn_blocking(move || run_peer(&peer, &url, "v4.channel.k8s.io", true, b"")).await.unwrap();
+    let out =
+        tokio::task::spawn_blocking(move || run_peer(&peer, &url, "v4.channel.k8s.io", "tty", b"")).await.unwrap();
     assert!(out.contains("33 90"), "{out}");
     assert!(out.contains("\"Success\""), "{out}");
+
+    // Port-forward, as client-go's port-forwarder opens it.
+    let cfg = d.pod_config("go-pf");
+    let pod = d.run_pod(&cfg).await;
+    let port = 17171u16;
+    let script = format!("while true; do echo go-pod-answer | nc -l -p {port}; done");
+    let srv = d.create(&pod, &cfg, "server", &["sh", "-c", &script]).await;
+    d.start_container(&srv).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let url = port_forward_url(&mut d, &pod, port).await;
+        let peer = dir.path().join("spdy_exec");
+        let out = tokio::task::spawn_blocking(move || {
+            run_peer(&peer, &url, "portforward.k8s.io", &port.to_string(), b"from-go\n")
+        })
+        .await
+        .unwrap();
+        if out.contains("data=\"go-pod-answer\\n\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no answer through the Go port-forward: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A listener on the host's loopback that answers every connection with
