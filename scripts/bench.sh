@@ -18,30 +18,16 @@
 # usage: scripts/bench.sh
 #   BENCH_N lifecycle rounds (20), BENCH_PODS idle pods (50), BENCH_BURST (20),
 #   BENCH_LOG_BYTES (1 GiB), BENCH_PULLS pull rounds (3), BENCH_OUT (JSON path).
-# containerd runs in its own temp root, state and socket; the system's
-# containerd (if any) is not touched. Idempotent.
+# containerd (installed by setup.sh --bench) runs in its own temp root,
+# state and socket; the system's containerd (if any) is not touched.
+# Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cleanup() {
-  rm -f "${policy_created:-/nonexistent}"
-  # berth-bench deletes its bridge itself, unless it died (release builds abort on panic).
-  ip link del bbench0 2>/dev/null || true
-}
-trap cleanup EXIT
+# berth-bench deletes its bridge itself, unless it died (release builds
+# abort on panic).
+trap 'ip link del bbench0 2>/dev/null || true' EXIT
 
-bash scripts/setup.sh --test >/dev/null
-if ! command -v containerd >/dev/null 2>&1 || ! command -v gcc >/dev/null 2>&1; then
-  echo "bench: installing containerd (and gcc for the pause image)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  policy=/usr/sbin/policy-rc.d
-  if [ ! -e "$policy" ]; then
-    # Do not start the packaged containerd service; the bench runs its own.
-    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
-    policy_created=$policy
-  fi
-  apt-get install -y -qq --no-install-recommends containerd gcc libc6-dev >/dev/null
-fi
+bash scripts/setup.sh --test --bench >/dev/null
 cargo build --workspace --release --locked
 bash scripts/build-test-image.sh target/test-image >/dev/null
 bash scripts/build-test-image.sh --pause target/pause-image >/dev/null

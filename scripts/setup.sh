@@ -18,7 +18,15 @@ command -v iptables >/dev/null 2>&1 || need+=(iptables)
 # docker-registry, started by the tests on loopback, never as a service),
 # htpasswd for its basic auth, openssl for its certificates and tokens, and
 # Go with spdystream for a real SPDY client.
-if [ "${1:-}" = "--test" ]; then
+test=false bench=false
+for arg in "$@"; do
+  case "$arg" in
+    --test) test=true ;;
+    --bench) bench=true ;;
+    *) echo "setup: unknown option $arg (--test, --bench)" >&2; exit 2 ;;
+  esac
+done
+if $test; then
   command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
   command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
@@ -27,13 +35,19 @@ if [ "${1:-}" = "--test" ]; then
   command -v go >/dev/null 2>&1 || need+=(golang-go)
   [ -d /usr/share/gocode/src/github.com/docker/spdystream ] || need+=(golang-github-docker-spdystream-dev)
 fi
+# --bench adds containerd (run side by side by scripts/bench.sh in folders of
+# its own, never as a service) and gcc for the pause image it needs.
+if $bench; then
+  command -v containerd >/dev/null 2>&1 || need+=(containerd)
+  command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # policy-rc.d 101: packages that ship a service (docker-registry) must not
-  # start it; the tests run their own.
+  # policy-rc.d 101: packages that ship a service (docker-registry,
+  # containerd) must not start it; the tests and the bench run their own.
   policy=/usr/sbin/policy-rc.d
   if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"

@@ -410,6 +410,11 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Whether every one of `layers` belongs to some image.
+    pub fn holds_layers(&self, layers: &[String]) -> bool {
+        layers.iter().all(|l| self.images.values().any(|r| r.layers.contains(l)))
+    }
+
     /// Deletes blobs and snapshots that no image, no container (`in_use`
     /// layer digests) and no pull in flight needs.
     pub fn collect(&self, in_use: &BTreeSet<String>) {

@@ -1193,9 +1193,13 @@ impl Manager {
         lock(&self.containers).remove(id);
         self.cpu_rates.forget(id);
         self.release(&container_key(&meta.sandbox_id, &meta.config.metadata.clone().unwrap_or_default()));
-        // Layers of an image removed while this container ran go now.
-        let in_use = self.layers_in_use();
-        self.images.lock().await.collect(&in_use);
+        // Layers of an image removed while this container ran go now (only
+        // then: a collection walks the whole store).
+        let store = self.images.lock().await;
+        if !store.holds_layers(&meta.layers) {
+            store.collect(&self.layers_in_use());
+        }
+        drop(store);
         info!(self.log, "container removed"; "container_id" => id, "sandbox_id" => &meta.sandbox_id);
         self.emit(&meta.sandbox_id, id, cri::ContainerEventType::ContainerDeletedEvent).await;
         Ok(())

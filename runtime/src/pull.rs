@@ -358,25 +358,17 @@ impl Puller {
         let blob = self.content.blob_path(digest)?;
         if !blob.exists() {
             progress.update(|p| p.state = LayerState::Downloading);
-            let mut resp = session.blob(digest).await?;
+            let mut body = BlobBody::open(session, digest, size).await?;
             let tmp = self.content.temp_blob();
             let file = tokio::fs::File::create(&tmp.0)
                 .await
                 .map_err(|e| Error::internal(format!("creating {}: {e}", tmp.0.display())))?;
             let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
-            let mut check = Verifier::new(digest, Some(size))?;
             let write_err = |e: std::io::Error| Error::internal(format!("writing layer {digest}: {e}"));
-            while let Some(chunk) = resp.chunk().await.map_err(|e| {
-                Error::new(
-                    Kind::Unavailable,
-                    format!("registry {}: reading layer {digest}: {e}", session.endpoint.host),
-                )
-            })? {
-                check.update(&chunk)?;
+            while let Some(chunk) = body.chunk().await? {
                 out.write_all(&chunk).await.map_err(write_err)?;
                 progress.update(|p| p.done += chunk.len() as u64);
             }
-            check.finish()?;
             out.flush().await.map_err(write_err)?;
             out.into_inner().sync_all().await.map_err(write_err)?;
             self.content.store_temp(tmp, digest)?;
@@ -399,21 +391,48 @@ impl Puller {
     }
 
     async fn fetch_small(&self, session: &Session, digest: &str, size: u64) -> Result<Vec<u8>> {
-        let mut resp = session.blob(digest).await?;
-        let mut check = Verifier::new(digest, Some(size))?;
+        let mut body = BlobBody::open(session, digest, size).await?;
         let mut out = Vec::with_capacity(size as usize);
-        while let Some(chunk) = resp.chunk().await.map_err(|e| {
-            Error::new(Kind::Unavailable, format!("registry {}: reading {digest}: {e}", session.endpoint.host))
-        })? {
-            check.update(&chunk)?;
+        while let Some(chunk) = body.chunk().await? {
             out.extend_from_slice(&chunk);
         }
-        check.finish()?;
         Ok(out)
     }
 
     fn put_small(&self, digest: &str, bytes: &[u8]) -> Result<()> {
         self.content.put_blob(digest, Some(bytes.len() as u64), &mut &bytes[..]).map(|_| ())
+    }
+}
+
+/// A blob's body as it arrives, checked against its digest and size: a
+/// chunk is handed out only once it fits, and the end only once it all did.
+struct BlobBody<'a> {
+    session: &'a Session,
+    digest: &'a str,
+    resp: reqwest::Response,
+    check: Option<Verifier>,
+}
+
+impl<'a> BlobBody<'a> {
+    async fn open(session: &'a Session, digest: &'a str, size: u64) -> Result<Self> {
+        let check = Some(Verifier::new(digest, Some(size))?);
+        Ok(BlobBody { session, digest, resp: session.blob(digest).await?, check })
+    }
+
+    async fn chunk(&mut self) -> Result<Option<bytes::Bytes>> {
+        let chunk = self.resp.chunk().await.map_err(|e| {
+            let host = &self.session.endpoint.host;
+            Error::new(Kind::Unavailable, format!("registry {host}: reading {}: {e}", self.digest))
+        })?;
+        match (chunk, self.check.take()) {
+            (Some(c), Some(mut check)) => {
+                check.update(&c)?;
+                self.check = Some(check);
+                Ok(Some(c))
+            }
+            (None, Some(check)) => check.finish().map(|()| None),
+            (_, None) => Ok(None),
+        }
     }
 }
 

@@ -45,7 +45,7 @@ type WsSink =
 /// The sending side of an exec stream, by transport.
 enum Sender {
     Spdy { writer: spdy::Writer<WriteHalf<Conn>>, stdin: Option<u32>, resize: Option<u32> },
-    Ws { sink: WsSink, v5: bool },
+    Ws { sink: WsSink },
 }
 
 /// An exec stream in progress.
@@ -281,7 +281,6 @@ impl ExecStream {
         })?;
         let protocol =
             resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-        let v5 = protocol == "v5.channel.k8s.io";
         let (sink, mut stream) = ws.split();
         let (tx, events) = mpsc::channel(64);
         let reader = tokio::spawn(async move {
@@ -308,7 +307,7 @@ impl ExecStream {
             let _ = tx.send(Event::Status(status)).await;
             let _ = tx.send(Event::Closed).await;
         });
-        Ok(ExecStream { sender: Sender::Ws { sink, v5 }, events, reader, protocol })
+        Ok(ExecStream { sender: Sender::Ws { sink }, events, reader, protocol })
     }
 
     async fn ws_send(sink: &mut WsSink, data: Vec<u8>) -> Result<()> {
@@ -325,7 +324,7 @@ impl ExecStream {
                 let id = stdin.ok_or_else(|| Error::invalid("no stdin channel"))?;
                 writer.data(id, data, false).await.map_err(net)
             }
-            Sender::Ws { sink, .. } => Self::ws_send(sink, [&[0u8][..], data].concat()).await,
+            Sender::Ws { sink } => Self::ws_send(sink, [&[0u8][..], data].concat()).await,
         }
     }
 
@@ -336,8 +335,8 @@ impl ExecStream {
                 let id = stdin.ok_or_else(|| Error::invalid("no stdin channel"))?;
                 writer.data(id, &[], true).await.map_err(net)
             }
-            Sender::Ws { sink, v5: true } => Self::ws_send(sink, vec![255, 0]).await,
-            Sender::Ws { v5: false, .. } => Ok(()),
+            Sender::Ws { sink } if self.protocol == "v5.channel.k8s.io" => Self::ws_send(sink, vec![255, 0]).await,
+            Sender::Ws { .. } => Ok(()),
         }
     }
 
@@ -349,7 +348,7 @@ impl ExecStream {
                 let id = resize.ok_or_else(|| Error::invalid("no resize channel"))?;
                 writer.data(id, msg.as_bytes(), false).await.map_err(net)
             }
-            Sender::Ws { sink, .. } => Self::ws_send(sink, [&[4u8][..], msg.as_bytes()].concat()).await,
+            Sender::Ws { sink } => Self::ws_send(sink, [&[4u8][..], msg.as_bytes()].concat()).await,
         }
     }
 

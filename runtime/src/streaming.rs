@@ -133,11 +133,6 @@ impl StreamServer {
         Ok(me)
     }
 
-    /// Where the server listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     fn url(&self, kind: &str, target: Target) -> String {
         let token = hex::encode(rand::random::<[u8; 16]>());
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -351,14 +346,6 @@ fn resizes(buf: &mut Vec<u8>) -> Vec<(u16, u16)> {
     out
 }
 
-/// What an exec or attach client sends, whatever the transport.
-#[derive(Debug)]
-enum ClientEvent {
-    Stdin(Vec<u8>),
-    StdinClose,
-    Resize(u16, u16),
-}
-
 /// What goes to the client, whatever the transport.
 #[derive(Debug)]
 enum ServerEvent {
@@ -368,13 +355,14 @@ enum ServerEvent {
     Status(Option<Vec<u8>>),
 }
 
-/// Runs an exec or attach in the shim: client events in, output out, until
-/// the process ends (its status is the last event) or the client goes
-/// (`from_client` closes; the shim then ends an exec's process).
+/// Runs an exec or attach in the shim: what the client sends (as the shim's
+/// own frames: stdin, stdin close, resize) in, output out, until the process
+/// ends (its status is the last event) or the client goes (`from_client`
+/// closes; the shim then ends an exec's process).
 async fn run_in_shim(
     req: &ExecRequest,
     protocol: &'static str,
-    mut from_client: tokio::sync::mpsc::Receiver<ClientEvent>,
+    mut from_client: tokio::sync::mpsc::Receiver<IoFrame>,
     to_client: tokio::sync::mpsc::Sender<ServerEvent>,
     log: &Logger,
 ) -> Result<()> {
@@ -397,12 +385,7 @@ async fn run_in_shim(
     // Client → shim. When the client goes, dropping the write half tells
     // the shim.
     let inbound = tokio::spawn(async move {
-        while let Some(ev) = from_client.recv().await {
-            let f = match ev {
-                ClientEvent::Stdin(d) => IoFrame::Stdin(d),
-                ClientEvent::StdinClose => IoFrame::StdinClose,
-                ClientEvent::Resize(w, h) => IoFrame::Resize(w, h),
-            };
+        while let Some(f) = from_client.recv().await {
             if write_frame(&mut shim_wr, &f).await.is_err() {
                 break;
             }
@@ -491,17 +474,17 @@ async fn exec_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             match f {
                 spdy::Frame::Data { id, data, flags } if Some(id) == stdin_id => {
                     if !data.is_empty() {
-                        events.push(ClientEvent::Stdin(data));
+                        events.push(IoFrame::Stdin(data));
                     }
                     if flags & FLAG_FIN != 0 {
-                        events.push(ClientEvent::StdinClose);
+                        events.push(IoFrame::StdinClose);
                     }
                 }
                 spdy::Frame::Data { id, data, .. } if Some(id) == resize_id => {
                     resize_buf.extend_from_slice(&data);
-                    events.extend(resizes(&mut resize_buf).into_iter().map(|(w, h)| ClientEvent::Resize(w, h)));
+                    events.extend(resizes(&mut resize_buf).into_iter().map(|(w, h)| IoFrame::Resize(w, h)));
                 }
-                spdy::Frame::RstStream { id, .. } if Some(id) == stdin_id => events.push(ClientEvent::StdinClose),
+                spdy::Frame::RstStream { id, .. } if Some(id) == stdin_id => events.push(IoFrame::StdinClose),
                 spdy::Frame::Ping(p) => {
                     let _ = w2.lock().await.ping(p).await;
                 }
@@ -738,12 +721,12 @@ async fn ws_exec_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 WsFrame::Skip => continue,
             };
             let events = match ch {
-                0 if !rest.is_empty() => vec![ClientEvent::Stdin(rest)],
+                0 if !rest.is_empty() => vec![IoFrame::Stdin(rest)],
                 4 => {
                     resize_buf.extend_from_slice(&rest);
-                    resizes(&mut resize_buf).into_iter().map(|(w, h)| ClientEvent::Resize(w, h)).collect()
+                    resizes(&mut resize_buf).into_iter().map(|(w, h)| IoFrame::Resize(w, h)).collect()
                 }
-                255 if v5 && rest.first() == Some(&0) => vec![ClientEvent::StdinClose],
+                255 if v5 && rest.first() == Some(&0) => vec![IoFrame::StdinClose],
                 _ => Vec::new(),
             };
             for ev in events {

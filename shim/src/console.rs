@@ -11,8 +11,48 @@ use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, ReadBuf};
 
+/// A console socket waiting for the runtime's pty master.
+pub struct ConsoleSocket {
+    path: std::path::PathBuf,
+    task: tokio::task::JoinHandle<std::io::Result<OwnedFd>>,
+}
+
+impl ConsoleSocket {
+    /// Binds `path` (replacing a stale socket) and starts waiting.
+    pub fn listen(path: &std::path::Path) -> std::io::Result<Self> {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)?;
+        Ok(ConsoleSocket { path: path.to_path_buf(), task: tokio::spawn(receive_master(listener)) })
+    }
+
+    /// The pty master, once the runtime has sent it (at most 10 s).
+    pub async fn master(mut self) -> Result<OwnedFd, String> {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), &mut self.task)
+            .await
+            .map_err(|_| "the runtime sent no terminal".to_string())?
+            .map_err(|e| format!("console: {e}"))?
+            .map_err(|e| format!("receiving the terminal: {e}"));
+        got
+    }
+}
+
+impl Drop for ConsoleSocket {
+    /// Stops waiting (the runtime failed, or the master arrived) and removes the socket.
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Stdout and stderr for a runtime call whose process gets a terminal: the
+/// terminal replaces them, so they go nowhere.
+pub fn null_stdio() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let null = || std::fs::File::options().write(true).open("/dev/null").map(OwnedFd::from);
+    Ok((null()?, null()?))
+}
+
 /// Waits for the runtime to connect to `listener` and send the pty master.
-pub async fn receive_master(listener: tokio::net::UnixListener) -> std::io::Result<OwnedFd> {
+async fn receive_master(listener: tokio::net::UnixListener) -> std::io::Result<OwnedFd> {
     let (stream, _) = listener.accept().await?;
     loop {
         stream.readable().await?;

@@ -161,10 +161,8 @@ async fn run(
         DEFAULT_TIMEOUT,
     )
     .await?;
-    let pid: i32 = std::fs::read_to_string(pid_path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| ExecError::Prepare("the runtime wrote no exec pid".into()))?;
+    let pid =
+        crate::runc::read_pid(pid_path).ok_or_else(|| ExecError::Prepare("the runtime wrote no exec pid".into()))?;
     let mut exit = reaper.subscribe(pid);
     let mut timed_out = false;
     let status = match timeout {

@@ -132,65 +132,50 @@ async fn exec(
     let mut outputs = Vec::new();
     let mut stdin: Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>> = None;
     let mut pty: Option<OwnedFd> = None;
-    if start.tty {
-        let listener = tokio::net::UnixListener::bind(&files.console).map_err(|e| format!("console socket: {e}"))?;
+    // The process's stdio: a terminal (its output read from the master once
+    // it arrives), or pipes read from now on.
+    let (console, stdin_r, out_w, err_w) = if start.tty {
+        let console =
+            crate::console::ConsoleSocket::listen(&files.console).map_err(|e| format!("console socket: {e}"))?;
         args.extend(["--console-socket", &console_path]);
-        let master = tokio::spawn(crate::console::receive_master(listener));
-        let null = || std::fs::File::options().read(true).write(true).open("/dev/null").map(OwnedFd::from);
-        let (o, e) = (null().map_err(|e| e.to_string())?, null().map_err(|e| e.to_string())?);
-        args.push(&c.id);
-        svc.runc
-            .run(
-                &args,
-                Output::PassThrough { stdin: None, stdout: o, stderr: e, log: files.log.clone() },
-                DEFAULT_TIMEOUT,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let master = tokio::time::timeout(Duration::from_secs(10), master)
-            .await
-            .map_err(|_| "the runtime sent no terminal".to_string())?
-            .map_err(|e| format!("console: {e}"))?
-            .map_err(|e| format!("receiving the terminal: {e}"))?;
-        let reader = crate::console::PtyReader::new(master.try_clone().map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        outputs.push(output_task(reader, tx.clone(), false));
-        if start.stdin {
-            // Typed input is small: a plain file write on the master will do.
-            let w = std::fs::File::from(master.try_clone().map_err(|e| e.to_string())?);
-            stdin = Some(Box::new(tokio::fs::File::from_std(w)));
-        }
-        pty = Some(master);
+        let (o, e) = crate::console::null_stdio().map_err(|e| e.to_string())?;
+        (Some(console), None, o, e)
     } else {
         let (out_r, out_w) = pipe_pair().map_err(|e| e.to_string())?;
         let (err_r, err_w) = pipe_pair().map_err(|e| e.to_string())?;
-        let mut stdin_r = None;
-        if start.stdin {
-            let (r, w) = pipe_pair().map_err(|e| e.to_string())?;
-            stdin_r = Some(r);
-            stdin = Some(Box::new(
-                tokio::net::unix::pipe::Sender::from_owned_fd(w).map_err(|e| format!("stdin pipe: {e}"))?,
-            ));
-        }
-        args.push(&c.id);
-        svc.runc
-            .run(
-                &args,
-                Output::PassThrough { stdin: stdin_r, stdout: out_w, stderr: err_w, log: files.log.clone() },
-                DEFAULT_TIMEOUT,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
         for (fd, is_err) in [(out_r, false), (err_r, true)] {
             let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(|e| format!("output pipe: {e}"))?;
             outputs.push(output_task(rx, tx.clone(), is_err));
         }
+        let mut stdin_r = None;
+        if start.stdin {
+            let (r, w) = pipe_pair().map_err(|e| e.to_string())?;
+            stdin_r = Some(r);
+            stdin = Some(writer_of(&w, false)?);
+        }
+        (None, stdin_r, out_w, err_w)
+    };
+    args.push(&c.id);
+    svc.runc
+        .run(
+            &args,
+            Output::PassThrough { stdin: stdin_r, stdout: out_w, stderr: err_w, log: files.log.clone() },
+            DEFAULT_TIMEOUT,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(console) = console {
+        let master = console.master().await?;
+        let reader = crate::console::PtyReader::new(master.try_clone().map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        outputs.push(output_task(reader, tx.clone(), false));
+        if start.stdin {
+            stdin = Some(writer_of(&master, true)?);
+        }
+        pty = Some(master);
     }
     drop(tx);
-    let pid: i32 = std::fs::read_to_string(&files.pid)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| "the runtime wrote no exec pid".to_string())?;
+    let pid = crate::runc::read_pid(&files.pid).ok_or_else(|| "the runtime wrote no exec pid".to_string())?;
     let mut exit = svc.reaper.subscribe(pid);
     info!(svc.log, "interactive exec started"; "container_id" => &c.id, "pid" => pid, "tty" => start.tty);
 
@@ -249,7 +234,8 @@ async fn exec(
     Ok(())
 }
 
-/// A dup of `fd` as an async writer (a pipe, or a pty master).
+/// A dup of `fd` as an async writer: a pipe, or a pty master (typed input
+/// is small, a plain file write on the master will do).
 fn writer_of(fd: &OwnedFd, pty: bool) -> Result<Box<dyn tokio::io::AsyncWrite + Unpin + Send>, String> {
     let dup = fd.try_clone().map_err(|e| e.to_string())?;
     if pty {

@@ -80,6 +80,11 @@ pub enum Output {
     },
 }
 
+/// The pid a runtime wrote to its `--pid-file`.
+pub fn read_pid(path: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok())
+}
+
 /// A runc-compatible OCI runtime.
 #[derive(Clone)]
 pub struct Runc {

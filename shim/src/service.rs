@@ -129,16 +129,12 @@ impl ShimService {
         }
         let (out_w, err_w, console) = if req.terminal {
             let sock = bundle.join("console.sock");
-            let _ = std::fs::remove_file(&sock);
-            let listener = tokio::net::UnixListener::bind(&sock)
+            let console = crate::console::ConsoleSocket::listen(&sock)
                 .map_err(|e| status(Code::INTERNAL, format!("console socket: {e}")))?;
             args.push("--console-socket".into());
             args.push(sock.to_string_lossy().to_string());
-            let null = || std::fs::File::options().write(true).open("/dev/null").map(OwnedFd::from);
-            let (o, e) = (null(), null());
-            let (o, e) =
-                o.and_then(|o| e.map(|e| (o, e))).map_err(|e| status(Code::INTERNAL, format!("/dev/null: {e}")))?;
-            (o, e, Some(tokio::spawn(crate::console::receive_master(listener))))
+            let (o, e) = crate::console::null_stdio().map_err(|e| status(Code::INTERNAL, format!("/dev/null: {e}")))?;
+            (o, e, Some(console))
         } else {
             let (out_r, out_w) = pipe()?;
             let (err_r, err_w) = pipe()?;
@@ -159,28 +155,17 @@ impl ShimService {
                 runc::DEFAULT_TIMEOUT,
             )
             .await;
-        if let Some(task) = &console {
-            if created.is_err() {
-                task.abort();
-            }
-        }
+        // A failed create drops the console socket, which stops its wait.
         created.map_err(|e| status(Code::INTERNAL, e))?;
-        if let Some(task) = console {
-            let master = tokio::time::timeout(std::time::Duration::from_secs(10), task)
-                .await
-                .map_err(|_| status(Code::INTERNAL, "the runtime sent no terminal"))?
-                .map_err(|e| status(Code::INTERNAL, format!("console: {e}")))?
-                .map_err(|e| status(Code::INTERNAL, format!("receiving the terminal: {e}")))?;
-            let _ = std::fs::remove_file(bundle.join("console.sock"));
+        if let Some(console) = console {
+            let master = console.master().await.map_err(|e| status(Code::INTERNAL, e))?;
             let reader_fd = master.try_clone().map_err(|e| status(Code::INTERNAL, format!("dup terminal: {e}")))?;
             let reader = crate::console::PtyReader::new(reader_fd)
                 .map_err(|e| status(Code::INTERNAL, format!("terminal: {e}")))?;
             forwarders.push(tokio::spawn(cri_log::forward(Stream::Stdout, reader, Arc::clone(&sink))));
             io.pty = Some(master);
         }
-        let pid: i32 = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
+        let pid = runc::read_pid(&pid_file)
             .ok_or_else(|| status(Code::INTERNAL, "the OCI runtime wrote no container pid"))?;
         let exit = self.reaper.subscribe(pid);
         let kill_rest = (!own_pid_namespace(&bundle)).then(|| self.runc.clone());

@@ -61,14 +61,7 @@ func main() {
 		return
 	}
 	open := func(kind string) *spdystream.Stream {
-		s, err := sc.CreateStream(http.Header{"Streamtype": []string{kind}}, nil, false)
-		if err != nil {
-			fail("stream %s: %v", kind, err)
-		}
-		if err := s.WaitTimeout(10 * time.Second); err != nil {
-			fail("stream %s not accepted: %v", kind, err)
-		}
-		return s
+		return openStream(sc, http.Header{"Streamtype": []string{kind}})
 	}
 	errStream := open("error")
 	stdin := open("stdin")
@@ -98,15 +91,7 @@ func main() {
 
 func portForward(sc *spdystream.Connection, port string) {
 	open := func(kind string) *spdystream.Stream {
-		h := http.Header{"Streamtype": []string{kind}, "Port": []string{port}, "Requestid": []string{"0"}}
-		s, err := sc.CreateStream(h, nil, false)
-		if err != nil {
-			fail("stream %s: %v", kind, err)
-		}
-		if err := s.WaitTimeout(10 * time.Second); err != nil {
-			fail("stream %s not accepted: %v", kind, err)
-		}
-		return s
+		return openStream(sc, http.Header{"Streamtype": []string{kind}, "Port": []string{port}, "Requestid": []string{"0"}})
 	}
 	errStream := open("error")
 	errStream.Close()
@@ -120,4 +105,17 @@ func portForward(sc *spdystream.Connection, port string) {
 	n, _ := data.Read(buf)
 	<-done
 	fmt.Printf("data=%q\nerror=%q\n", buf[:n], errOut)
+}
+
+// openStream creates a stream and waits for the server to accept it, as
+// client-go does.
+func openStream(sc *spdystream.Connection, h http.Header) *spdystream.Stream {
+	s, err := sc.CreateStream(h, nil, false)
+	if err != nil {
+		fail("stream %v: %v", h, err)
+	}
+	if err := s.WaitTimeout(10 * time.Second); err != nil {
+		fail("stream %v not accepted: %v", h, err)
+	}
+	return s
 }

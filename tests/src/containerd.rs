@@ -150,13 +150,7 @@ impl Containerd {
 
     /// The per-pod processes containerd adds: the pod's shim and its pause.
     pub async fn pod_pids(&mut self, pod: &str) -> Vec<i32> {
-        let r = self
-            .rt
-            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: true })
-            .await
-            .expect("pod status")
-            .into_inner();
-        let info: serde_json::Value = serde_json::from_str(&r.info["info"]).expect("info json");
+        let info = crate::pod_info(&mut self.rt, pod).await;
         let pause = info["pid"].as_i64().expect("pause pid") as i32;
         vec![crate::parent_pid(pause), pause]
     }

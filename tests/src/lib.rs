@@ -313,13 +313,7 @@ impl Daemon {
 
     /// The `info` JSON of a verbose PodSandboxStatus.
     pub async fn pod_info(&mut self, pod: &str) -> serde_json::Value {
-        let r = self
-            .rt
-            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: true })
-            .await
-            .expect("pod status")
-            .into_inner();
-        serde_json::from_str(&r.info["info"]).expect("info json")
+        pod_info(&mut self.rt, pod).await
     }
 
     /// Status of a pod sandbox.
@@ -408,6 +402,16 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.cleanup();
     }
+}
+
+/// The `info` JSON of a verbose PodSandboxStatus, from any CRI runtime.
+pub async fn pod_info(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> serde_json::Value {
+    let r = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: true })
+        .await
+        .expect("pod status")
+        .into_inner();
+    serde_json::from_str(&r.info["info"]).expect("info json")
 }
 
 /// Removes every pod of the CRI runtime on `socket` (stopping each first when
