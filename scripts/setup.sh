@@ -34,6 +34,9 @@ if $test; then
   # kubelet and crictl use), built by the tests from tests/peers/.
   command -v go >/dev/null 2>&1 || need+=(golang-go)
   [ -d /usr/share/gocode/src/github.com/docker/spdystream ] || need+=(golang-github-docker-spdystream-dev)
+  # gRPC-Go 1.33 (what kubelet 1.28 links) for a CRI client that sends the
+  # socket path as its :authority.
+  [ -d /usr/share/gocode/src/google.golang.org/grpc ] || need+=(golang-google-grpc-dev)
 fi
 # --bench adds containerd (run side by side by scripts/bench.sh in folders of
 # its own, never as a service) and gcc for the pause image it needs.

@@ -6,6 +6,7 @@ pub mod cri_log_reader;
 pub mod cri_server;
 pub mod error;
 pub mod failpoint;
+pub mod h2_authority;
 pub mod ids;
 pub mod images;
 pub mod log_printer;

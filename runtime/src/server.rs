@@ -8,9 +8,11 @@ use protocol::cri::runtime_service_server::RuntimeServiceServer;
 use protocol::images::images_server::ImagesServer;
 use slog::Logger;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::cri_server::CriServer;
 use crate::error::{Error, IoContext, Result};
+use crate::h2_authority::AuthorityFix;
 use crate::manager::Manager;
 
 /// Largest message accepted or sent (kubelet uses 16 MiB).
@@ -49,7 +51,10 @@ pub async fn serve(
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(ImagesServer::new(svc))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new)),
+            shutdown,
+        )
         .await
         .map_err(|e| Error::internal(format!("serving CRI: {e}")))?;
     let _ = std::fs::remove_file(listen);

@@ -566,3 +566,21 @@ impl TestNet {
         TestNet { bridge, prefix, ipam }
     }
 }
+
+/// Builds the Go program `tests/peers/NAME.go` into `dir` against Debian's
+/// Go packages (GOPATH /usr/share/gocode); None when Go or a package it
+/// imports is missing.
+pub fn go_peer(name: &str, dir: &Path) -> Option<PathBuf> {
+    let src = workspace().join(format!("tests/peers/{name}.go"));
+    let out = dir.join(name);
+    let ok = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", dir.join("gocache"))
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(out)
+}

@@ -178,22 +178,10 @@ async fn raw_get(host: &str, path: &str) -> String {
     out
 }
 
-/// Builds the Go peer (tests/peers/spdy_exec.go) on Debian's spdystream, the
-/// SPDY implementation kubelet and crictl use; None when Go or the package
-/// is missing.
+/// The Go SPDY peer (tests/peers/spdy_exec.go) on Debian's spdystream, the
+/// SPDY implementation kubelet and crictl use.
 fn go_peer(dir: &std::path::Path) -> Option<std::path::PathBuf> {
-    let src = berth_tests::workspace().join("tests/peers/spdy_exec.go");
-    let out = dir.join("spdy_exec");
-    let ok = std::process::Command::new("go")
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .env("GO111MODULE", "off")
-        .env("GOPATH", "/usr/share/gocode")
-        .env("GOCACHE", dir.join("gocache"))
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(out)
+    berth_tests::go_peer("spdy_exec", dir)
 }
 
 fn run_peer(peer: &std::path::Path, url: &str, protocol: &str, mode: &str, stdin: &[u8]) -> String {

@@ -1,0 +1,73 @@
+//! What a real kubelet needs of the CRI socket and of a node runtime.
+use berth_tests::Daemon;
+
+/// gRPC-Go 1.33 (Debian's, what kubelet 1.28 links) dialing the bare socket
+/// path sends that path as `:authority`, as do other clients in other
+/// spellings; every one must reach the handlers.
+#[tokio::test]
+async fn grpc_go_clients_with_any_authority_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(peer) = berth_tests::go_peer("grpc_version", dir.path()) else {
+        eprintln!("SKIP: go or golang-google-grpc-dev missing (scripts/setup.sh --test installs them)");
+        return;
+    };
+    let d = Daemon::start().await;
+    let socket = d.socket.display().to_string();
+    let encoded = socket.replace('/', "%2F");
+    // No authority given: gRPC-Go uses the dial target, the bare path.
+    for authority in [None, Some("-"), Some("localhost"), Some(encoded.as_str()), Some("unix:///x.sock"), Some("[bad")]
+    {
+        let mut cmd = std::process::Command::new(&peer);
+        cmd.arg(&socket);
+        if let Some(a) = authority {
+            cmd.arg(a);
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "authority {authority:?}: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
+        // Two calls on one connection: the second one's headers come from
+        // the HPACK dynamic table.
+        assert_eq!(stdout.matches("runtime_name=berth").count(), 2, "authority {authority:?}: {stdout}");
+    }
+    // And tonic's own client (berthctl's) still works on the same socket.
+    let mut rt = d.rt.clone();
+    let v = rt.version(protocol::cri::VersionRequest { version: "v1".into() }).await.unwrap().into_inner();
+    assert_eq!(v.runtime_name, "berth");
+}
+
+/// The streaming server (HTTP/1.1) takes any Host too: kubelet proxies to it
+/// with its own, and a client on a unix-socket setup may send a path.
+#[tokio::test]
+async fn the_streaming_server_takes_any_host() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("any-host");
+    let pod = d.run_pod(&cfg).await;
+    let c = d.create(&pod, &cfg, "c", &["sleep", "100000"]).await;
+    d.start_container(&c).await;
+    d.wait_state(&c, protocol::cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+    for host in ["/run/berth/berth.sock", "%2Frun%2Fx.sock", ""] {
+        let url =
+            d.rt.exec(protocol::cri::ExecRequest {
+                container_id: c.clone(),
+                cmd: vec!["true".into()],
+                stdout: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url;
+        let rest = url.trim_start_matches("http://");
+        let (addr, path) = rest.split_at(rest.find('/').unwrap());
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n"
+        );
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 12];
+        conn.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 101", "Host {host:?}");
+    }
+}
