@@ -37,6 +37,34 @@ pub struct ImageRecord {
 const INDEX_TYPES: &[&str] =
     &["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
 
+impl ImageRecord {
+    /// What a container created from this image by the name `asked` reports,
+    /// as containerd does: the image as asked (its first repo tag when asked
+    /// by id), and a repo digest, of the asked repository when it has one
+    /// (the id when it has none).
+    pub fn container_names(&self, asked: &str) -> (String, String) {
+        let bare = asked.strip_prefix("sha256:").unwrap_or(asked);
+        let by_id = bare.len() >= 12
+            && bare.bytes().all(|b| b.is_ascii_hexdigit())
+            && self.id.trim_start_matches("sha256:").starts_with(bare);
+        let reference = if by_id { None } else { Reference::parse(asked).ok() };
+        let image = match &reference {
+            Some(_) => asked.to_string(),
+            None => self.repo_tags.first().or(self.repo_digests.first()).unwrap_or(&self.id).clone(),
+        };
+        let asked_digest = reference.as_ref().and_then(|r| r.digested()).filter(|d| self.repo_digests.contains(d));
+        let same_repo = reference.as_ref().and_then(|r| {
+            let prefix = format!("{}@", r.repository());
+            self.repo_digests.iter().find(|d| d.starts_with(&prefix)).cloned()
+        });
+        let image_ref = asked_digest
+            .or(same_repo)
+            .or_else(|| self.repo_digests.first().cloned())
+            .unwrap_or_else(|| self.id.clone());
+        (image, image_ref)
+    }
+}
+
 /// The node's platform, as OCI names it.
 pub fn host_arch() -> &'static str {
     match std::env::consts::ARCH {

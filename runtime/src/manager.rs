@@ -118,8 +118,13 @@ pub struct ContainerMeta {
     pub config: cri::ContainerConfig,
     /// Image id (`sha256:...`).
     pub image_id: String,
-    /// Image as the client named it.
+    /// Image as ContainerStatus names it: as the client asked, or a repo
+    /// tag when it asked by id.
     pub image_name: String,
+    /// A repo digest of the image (`repo@sha256:<manifest>`); empty in
+    /// records from before it was kept (the image id stands in).
+    #[serde(default)]
+    pub image_ref: String,
     /// Layers its rootfs stacks (kept from garbage collection).
     pub layers: Vec<String>,
     /// Unix nanoseconds.
@@ -997,6 +1002,7 @@ impl Manager {
             .resolve(&image_name)
             .cloned()
             .ok_or_else(|| Error::not_found(format!("image {image_name:?} not found; pull or import it first")))?;
+        let (shown_name, image_ref) = image.container_names(&image_name);
         let log_path = if !config.log_path.is_empty() && !smeta.config.log_directory.is_empty() {
             Some(ids::log_path(&smeta.config.log_directory, &config.log_path)?)
         } else if config.log_path.starts_with('/') || config.log_path.contains("..") {
@@ -1021,7 +1027,8 @@ impl Manager {
             sandbox_id: sandbox_id.to_string(),
             config: config.clone(),
             image_id: image.id.clone(),
-            image_name: image_name.clone(),
+            image_name: shown_name,
+            image_ref,
             layers: image.layers.clone(),
             created_at: now_nanos(),
             log_path: log_path.clone(),
@@ -1243,7 +1250,7 @@ impl Manager {
             finished_at: st.finished_at,
             exit_code: st.exit_code,
             image: Some(cri::ImageSpec { image: meta.image_name.clone(), ..Default::default() }),
-            image_ref: meta.image_id.clone(),
+            image_ref: if meta.image_ref.is_empty() { meta.image_id.clone() } else { meta.image_ref.clone() },
             reason: st.reason.clone(),
             message: st.message.clone(),
             labels: meta.config.labels.clone(),

@@ -71,3 +71,58 @@ async fn the_streaming_server_takes_any_host() {
         assert_eq!(&buf, b"HTTP/1.1 101", "Host {host:?}");
     }
 }
+
+/// ContainerStatus and ListContainers name the image as containerd does:
+/// `image.image` the reference used at create (a repo tag when an id was
+/// given), `image_ref` a repo digest, `image_id` the config digest.
+#[tokio::test]
+async fn container_image_fields_are_what_kubelet_shows() {
+    use protocol::cri;
+    let mut d = Daemon::start().await;
+    let st = d
+        .img
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec { image: berth_tests::TEST_IMAGE.into(), ..Default::default() }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap();
+    let id = st.id.clone();
+    let repo_digest = st.repo_digests[0].clone();
+    assert!(repo_digest.starts_with("docker.io/library/berth-test@sha256:"), "{repo_digest}");
+    let cfg = d.pod_config("image-fields");
+    let pod = d.run_pod(&cfg).await;
+    let short_tag = "berth-test".to_string();
+    let by_id_prefix = id.trim_start_matches("sha256:")[..12].to_string();
+    for (n, (asked, shown)) in [
+        (short_tag.clone(), short_tag.clone()),
+        (repo_digest.clone(), repo_digest.clone()),
+        (id.clone(), berth_tests::TEST_IMAGE.to_string()),
+        (by_id_prefix, berth_tests::TEST_IMAGE.to_string()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut c = berth_tests::container_config(&format!("c{n}"), &["true"]);
+        c.image = Some(cri::ImageSpec { image: asked.clone(), ..Default::default() });
+        let ctr = d.create_with(&pod, &cfg, c).await.unwrap();
+        let s = d.status(&ctr).await;
+        assert_eq!(s.image.as_ref().unwrap().image, shown, "asked {asked}");
+        assert_eq!(s.image_ref, repo_digest, "asked {asked}");
+        assert_eq!(s.image_id, id, "asked {asked}");
+        let l =
+            d.rt.list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter { id: ctr.clone(), ..Default::default() }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        assert_eq!(l[0].image.as_ref().unwrap().image, shown, "asked {asked}");
+        assert_eq!(l[0].image_ref, repo_digest, "asked {asked}");
+        assert_eq!(l[0].image_id, id, "asked {asked}");
+    }
+}
