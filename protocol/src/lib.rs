@@ -1,5 +1,6 @@
-//! Wire types of Berth, and nothing else: the Kubernetes CRI v1 API (gRPC,
-//! tonic/prost) and the berth-shim API (ttrpc, rust-protobuf). No other crate
+//! Wire types of Berth and the contracts between its processes: the
+//! Kubernetes CRI v1 API (gRPC, tonic/prost), the berth-shim API (ttrpc,
+//! rust-protobuf), the io stream framing and how sockets are reached. No other crate
 //! in the workspace defines a type that crosses a process boundary.
 
 /// Kubernetes CRI `runtime.v1`: RuntimeService and ImageService.
@@ -15,6 +16,7 @@ pub mod images {
 }
 
 pub mod io_stream;
+pub mod socket_path;
 
 /// The berth-shim ttrpc API (`berth.shim.v1`).
 pub mod shim {

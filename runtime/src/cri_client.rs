@@ -22,7 +22,10 @@ pub async fn connect(endpoint: &str, timeout: Duration) -> Result<Channel, Conne
         .connect_timeout(timeout)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
-            async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
+            async move {
+                let dial = protocol::socket_path::SocketPath::new(std::path::Path::new(&path))?;
+                tokio::net::UnixStream::connect(dial.path()).await.map(TokioIo::new)
+            }
         }))
         .await
         .map_err(|source| ConnectError { endpoint: endpoint.to_string(), source })

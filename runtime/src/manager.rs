@@ -298,13 +298,6 @@ impl Manager {
         ] {
             std::fs::create_dir_all(d).ctx(|| format!("creating {}", d.display()))?;
         }
-        let sock_len = shim_client::socket_path(&cfg.state.join("sandboxes").join(ids::new_id())).as_os_str().len();
-        if sock_len > 107 {
-            return Err(Error::invalid(format!(
-                "state folder {} is too long: shim socket paths would be {sock_len} bytes, unix sockets allow 107",
-                cfg.state.display()
-            )));
-        }
         let db = Db::open(&cfg.root.join("metadata.redb"))?;
         let sandbox_store = Store::open(&db, "sandboxes")?;
         let container_store = Store::open(&db, "containers")?;

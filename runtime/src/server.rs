@@ -35,7 +35,9 @@ pub async fn serve(
         }
         _ => {}
     }
-    let listener = tokio::net::UnixListener::bind(listen).ctx(|| format!("binding {}", listen.display()))?;
+    let listener = protocol::socket_path::SocketPath::new(listen)
+        .and_then(|p| tokio::net::UnixListener::bind(p.path()))
+        .ctx(|| format!("binding {}", listen.display()))?;
     std::fs::set_permissions(listen, std::fs::Permissions::from_mode(0o660))
         .ctx(|| format!("chmod {}", listen.display()))?;
     let svc = CriServer::new(mgr, stream, log);

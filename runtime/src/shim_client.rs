@@ -91,10 +91,12 @@ impl Shim {
     /// Connects and checks the API version.
     pub async fn connect(dir: &Path) -> Result<Shim> {
         let sock = socket_path(dir);
-        let addr = format!("unix://{}", sock.display());
-        let client = ttrpc::r#async::Client::connect(&addr)
-            .await
-            .map_err(|e| Error::new(Kind::Unavailable, format!("connecting to shim at {}: {e}", sock.display())))?;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            Error::new(Kind::Unavailable, format!("connecting to shim at {}: {e}", sock.display()))
+        };
+        let dial = protocol::socket_path::SocketPath::new(&sock).map_err(|e| unavailable(&e))?;
+        let stream = tokio::net::UnixStream::connect(dial.path()).await.map_err(|e| unavailable(&e))?;
+        let client = ttrpc::r#async::Client::new(stream.into());
         let client = ShimClient::new(client);
         let info = client
             .connect(ctx(Some(Duration::from_secs(5))), &api::ConnectRequest::new())

@@ -367,7 +367,9 @@ async fn run_in_shim(
     log: &Logger,
 ) -> Result<()> {
     let net = |e: std::io::Error| Error::internal(format!("shim io: {e}"));
-    let conn = tokio::net::UnixStream::connect(&req.io_socket)
+    let dial = protocol::socket_path::SocketPath::new(&req.io_socket)
+        .ctx(|| format!("connecting to the shim at {}", req.io_socket.display()))?;
+    let conn = tokio::net::UnixStream::connect(dial.path())
         .await
         .ctx(|| format!("connecting to the shim at {}", req.io_socket.display()))?;
     let (mut shim_rd, mut shim_wr) = conn.into_split();

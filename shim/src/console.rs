@@ -14,6 +14,9 @@ use tokio::io::{AsyncRead, ReadBuf};
 /// A console socket waiting for the runtime's pty master.
 pub struct ConsoleSocket {
     path: std::path::PathBuf,
+    /// The path the runtime dials (short, through this process's fd table,
+    /// when the real one would not fit in `sun_path`).
+    dial: protocol::socket_path::SocketPath,
     task: tokio::task::JoinHandle<std::io::Result<OwnedFd>>,
 }
 
@@ -21,8 +24,14 @@ impl ConsoleSocket {
     /// Binds `path` (replacing a stale socket) and starts waiting.
     pub fn listen(path: &std::path::Path) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(path);
-        let listener = tokio::net::UnixListener::bind(path)?;
-        Ok(ConsoleSocket { path: path.to_path_buf(), task: tokio::spawn(receive_master(listener)) })
+        let dial = protocol::socket_path::SocketPath::for_others(path)?;
+        let listener = tokio::net::UnixListener::bind(dial.path())?;
+        Ok(ConsoleSocket { path: path.to_path_buf(), dial, task: tokio::spawn(receive_master(listener)) })
+    }
+
+    /// What to give the runtime as `--console-socket`.
+    pub fn runtime_path(&self) -> String {
+        self.dial.path().to_string_lossy().to_string()
     }
 
     /// The pty master, once the runtime has sent it (at most 10 s).

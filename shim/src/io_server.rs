@@ -126,7 +126,7 @@ async fn exec(
     write_process_spec(&c, &start.args, start.tty, &files.spec).map_err(|e| e.to_string())?;
     let pidf = files.pid.to_string_lossy().to_string();
     let spec = files.spec.to_string_lossy().to_string();
-    let console_path = files.console.to_string_lossy().to_string();
+    let console_path: String;
     let mut args = vec!["exec", "--detach", "--pid-file", &pidf, "--process", &spec];
     let (tx, mut out_rx) = mpsc::channel::<Frame>(16);
     let mut outputs = Vec::new();
@@ -137,6 +137,7 @@ async fn exec(
     let (console, stdin_r, out_w, err_w) = if start.tty {
         let console =
             crate::console::ConsoleSocket::listen(&files.console).map_err(|e| format!("console socket: {e}"))?;
+        console_path = console.runtime_path();
         args.extend(["--console-socket", &console_path]);
         let (o, e) = crate::console::null_stdio().map_err(|e| e.to_string())?;
         (Some(console), None, o, e)

@@ -200,12 +200,15 @@ async fn serve(args: Args, pinned: namespaces::Pinned, log: Logger, ready: &mut 
 
     let sock = args.dir.join("shim.sock");
     let _ = std::fs::remove_file(&sock);
-    let listener = tokio::net::UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    let listener = protocol::socket_path::SocketPath::new(&sock)
+        .and_then(|p| tokio::net::UnixListener::bind(p.path()))
+        .with_context(|| format!("binding {}", sock.display()))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).context("chmod shim.sock")?;
     let io_sock = args.dir.join("io.sock");
     let _ = std::fs::remove_file(&io_sock);
-    let io_listener =
-        tokio::net::UnixListener::bind(&io_sock).with_context(|| format!("binding {}", io_sock.display()))?;
+    let io_listener = protocol::socket_path::SocketPath::new(&io_sock)
+        .and_then(|p| tokio::net::UnixListener::bind(p.path()))
+        .with_context(|| format!("binding {}", io_sock.display()))?;
     std::fs::set_permissions(&io_sock, std::fs::Permissions::from_mode(0o600)).context("chmod io.sock")?;
     tokio::spawn(io_server::serve(io_listener, Arc::clone(&svc)));
     let mut server =

@@ -132,7 +132,7 @@ impl ShimService {
             let console = crate::console::ConsoleSocket::listen(&sock)
                 .map_err(|e| status(Code::INTERNAL, format!("console socket: {e}")))?;
             args.push("--console-socket".into());
-            args.push(sock.to_string_lossy().to_string());
+            args.push(console.runtime_path());
             let (o, e) = crate::console::null_stdio().map_err(|e| status(Code::INTERNAL, format!("/dev/null: {e}")))?;
             (o, e, Some(console))
         } else {

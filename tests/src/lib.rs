@@ -71,12 +71,12 @@ pub struct Daemon {
 
 fn spawn_berthd(dir: &Path, socket: &Path, env: &[(&str, &str)], args: &[String]) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("berthd.log")).expect("berthd.log");
-    Command::new(bin_dir().join("berthd"))
-        .arg("--root")
-        .arg(dir.join("r"))
-        .arg("--state")
-        .arg(dir.join("s"))
-        .arg("--listen")
+    let mut cmd = Command::new(bin_dir().join("berthd"));
+    cmd.arg("--root").arg(dir.join("r"));
+    if !args.iter().any(|a| a == "--state") {
+        cmd.arg("--state").arg(dir.join("s"));
+    }
+    cmd.arg("--listen")
         .arg(socket)
         .arg("--log-level")
         .arg("debug")
@@ -116,11 +116,11 @@ impl Daemon {
         Self::start_full(env, &[]).await
     }
 
-    /// Starts berthd with extra environment and extra flags (kept for restarts).
+    /// Starts berthd with extra environment and extra flags (kept for
+    /// restarts); `{dir}` in a flag is the daemon's temp folder.
     pub async fn start_full(env: &[(&str, &str)], args: &[&str]) -> Daemon {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        // Short path: shim sockets live below it and unix socket paths are short.
         let dir = tempfile::Builder::new().prefix("b").tempdir_in("/tmp").expect("temp dir");
+        let args: Vec<String> = args.iter().map(|s| s.replace("{dir}", &dir.path().display().to_string())).collect();
         let socket = dir.path().join("c.sock");
         let logs = dir.path().join("logs");
         let child = spawn_berthd(dir.path(), &socket, env, &args);

@@ -126,3 +126,56 @@ async fn container_image_fields_are_what_kubelet_shows() {
         assert_eq!(l[0].image_id, id, "asked {asked}");
     }
 }
+
+/// A `--state` of 200 characters: every socket under it (shim, io, console
+/// sockets of a TTY container and of a terminal exec) is longer than
+/// `sun_path` and still works, through a berthd restart.
+#[tokio::test]
+async fn a_200_character_state_folder_works() {
+    use berth::stream_client::{exit_code, Channels, ExecStream};
+    use protocol::cri;
+    use std::time::Duration;
+    let probe = tempfile::Builder::new().prefix("b").tempdir_in("/tmp").unwrap();
+    // The daemon's folder has the same length as this probe's.
+    let pad = 200 - probe.path().as_os_str().len() - 1;
+    drop(probe);
+    let state = format!("{{dir}}/{}", "s".repeat(pad));
+    let mut d = Daemon::start_full(&[], &["--state", &state]).await;
+    let state = d.dir.path().join("s".repeat(pad));
+    assert_eq!(state.as_os_str().len(), 200);
+    let cfg = d.pod_config("long-state");
+    let pod = d.run_pod(&cfg).await;
+    let mut c = berth_tests::container_config("tty", &["sh", "-c", "echo up; sleep 100000"]);
+    c.tty = true;
+    c.stdin = true;
+    let ctr = d.create_with(&pod, &cfg, c).await.unwrap();
+    d.start_container(&ctr).await;
+    d.wait_state(&ctr, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+    assert!(state.join("sandboxes").join(&pod).join("shim.sock").exists());
+    assert_eq!(d.exec_out(&ctr, &["echo", "sync"]).await, "sync");
+    // A terminal exec: io.sock and an exec console socket.
+    let url =
+        d.rt.exec(cri::ExecRequest {
+            container_id: ctr.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "tty >/dev/null && echo in-tty; exit 5".into()],
+            tty: true,
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let ch = Channels { stdout: true, tty: true, ..Default::default() };
+    let (out, _, status) =
+        ExecStream::connect(&url, berth::streaming::EXEC_PROTOCOLS, ch).await.unwrap().collect().await;
+    assert!(String::from_utf8_lossy(&out).contains("in-tty"), "{}", String::from_utf8_lossy(&out));
+    assert_eq!(exit_code(&status), Some(5));
+    // berthd finds its shims again.
+    d.restart().await;
+    assert_eq!(d.exec_out(&ctr, &["echo", "again"]).await, "again");
+    d.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    d.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+    assert!(d.mounts().is_empty(), "{:?}", d.mounts());
+    assert_eq!(std::fs::read_dir(state.join("sandboxes")).unwrap().count(), 0);
+}
