@@ -90,7 +90,9 @@ impl RuntimeService for CriServer {
     ) -> Reply<cri::PodSandboxStatusResponse> {
         let r = req.into_inner();
         let (status, info) = self.mgr.pod_sandbox_status(&r.pod_sandbox_id, r.verbose).await?;
-        let containers_statuses = Vec::new();
+        // Evented PLEG takes the pod's containers from here whenever the
+        // timestamp is set.
+        let containers_statuses = self.mgr.pod_container_statuses(&r.pod_sandbox_id).await;
         Ok(Response::new(cri::PodSandboxStatusResponse {
             status: Some(status),
             info,

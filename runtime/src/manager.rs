@@ -576,17 +576,27 @@ impl Manager {
 
     /// Publishes an event with the pod's status and its containers' statuses
     /// as they are now. Best effort: with no subscriber it costs nothing.
+    /// A pod's own events carry its id as `container_id`, as containerd's do.
     async fn emit(&self, sandbox_id: &str, container_id: &str, kind: cri::ContainerEventType) {
         if self.events.receiver_count() == 0 {
             return;
         }
         let pod_sandbox_status = self.pod_sandbox_status(sandbox_id, false).await.ok().map(|(s, _)| s);
-        let mut containers_statuses = Vec::new();
-        for c in self.containers_of(sandbox_id) {
-            if let Ok((st, _)) = self.container_status(&c.id, false).await {
-                containers_statuses.push(st);
-            }
+        self.emit_with(pod_sandbox_status, sandbox_id, container_id, kind).await;
+    }
+
+    /// [`Self::emit`] with the pod's status given (a removed pod has none to ask).
+    async fn emit_with(
+        &self,
+        pod_sandbox_status: Option<cri::PodSandboxStatus>,
+        sandbox_id: &str,
+        container_id: &str,
+        kind: cri::ContainerEventType,
+    ) {
+        if self.events.receiver_count() == 0 {
+            return;
         }
+        let containers_statuses = self.pod_container_statuses(sandbox_id).await;
         let _ = self.events.send(cri::ContainerEventResponse {
             container_id: container_id.to_string(),
             container_event_type: kind as i32,
@@ -775,6 +785,8 @@ impl Manager {
             return Err(e);
         }
         info!(self.log, "pod sandbox ready"; "sandbox_id" => &id, "name" => &md.name, "namespace" => &md.namespace);
+        self.emit(&id, &id, cri::ContainerEventType::ContainerCreatedEvent).await;
+        self.emit(&id, &id, cri::ContainerEventType::ContainerStartedEvent).await;
         Ok(id)
     }
 
@@ -815,14 +827,18 @@ impl Manager {
         if !current.network_released {
             self.release_network(&current).await?;
         }
-        let meta = {
+        let (was_stopped, meta) = {
             let mut m = lock(&sb.meta);
+            let was = m.stopped;
             m.stopped = true;
             m.network_released = true;
-            m.clone()
+            (was, m.clone())
         };
         self.sandbox_store.put(id, &meta)?;
         info!(self.log, "pod sandbox stopped"; "sandbox_id" => id);
+        if !was_stopped {
+            self.emit(id, id, cri::ContainerEventType::ContainerStoppedEvent).await;
+        }
         Ok(())
     }
 
@@ -870,6 +886,11 @@ impl Manager {
             self.remove_container(&c.id).await?;
         }
         failpoint::hit("remove-pod-sandbox/containers-removed");
+        let last_status = if self.events.receiver_count() > 0 {
+            self.pod_sandbox_status(id, false).await.ok().map(|(s, _)| s)
+        } else {
+            None
+        };
         *sb.shim.lock().await = None;
         self.teardown_sandbox_dir(&meta.dir, meta.pod_init_pid).await;
         crate::pod_cgroup::remove(meta.config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).unwrap_or(""), id);
@@ -878,7 +899,23 @@ impl Manager {
         lock(&self.sandboxes).remove(id);
         self.release(&sandbox_key(&meta.config.metadata.clone().unwrap_or_default()));
         info!(self.log, "pod sandbox removed"; "sandbox_id" => id);
+        self.emit_with(last_status, id, id, cri::ContainerEventType::ContainerDeletedEvent).await;
         Ok(())
+    }
+
+    /// The statuses of a pod's containers, oldest first: what evented PLEG
+    /// reads from PodSandboxStatus and from every event.
+    pub async fn pod_container_statuses(&self, sandbox_id: &str) -> Vec<cri::ContainerStatus> {
+        let mut metas: Vec<ContainerMeta> =
+            self.containers_of(sandbox_id).into_iter().filter(|c| c.phase != Phase::Creating).collect();
+        metas.sort_by_key(|c| c.created_at);
+        let mut out = Vec::new();
+        for c in metas {
+            if let Ok((st, _)) = self.container_status(&c.id, false).await {
+                out.push(st);
+            }
+        }
+        out
     }
 
     fn containers_of(&self, sandbox_id: &str) -> Vec<ContainerMeta> {

@@ -179,3 +179,82 @@ async fn a_200_character_state_folder_works() {
     assert!(d.mounts().is_empty(), "{:?}", d.mounts());
     assert_eq!(std::fs::read_dir(state.join("sandboxes")).unwrap().count(), 0);
 }
+
+/// Evented PLEG (kubelet's GetContainerEvents follower): every event carries
+/// the pod's status with its metadata (kubelet drops it otherwise) and the
+/// statuses of the pod's containers; the pod's own life comes as events with
+/// its id; PodSandboxStatus, whenever it sets `timestamp`, lists the pod's
+/// containers (kubelet then takes them from there instead of listing).
+#[tokio::test]
+async fn evented_pleg_sees_pods_and_containers_with_their_statuses() {
+    use protocol::cri::{self, ContainerEventType as E, ContainerState as S};
+    use std::time::Duration;
+    let mut d = Daemon::start().await;
+    let mut events = d.rt.get_container_events(cri::GetEventsRequest {}).await.unwrap().into_inner();
+    let cfg = d.pod_config("pleg");
+    let pod = d.run_pod(&cfg).await;
+    let ctr = d.create(&pod, &cfg, "c", &["sleep", "100000"]).await;
+    d.start_container(&ctr).await;
+    d.wait_state(&ctr, S::ContainerRunning, Duration::from_secs(10)).await;
+
+    let r =
+        d.rt.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(r.timestamp > 0);
+    assert_eq!(r.containers_statuses.len(), 1, "{r:?}");
+    assert_eq!(r.containers_statuses[0].id, ctr);
+    assert_eq!(r.containers_statuses[0].state, S::ContainerRunning as i32);
+
+    d.rt.stop_container(cri::StopContainerRequest { container_id: ctr.clone(), timeout: 0 }).await.unwrap();
+    d.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    d.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+
+    let mut pod_events = Vec::new();
+    let mut ctr_events = Vec::new();
+    let mut last_at = 0;
+    while !pod_events.contains(&(E::ContainerDeletedEvent as i32)) {
+        let e = tokio::time::timeout(Duration::from_secs(20), events.message())
+            .await
+            .expect("events stopped before the pod's deletion")
+            .unwrap()
+            .expect("event stream ended");
+        let st = e.pod_sandbox_status.as_ref().expect("an event without the pod's status");
+        assert_eq!(st.id, pod);
+        assert_eq!(st.metadata.as_ref().expect("pod status without metadata").uid, "uid-pleg");
+        assert!(e.created_at >= last_at, "events out of order");
+        last_at = e.created_at;
+        let listed: Vec<(String, i32)> = e.containers_statuses.iter().map(|c| (c.id.clone(), c.state)).collect();
+        if e.container_id == pod {
+            pod_events.push(e.container_event_type);
+            if e.container_event_type == E::ContainerDeletedEvent as i32 {
+                assert!(listed.is_empty(), "{listed:?}");
+                assert_eq!(st.state, cri::PodSandboxState::SandboxNotready as i32);
+            }
+        } else {
+            assert_eq!(e.container_id, ctr);
+            let t = e.container_event_type;
+            let want = match t {
+                t if t == E::ContainerCreatedEvent as i32 => Some(S::ContainerCreated),
+                t if t == E::ContainerStartedEvent as i32 => Some(S::ContainerRunning),
+                t if t == E::ContainerStoppedEvent as i32 => Some(S::ContainerExited),
+                _ => None,
+            };
+            if let Some(want) = want {
+                assert_eq!(listed, vec![(ctr.clone(), want as i32)], "event {t}");
+            }
+            ctr_events.push(t);
+        }
+    }
+    assert_eq!(
+        pod_events,
+        [E::ContainerCreatedEvent, E::ContainerStartedEvent, E::ContainerStoppedEvent, E::ContainerDeletedEvent]
+            .map(|e| e as i32)
+    );
+    assert_eq!(
+        ctr_events,
+        [E::ContainerCreatedEvent, E::ContainerStartedEvent, E::ContainerStoppedEvent, E::ContainerDeletedEvent]
+            .map(|e| e as i32)
+    );
+}
