@@ -172,11 +172,83 @@ pub fn resources(res: &cri::LinuxContainerResources) -> Result<oci_spec::runtime
     if res.memory_swap_limit_in_bytes > 0 {
         memory = memory.swap(res.memory_swap_limit_in_bytes);
     }
-    LinuxResourcesBuilder::default()
-        .cpu(cpu.build().map_err(oci)?)
-        .memory(memory.build().map_err(oci)?)
-        .build()
-        .map_err(oci)
+    // kubelet sends a limit for every page size the kernel has (0 for the
+    // sizes a pod does not ask for). Without a hugetlb controller runc
+    // refuses any of them: zero limits then go (nothing could enforce them,
+    // and refusing would refuse every pod), a real limit is refused.
+    let hugetlb = res.hugepage_limits.is_empty() || crate::cgroup_host::has_controller("hugetlb");
+    let mut hugepages = Vec::new();
+    for h in &res.hugepage_limits {
+        if !valid_page_size(&h.page_size) {
+            return Err(Error::invalid(format!(
+                "hugepage limit page_size {:?} must be a size with a unit, like 2MB or 1GB",
+                h.page_size
+            )));
+        }
+        let limit = i64::try_from(h.limit)
+            .map_err(|_| Error::invalid(format!("hugepage limit {} for {} is too large", h.limit, h.page_size)))?;
+        if !hugetlb {
+            if h.limit > 0 {
+                return Err(Error::invalid(format!(
+                    "hugepage limit {} bytes of {} pages cannot be enforced: this node's cgroup hierarchy has no hugetlb controller",
+                    h.limit, h.page_size
+                )));
+            }
+            continue;
+        }
+        hugepages.push(
+            oci_spec::runtime::LinuxHugepageLimitBuilder::default()
+                .page_size(h.page_size.clone())
+                .limit(limit)
+                .build()
+                .map_err(oci)?,
+        );
+    }
+    for (key, value) in &res.unified {
+        check_unified(key, value)?;
+    }
+    let mut b = LinuxResourcesBuilder::default().cpu(cpu.build().map_err(oci)?).memory(memory.build().map_err(oci)?);
+    if !hugepages.is_empty() {
+        b = b.hugepage_limits(hugepages);
+    }
+    if !res.unified.is_empty() {
+        if !crate::cgroup_host::unified_hierarchy() {
+            return Err(Error::invalid(format!(
+                "unified cgroup resources ({}) need cgroup v2, and this node's /sys/fs/cgroup is cgroup v1",
+                res.unified.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        b = b.unified(res.unified.clone());
+    }
+    b.build().map_err(oci)
+}
+
+/// `2MB`, `64KB`, `1GB`: digits, then a unit (what kubelet and runc write).
+fn valid_page_size(s: &str) -> bool {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0 && digits <= 12 && matches!(&s[digits..], "KB" | "MB" | "GB" | "TB" | "PB")
+}
+
+/// A unified key names one file of the container's own cgroup
+/// (`memory.swap.max`): no path, no hidden file, no cgroup core file that
+/// would move processes or change the tree.
+fn check_unified(key: &str, value: &str) -> Result<()> {
+    let bad = |why: &str| Error::invalid(format!("unified cgroup resource {key:?}: {why}"));
+    let (controller, file) = key.split_once('.').ok_or_else(|| bad("must be <controller>.<file>"))?;
+    if key.len() > 64
+        || controller.is_empty()
+        || file.is_empty()
+        || !key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._".contains(&b))
+    {
+        return Err(bad("must be <controller>.<file>, lowercase letters, digits, '.' and '_'"));
+    }
+    if controller == "cgroup" {
+        return Err(bad("cgroup core files are not resources"));
+    }
+    if value.len() > 4096 || value.contains(['\n', '\0']) {
+        return Err(bad("the value must be one line of at most 4096 bytes"));
+    }
+    Ok(())
 }
 
 /// containerd's default capability set for unprivileged containers.
@@ -553,6 +625,23 @@ mod tests {
             command: command.iter().map(|s| s.to_string()).collect(),
             args: args.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unified_keys_and_page_sizes_are_checked() {
+        for ok in ["memory.swap.max", "memory.high", "cpu.weight", "io.max", "memory.oom.group"] {
+            assert!(check_unified(ok, "1").is_ok(), "{ok}");
+        }
+        for bad in ["", "memory", "../x.y", "memory/../../x", "cgroup.procs", "Memory.max", ".x", "memory."] {
+            assert!(check_unified(bad, "1").is_err(), "{bad}");
+        }
+        assert!(check_unified("memory.max", "1\n2").is_err());
+        for ok in ["2MB", "1GB", "64KB"] {
+            assert!(valid_page_size(ok), "{ok}");
+        }
+        for bad in ["", "MB", "2mb", "2MiB", "2MB/..", "-2MB"] {
+            assert!(!valid_page_size(bad), "{bad}");
         }
     }
 

@@ -185,3 +185,109 @@ async fn a_pod_without_a_cgroup_parent_gets_its_own_pod_cgroup() {
         assert!(!p.exists(), "pod cgroup {} left behind", p.display());
     }
 }
+
+/// kubelet's cgroup v2 fields (`unified`, where it puts `memory.swap.max`)
+/// and hugepage limits reach the OCI runtime; a hostile unified key is
+/// refused before anything is made.
+#[tokio::test]
+async fn unified_and_hugepage_limits_reach_the_runtime() {
+    let v2 = nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("unified");
+    let pod = d.run_pod(&cfg).await;
+    let with = |name: &str, res: cri::LinuxContainerResources| {
+        let mut cc = container_config(name, &["sleep", "100000"]);
+        cc.linux.as_mut().unwrap().resources = Some(res);
+        cc
+    };
+    let hugetlb = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().any(|l| {
+        l.split_once(" - ").is_some_and(|(_, r)| {
+            r.starts_with("cgroup ") && r.split(' ').nth(2).unwrap_or("").split(',').any(|o| o == "hugetlb")
+        })
+    }) || (v2
+        && std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default().contains("hugetlb"));
+    let spec_of = |bundle: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(std::path::Path::new(bundle).join("config.json")).unwrap()).unwrap()
+    };
+    // What kubelet sends: every page size, 0 where the pod asks for none.
+    let huge = vec![
+        cri::HugepageLimit { page_size: "2MB".into(), limit: 4 << 21 },
+        cri::HugepageLimit { page_size: "1GB".into(), limit: 0 },
+    ];
+    let created = d
+        .create_with(
+            &pod,
+            &cfg,
+            with("huge", cri::LinuxContainerResources { hugepage_limits: huge.clone(), ..Default::default() }),
+        )
+        .await;
+    if hugetlb {
+        let c = created.unwrap();
+        let bundle = d.container_info(&c).await["bundle"].as_str().unwrap().to_string();
+        assert_eq!(
+            spec_of(&bundle)["linux"]["resources"]["hugepageLimits"],
+            serde_json::json!([{"pageSize": "2MB", "limit": 4 << 21}, {"pageSize": "1GB", "limit": 0}])
+        );
+        d.start_container(&c).await;
+    } else {
+        eprintln!("SKIP (part): runc has no hugetlb controller on this host; hugepage limits reaching a cgroup were not checked, only that a real limit is refused and kubelet's zero limits are dropped");
+        let e = created.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        assert!(e.message().contains("hugetlb"), "{e}");
+        let zeros = vec![
+            cri::HugepageLimit { page_size: "2MB".into(), limit: 0 },
+            cri::HugepageLimit { page_size: "1GB".into(), limit: 0 },
+        ];
+        let c = d
+            .create_with(
+                &pod,
+                &cfg,
+                with("huge", cri::LinuxContainerResources { hugepage_limits: zeros, ..Default::default() }),
+            )
+            .await
+            .unwrap();
+        let bundle = d.container_info(&c).await["bundle"].as_str().unwrap().to_string();
+        assert!(spec_of(&bundle)["linux"]["resources"].get("hugepageLimits").is_none());
+        d.start_container(&c).await;
+        d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+    }
+
+    let unified: std::collections::HashMap<String, String> = [("memory.swap.max".to_string(), "0".to_string())].into();
+    let res = cri::LinuxContainerResources { unified: unified.clone(), ..Default::default() };
+    let created = d.create_with(&pod, &cfg, with("swap", res)).await;
+    if v2 {
+        let c = created.unwrap();
+        let bundle = d.container_info(&c).await["bundle"].as_str().unwrap().to_string();
+        assert_eq!(spec_of(&bundle)["linux"]["resources"]["unified"]["memory.swap.max"], "0");
+        d.start_container(&c).await;
+        let got = d.exec_out(&c, &["cat", "/sys/fs/cgroup/memory.swap.max"]).await;
+        assert_eq!(got, "0");
+    } else {
+        eprintln!("SKIP (part): this host's /sys/fs/cgroup is cgroup v1; unified resources reaching a v2 cgroup were not checked, only their refusal");
+        let e = created.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        assert!(e.message().contains("cgroup v2"), "{e}");
+    }
+    for key in ["../../cgroup.procs", "memory/../x", "cgroup.procs", "memory", ".hidden.x"] {
+        let unified = [(key.to_string(), "1".to_string())].into();
+        let e = d
+            .create_with(&pod, &cfg, with("bad", cri::LinuxContainerResources { unified, ..Default::default() }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{key}: {e}");
+    }
+    let bad = vec![cri::HugepageLimit { page_size: "2MB/../x".into(), limit: 1 }];
+    let e = d
+        .create_with(
+            &pod,
+            &cfg,
+            with("bad", cri::LinuxContainerResources { hugepage_limits: bad, ..Default::default() }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    // Nothing was left by the refused creates.
+    let list = d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner();
+    assert_eq!(list.containers.len(), if v2 { 2 } else { 1 });
+}
