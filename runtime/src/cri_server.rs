@@ -327,6 +327,7 @@ impl RuntimeService for CriServer {
                 },
             },
         ];
+        let features = self.mgr.features();
         let mut info = std::collections::HashMap::new();
         if req.into_inner().verbose {
             info.insert(
@@ -337,10 +338,17 @@ impl RuntimeService for CriServer {
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
             info,
-            runtime_handlers: vec![cri::RuntimeHandler {
-                name: String::new(),
-                features: Some(cri::RuntimeHandlerFeatures::default()),
-            }],
+            runtime_handlers: crate::runtime_features::HANDLERS
+                .iter()
+                .map(|name| cri::RuntimeHandler {
+                    name: name.to_string(),
+                    features: Some(cri::RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: features.recursive_read_only_mounts,
+                        // Pod user namespaces are not built yet.
+                        user_namespaces: false,
+                    }),
+                })
+                .collect(),
             features: Some(cri::RuntimeFeatures::default()),
         }))
     }

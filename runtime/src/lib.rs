@@ -22,6 +22,7 @@ pub mod reference;
 pub mod registry;
 pub mod registry_config;
 pub mod rootfs;
+pub mod runtime_features;
 pub mod seccomp;
 pub mod server;
 pub mod shim_client;

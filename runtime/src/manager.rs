@@ -260,6 +260,8 @@ pub struct Manager {
     events: tokio::sync::broadcast::Sender<cri::ContainerEventResponse>,
     /// Previous CPU samples, for CPU rates.
     cpu_rates: crate::stats::CpuRates,
+    /// What the OCI runtime and kernel support (probed at start).
+    features: crate::runtime_features::Features,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -310,6 +312,7 @@ impl Manager {
             content,
             log.new(slog::o!("component" => "pull")),
         ));
+        let features = crate::runtime_features::Features::probe(&cfg.runtime);
         let m = Manager {
             cfg,
             log,
@@ -323,6 +326,7 @@ impl Manager {
             puller,
             events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
             cpu_rates: Default::default(),
+            features,
         };
         for s in m.sandbox_store.load_all::<SandboxMeta>()? {
             lock(&m.names).insert(sandbox_key(&s.config.metadata.clone().unwrap_or_default()));
@@ -567,6 +571,11 @@ impl Manager {
                 }
             }
         });
+    }
+
+    /// What the OCI runtime and kernel support, as the runtime handlers advertise it.
+    pub fn features(&self) -> crate::runtime_features::Features {
+        self.features
     }
 
     /// Subscribes to container lifecycle events.
@@ -1024,6 +1033,14 @@ impl Manager {
         let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         if image_name.is_empty() {
             return Err(Error::invalid("container config names no image"));
+        }
+        if let Some(m) = config.mounts.iter().find(|m| m.recursive_read_only) {
+            if !self.features.recursive_read_only_mounts {
+                return Err(Error::invalid(format!(
+                    "mount at {}: recursive read-only mounts need an OCI runtime with the rro option and Linux 5.12 or later, which this node lacks",
+                    m.container_path
+                )));
+            }
         }
         let image = self
             .images

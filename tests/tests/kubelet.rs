@@ -258,3 +258,36 @@ async fn evented_pleg_sees_pods_and_containers_with_their_statuses() {
             .map(|e| e as i32)
     );
 }
+
+/// Status advertises per runtime handler what works: recursive read-only
+/// mounts when runc knows `rro` and the kernel has mount_setattr (5.12),
+/// as containerd 2.x does; user namespaces not yet.
+#[tokio::test]
+async fn runtime_handlers_advertise_what_works() {
+    let mut d = Daemon::start().await;
+    let st = d.rt.status(protocol::cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+    let names: Vec<&str> = st.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["", "runc"]);
+    let runc_rro = std::process::Command::new("runc")
+        .arg("features")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"rro\""));
+    let release = nix::sys::utsname::uname().unwrap().release().to_string_lossy().to_string();
+    let mut v = release.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse::<u32>().ok());
+    let kernel_ok = (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (5, 12);
+    for h in &st.runtime_handlers {
+        let f = h.features.unwrap();
+        assert_eq!(f.recursive_read_only_mounts, runc_rro && kernel_ok, "handler {:?}", h.name);
+        assert!(!f.user_namespaces);
+    }
+    // The handlers named there are the ones RunPodSandbox takes.
+    for handler in names {
+        let cfg = d.pod_config(&format!("handler-{}", if handler.is_empty() { "default" } else { handler }));
+        d.rt.run_pod_sandbox(protocol::cri::RunPodSandboxRequest {
+            config: Some(cfg),
+            runtime_handler: handler.into(),
+        })
+        .await
+        .unwrap();
+    }
+}
