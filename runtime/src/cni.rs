@@ -3,7 +3,8 @@
 //! folder (`*.conflist`, or a single-plugin `*.conf`) is run against the
 //! sandbox's pinned network namespace: ADD when the pod runs, DEL (with the
 //! ADD result as prevResult, as chained plugins like portmap need) when it
-//! stops. Every plugin runs with a timeout; its error message is kept.
+//! stops, with the configuration ADD ran with. Every plugin runs with a
+//! timeout; its error message is kept.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,8 +26,10 @@ pub struct Cni {
     pub bin_dirs: Vec<PathBuf>,
 }
 
-/// A loaded network configuration list.
-#[derive(Clone, Debug)]
+/// A loaded network configuration list. A pod keeps the one its ADD ran
+/// with, and DEL runs with that (as libcni caches it), so a changed or
+/// removed configuration still releases the pod's addresses and ports.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Network {
     /// Network name.
     pub name: String,

@@ -105,6 +105,9 @@ pub struct SandboxMeta {
     /// CNI DEL has run (on stop).
     #[serde(default)]
     pub network_released: bool,
+    /// The CNI configuration ADD ran with; DEL runs with it.
+    #[serde(default)]
+    pub network_config: Option<crate::cni::Network>,
 }
 
 /// Durable record of a container.
@@ -740,6 +743,7 @@ impl Manager {
             pod_init_pid: 0,
             phase: Phase::Creating,
             network: None,
+            network_config: None,
             ips: Vec::new(),
             network_released: false,
         };
@@ -771,6 +775,7 @@ impl Manager {
                     let netns = dir.join("ns/net");
                     let pod =
                         crate::cni::PodRef { id: &id, netns: &netns, metadata: &md, ports: &config.port_mappings };
+                    meta.network_config = Some(net.clone());
                     let result = self.cfg.cni.add(&net, &pod).await?;
                     meta.ips = crate::cni::result_ips(&result);
                     meta.network = Some(result);
@@ -858,7 +863,15 @@ impl Manager {
         if host_network {
             return Ok(());
         }
-        let Some(net) = self.cfg.cni.load()? else { return Ok(()) };
+        // A record from before ADD-time configurations were kept (or a
+        // crash between ADD and its record) falls back to today's.
+        let net = match &meta.network_config {
+            Some(n) => n.clone(),
+            None => match self.cfg.cni.load()? {
+                Some(n) => n,
+                None => return Ok(()),
+            },
+        };
         let md = meta.config.metadata.clone().unwrap_or_default();
         let netns = meta.dir.join("ns/net");
         let pod = crate::cni::PodRef { id: &meta.id, netns: &netns, metadata: &md, ports: &meta.config.port_mappings };

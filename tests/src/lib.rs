@@ -528,6 +528,8 @@ pub struct TestNet {
     pub prefix: String,
     /// host-local's data folder.
     pub ipam: std::path::PathBuf,
+    /// The network's name (host-local keeps its leases in `ipam/<name>/`).
+    pub name: String,
 }
 
 impl Drop for TestNet {
@@ -551,9 +553,10 @@ impl TestNet {
         let prefix = format!("10.{}.{}", 100 + h % 100, (h / 100) % 250);
         let bridge = format!("bt{}", &tag[tag.len().saturating_sub(8)..]);
         let ipam = d.dir.path().join("ipam");
+        let name = format!("berth-test-{tag}");
         let conf = serde_json::json!({
             "cniVersion": "1.0.0",
-            "name": format!("berth-test-{tag}"),
+            "name": name,
             "plugins": [
                 {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false, "hairpinMode": true,
                  "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("{prefix}.0/24")}]], "dataDir": ipam}},
@@ -563,7 +566,7 @@ impl TestNet {
         let dir = d.dir.path().join("cni");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("10-test.conflist"), serde_json::to_vec_pretty(&conf).unwrap()).unwrap();
-        TestNet { bridge, prefix, ipam }
+        TestNet { bridge, prefix, ipam, name }
     }
 }
 

@@ -125,3 +125,52 @@ async fn a_cni_failure_fails_the_pod_and_leaves_nothing() {
     let net = status.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap();
     assert!(net.status, "a configuration is present");
 }
+
+/// CNI DEL runs with the configuration ADD ran with (cached beside the ADD
+/// result, as libcni does): after the configuration is removed, or replaced
+/// by another network, stopping the pod still releases its IP and host port.
+#[tokio::test]
+async fn del_uses_the_add_time_configuration() {
+    if !cni_available() {
+        eprintln!("skipped: containernetworking-plugins are not installed (scripts/setup.sh installs them)");
+        return;
+    }
+    let mut d = Daemon::start().await;
+    let net = TestNet::new(&d);
+    let conf_dir = d.dir.path().join("cni");
+    let host_port = 32000 + (std::process::id() % 2000) as i32;
+    for replace in [false, true] {
+        let name = if replace { "replaced" } else { "removed" };
+        let mut cfg = d.pod_config(name);
+        cfg.port_mappings = vec![cri::PortMapping {
+            protocol: cri::Protocol::Tcp as i32,
+            container_port: 80,
+            host_port: host_port + replace as i32,
+            host_ip: String::new(),
+        }];
+        let pod = d.run_pod(&cfg).await;
+        let ip = d.pod_status(&pod).await.network.unwrap().ip;
+        let lease = net.ipam.join(&net.name);
+        assert!(lease.join(&ip).exists(), "no host-local lease for {ip} in {}", lease.display());
+        let saved = std::fs::read(conf_dir.join("10-test.conflist")).unwrap();
+        std::fs::remove_file(conf_dir.join("10-test.conflist")).unwrap();
+        if replace {
+            // Another network altogether: its plugin fails for any pod.
+            std::fs::write(
+                conf_dir.join("05-other.conflist"),
+                r#"{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"no-such-plugin"}]}"#,
+            )
+            .unwrap();
+        }
+        d.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+        assert!(!lease.join(&ip).exists(), "{name}: the IP {ip} is still reserved");
+        let rules = std::process::Command::new("iptables-save")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        assert!(!rules.contains(&format!("--dport {} ", host_port + replace as i32)), "{name}: portmap rules left");
+        d.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+        let _ = std::fs::remove_file(conf_dir.join("05-other.conflist"));
+        std::fs::write(conf_dir.join("10-test.conflist"), saved).unwrap();
+    }
+}
