@@ -51,8 +51,10 @@ pub struct Config {
     pub log_check_interval: Duration,
     /// CNI configuration and plugins.
     pub cni: crate::cni::Cni,
-    /// berthd's config file (registries).
+    /// Registry settings.
     pub file: crate::registry_config::FileConfig,
+    /// How container cgroups are named (kubelet's cgroupDriver).
+    pub cgroup_driver: crate::settings::CgroupDriver,
 }
 
 /// Where an object is in its life. Creating and Removing records exist

@@ -91,7 +91,8 @@ struct PullEntry {
 
 /// Runs pulls for berthd.
 pub struct Puller {
-    config: FileConfig,
+    /// Registry settings; SIGHUP replaces them (pulls running keep theirs).
+    config: std::sync::RwLock<Arc<FileConfig>>,
     store: Arc<tokio::sync::Mutex<ImageStore>>,
     content: Arc<Content>,
     clients: Mutex<HashMap<Option<PathBuf>, reqwest::Client>>,
@@ -166,7 +167,7 @@ impl Puller {
         log: Logger,
     ) -> Self {
         Puller {
-            config,
+            config: std::sync::RwLock::new(Arc::new(config)),
             store,
             content,
             clients: Mutex::new(HashMap::new()),
@@ -175,6 +176,13 @@ impl Puller {
             progress: Mutex::new(HashMap::new()),
             log,
         }
+    }
+
+    /// Replaces the registry settings (on SIGHUP); clients built for the old
+    /// CA files are dropped.
+    pub fn set_config(&self, config: FileConfig) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        lock(&self.clients).clear();
     }
 
     /// Starts pulling `reference`, or joins the same pull already running.
@@ -218,7 +226,7 @@ impl Puller {
         let name = reference.digested().or_else(|| reference.tagged()).unwrap_or_else(|| reference.repository());
         let started = Instant::now();
         let wanted = reference.digest.clone().or_else(|| reference.tag.clone()).unwrap_or_else(|| "latest".into());
-        let endpoints = self.config.endpoints(&reference.domain);
+        let endpoints = self.config.read().unwrap_or_else(|e| e.into_inner()).endpoints(&reference.domain);
         let mut failures: Vec<Error> = Vec::new();
         for ep in endpoints {
             let what = if ep.mirror { "mirror" } else { "registry" };

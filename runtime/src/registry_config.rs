@@ -1,9 +1,10 @@
-//! Registry configuration from berthd's config file: per-registry mirrors,
+//! Registry configuration (the `registries` tables of berthd's config
+//! file, see `settings.rs`): per-registry mirrors,
 //! a catch-all entry, plain-http registries and per-registry CA
 //! certificates. Decides, for an image's registry, which endpoints a pull
 //! tries and in what order.
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -12,7 +13,7 @@ use crate::error::{Error, Result};
 /// The key of the entry that applies to every registry without its own.
 pub const CATCH_ALL: &str = "*";
 
-/// berthd's config file (TOML). Unknown keys are refused, so a typo is
+/// The registry settings pulls use. Unknown keys are refused, so a typo is
 /// an error rather than a setting silently ignored.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,7 +24,7 @@ pub struct FileConfig {
 }
 
 /// Settings of one registry host.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryHost {
     /// Mirrors tried in order before the registry itself: `host[:port]`,
@@ -54,21 +55,8 @@ pub struct Endpoint {
 }
 
 impl FileConfig {
-    /// Reads the config file. A missing file is the default config only when
-    /// `required` is false (the default path); a given path must exist.
-    pub fn load(path: &Path, required: bool) -> Result<Self> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(Self::default()),
-            Err(e) => return Err(Error::invalid(format!("reading config {}: {e}", path.display()))),
-        };
-        let cfg: FileConfig =
-            toml::from_str(&text).map_err(|e| Error::invalid(format!("config {}: {e}", path.display())))?;
-        cfg.validate().map_err(|e| e.context(format!("config {}", path.display())))?;
-        Ok(cfg)
-    }
-
-    fn validate(&self) -> Result<()> {
+    /// Checks hosts, mirrors and CA files.
+    pub fn validate(&self) -> Result<()> {
         for (host, h) in &self.registries {
             if host != CATCH_ALL {
                 check_host(host)?;
@@ -197,7 +185,7 @@ mod tests {
         let e = c.endpoints("docker.io");
         let urls: Vec<_> = e.iter().map(|e| e.base_url.as_str()).collect();
         assert_eq!(urls, ["https://mirror.local:5000", "http://10.0.0.5:5000", "https://registry-1.docker.io"]);
-        assert_eq!(e[0].ca.as_deref(), Some(Path::new("/etc/hostname")));
+        assert_eq!(e[0].ca.as_deref(), Some(std::path::Path::new("/etc/hostname")));
         assert!(e[0].mirror && !e[2].mirror);
         let e = c.endpoints("quay.io");
         assert_eq!(e.len(), 1);

@@ -17,13 +17,18 @@ use crate::manager::Manager;
 
 /// Largest message accepted or sent (kubelet uses 16 MiB).
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// How long connected clients get to finish their calls once berthd is
+/// asked to stop; a client that never lets go does not hold berthd.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Binds `listen` (0660) and serves until `shutdown` resolves.
+/// Binds `listen` (0660), says so on `ready`, and serves until `shutdown`
+/// resolves.
 pub async fn serve(
     listen: &Path,
     mgr: Arc<Manager>,
     stream: Arc<crate::streaming::StreamServer>,
     log: Logger,
+    ready: tokio::sync::oneshot::Sender<()>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     if let Some(dir) = listen.parent() {
@@ -40,8 +45,18 @@ pub async fn serve(
         .ctx(|| format!("binding {}", listen.display()))?;
     std::fs::set_permissions(listen, std::fs::Permissions::from_mode(0o660))
         .ctx(|| format!("chmod {}", listen.display()))?;
-    let svc = CriServer::new(mgr, stream, log);
-    tonic::transport::Server::builder()
+    let svc = CriServer::new(mgr, stream, log.clone());
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let shutdown = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.notify_one();
+        }
+    };
+    // Connections queue on the bound socket until the server below accepts them.
+    let _ = ready.send(());
+    let server = tonic::transport::Server::builder()
         .add_service(
             RuntimeServiceServer::new(svc.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
@@ -56,9 +71,13 @@ pub async fn serve(
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new)),
             shutdown,
-        )
-        .await
-        .map_err(|e| Error::internal(format!("serving CRI: {e}")))?;
+        );
+    tokio::select! {
+        r = server => r.map_err(|e| Error::internal(format!("serving CRI: {e}")))?,
+        _ = async { stopping.notified().await; tokio::time::sleep(DRAIN).await } => {
+            slog::warn!(log, "clients still connected after the drain time; stopping anyway"; "drain_s" => DRAIN.as_secs());
+        }
+    }
     let _ = std::fs::remove_file(listen);
     Ok(())
 }
