@@ -397,7 +397,12 @@ impl RuntimeService for CriServer {
 
     async fn runtime_config(&self, _req: Request<cri::RuntimeConfigRequest>) -> Reply<cri::RuntimeConfigResponse> {
         Ok(Response::new(cri::RuntimeConfigResponse {
-            linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 }),
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: match self.mgr.cgroup_driver() {
+                    crate::settings::CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
+                    crate::settings::CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
+                } as i32,
+            }),
         }))
     }
 

@@ -578,6 +578,11 @@ impl Manager {
         });
     }
 
+    /// The cgroup driver berthd is configured with.
+    pub fn cgroup_driver(&self) -> crate::settings::CgroupDriver {
+        self.cfg.cgroup_driver
+    }
+
     /// What the OCI runtime and kernel support, as the runtime handlers advertise it.
     pub fn features(&self) -> crate::runtime_features::Features {
         self.features
@@ -702,6 +707,7 @@ impl Manager {
             return Err(Error::invalid(format!("log_directory {:?} must be an absolute path", config.log_directory)));
         }
         let linux = config.linux.clone().unwrap_or_default();
+        crate::pod_cgroup::check_parent(&linux.cgroup_parent, self.cfg.cgroup_driver)?;
         let ns = linux.security_context.clone().unwrap_or_default().namespace_options.unwrap_or_default();
         let host_network = ns.network == cri::NamespaceMode::Node as i32;
         let host_ipc = ns.ipc == cri::NamespaceMode::Node as i32;
@@ -765,6 +771,7 @@ impl Manager {
                 host_network,
                 host_ipc,
                 pod_pid,
+                systemd_cgroup: self.cfg.cgroup_driver == crate::settings::CgroupDriver::Systemd,
                 max_log_line: self.cfg.max_log_line,
             };
             meta.shim_pid = shim_client::start(&launch).await?;
@@ -917,7 +924,11 @@ impl Manager {
         };
         *sb.shim.lock().await = None;
         self.teardown_sandbox_dir(&meta.dir, meta.pod_init_pid).await;
-        crate::pod_cgroup::remove(meta.config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).unwrap_or(""), id);
+        crate::pod_cgroup::remove(
+            meta.config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).unwrap_or(""),
+            id,
+            self.cfg.cgroup_driver,
+        );
         failpoint::hit("remove-pod-sandbox/shim-stopped");
         self.sandbox_store.delete(id)?;
         lock(&self.sandboxes).remove(id);
@@ -1117,7 +1128,9 @@ impl Manager {
                 cgroup_parent: crate::pod_cgroup::parent(
                     smeta.config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).unwrap_or(""),
                     &smeta.id,
+                    self.cfg.cgroup_driver,
                 ),
+                cgroup_driver: self.cfg.cgroup_driver,
                 sysctls: smeta.config.linux.as_ref().map(|l| l.sysctls.clone()).unwrap_or_default(),
                 namespace_options: smeta
                     .config
@@ -1283,7 +1296,11 @@ impl Manager {
     /// gone), with a timeout; failures are logged with its stderr.
     async fn runtime_cmd(&self, args: &[&str]) {
         let mut cmd = tokio::process::Command::new(&self.cfg.runtime);
-        cmd.arg("--root").arg(self.cfg.state.join("runc")).args(args);
+        cmd.arg("--root").arg(self.cfg.state.join("runc"));
+        if self.cfg.cgroup_driver == crate::settings::CgroupDriver::Systemd {
+            cmd.arg("--systemd-cgroup");
+        }
+        cmd.args(args);
         cmd.kill_on_drop(true)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

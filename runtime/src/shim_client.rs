@@ -32,6 +32,8 @@ pub struct ShimLaunch {
     pub host_ipc: bool,
     /// Give the pod one pid namespace.
     pub pod_pid: bool,
+    /// runc's systemd cgroup driver.
+    pub systemd_cgroup: bool,
     /// Longest log line before splitting.
     pub max_log_line: usize,
 }
@@ -58,6 +60,9 @@ pub async fn start(l: &ShimLaunch) -> Result<u32> {
     }
     if l.pod_pid {
         cmd.arg("--pod-pid");
+    }
+    if l.systemd_cgroup {
+        cmd.arg("--systemd-cgroup");
     }
     cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
     let out = tokio::time::timeout(START_TIMEOUT, cmd.output())

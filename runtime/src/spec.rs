@@ -23,8 +23,10 @@ pub struct SandboxView {
     pub pinned: Vec<String>,
     /// Hostname of the pod.
     pub hostname: String,
-    /// cgroup parent of the pod (cgroupfs syntax).
+    /// cgroup parent of the pod: a path (cgroupfs) or a slice (systemd).
     pub cgroup_parent: String,
+    /// How `cgroup_parent` is spelled and the container's cgroup named.
+    pub cgroup_driver: crate::settings::CgroupDriver,
     /// Namespaced sysctls of the pod.
     pub sysctls: std::collections::HashMap<String, String>,
     /// The pod's namespace options, for containers that give none.
@@ -513,8 +515,7 @@ pub fn build(
     cgroup_devices.extend(device_rules);
     resources.set_devices(Some(cgroup_devices));
 
-    let parent = if sandbox.cgroup_parent.is_empty() { "/berth".to_string() } else { sandbox.cgroup_parent.clone() };
-    let cgroups_path = format!("{}/{id}", parent.trim_end_matches('/'));
+    let cgroups_path = crate::pod_cgroup::container_path(&sandbox.cgroup_parent, id, sandbox.cgroup_driver);
     let mut linux = LinuxBuilder::default()
         .devices(devices)
         .sysctl(sandbox.sysctls.clone())

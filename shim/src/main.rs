@@ -36,6 +36,8 @@ struct Args {
     dir: PathBuf,
     runtime: PathBuf,
     runtime_root: PathBuf,
+    /// runc's systemd cgroup driver (`--systemd-cgroup`).
+    systemd_cgroup: bool,
     ns: NamespaceOptions,
     max_log_line: usize,
 }
@@ -47,6 +49,7 @@ fn parse_args() -> Result<Args> {
     let mut runtime_root = PathBuf::from("/run/berth/runc");
     let mut ns = NamespaceOptions { network: true, ipc: true, hostname: None, pod_pid: false };
     let mut max_log_line = cri_log::DEFAULT_MAX_LINE;
+    let mut systemd_cgroup = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || it.next().with_context(|| format!("{a} needs a value"));
@@ -59,6 +62,7 @@ fn parse_args() -> Result<Args> {
             "--host-network" => ns.network = false,
             "--host-ipc" => ns.ipc = false,
             "--pod-pid" => ns.pod_pid = true,
+            "--systemd-cgroup" => systemd_cgroup = true,
             "--max-log-line" => max_log_line = val()?.parse().context("--max-log-line")?,
             "--version" => {
                 println!("berth-shim {} (shim API {})", env!("CARGO_PKG_VERSION"), protocol::shim::API_VERSION);
@@ -72,6 +76,7 @@ fn parse_args() -> Result<Args> {
         dir: dir.context("--dir is required")?,
         runtime,
         runtime_root,
+        systemd_cgroup,
         ns,
         max_log_line,
     })
@@ -193,7 +198,7 @@ async fn serve(args: Args, pinned: namespaces::Pinned, log: Logger, ready: &mut 
     // Children may have exited before the handler existed.
     reaper.reap();
 
-    let runc = Runc::new(args.runtime.clone(), args.runtime_root.clone(), reaper.clone());
+    let runc = Runc::new(args.runtime.clone(), args.runtime_root.clone(), args.systemd_cgroup, reaper.clone());
     let pod_init = pinned.pod_init;
     let svc = Arc::new(ShimService::new(args.id.clone(), runc, reaper, pinned, args.max_log_line, log.clone()));
     let shutdown = Arc::clone(&svc.shutdown);

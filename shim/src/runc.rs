@@ -90,13 +90,15 @@ pub fn read_pid(path: &std::path::Path) -> Option<i32> {
 pub struct Runc {
     bin: PathBuf,
     root: PathBuf,
+    systemd_cgroup: bool,
     reaper: Reaper,
 }
 
 impl Runc {
-    /// `bin` is the runtime binary, `root` its state folder (`runc --root`).
-    pub fn new(bin: PathBuf, root: PathBuf, reaper: Reaper) -> Self {
-        Runc { bin, root, reaper }
+    /// `bin` is the runtime binary, `root` its state folder (`runc --root`);
+    /// `systemd_cgroup` makes every call use runc's systemd cgroup driver.
+    pub fn new(bin: PathBuf, root: PathBuf, systemd_cgroup: bool, reaper: Reaper) -> Self {
+        Runc { bin, root, systemd_cgroup, reaper }
     }
 
     /// Runs `runc --root ROOT args...` and returns its stdout.
@@ -105,6 +107,9 @@ impl Runc {
         let cmd_name = args.first().copied().unwrap_or("").to_string();
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--root").arg(&self.root);
+        if self.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
         let log_path = match &output {
             Output::PassThrough { log, .. } => {
                 cmd.arg("--log").arg(log).arg("--log-format").arg("json");
