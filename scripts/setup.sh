@@ -37,6 +37,8 @@ if $test; then
   # gRPC-Go 1.33 (what kubelet 1.28 links) for a CRI client that sends the
   # socket path as its :authority.
   [ -d /usr/share/gocode/src/google.golang.org/grpc ] || need+=(golang-google-grpc-dev)
+  # The Prometheus project's own text-format parser, to scrape /metrics.
+  python3 -c 'import prometheus_client.parser' 2>/dev/null || need+=(python3-prometheus-client)
 fi
 # --bench adds containerd (run side by side by scripts/bench.sh in folders of
 # its own, never as a service) and gcc for the pause image it needs.

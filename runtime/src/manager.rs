@@ -2,7 +2,7 @@
 //! requests, keeps durable metadata, prepares bundles and root filesystems,
 //! and forwards lifecycle calls to each sandbox's shim, which is the source
 //! of truth for what runs. Data flows one way: request → manager → shim.
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -162,6 +162,8 @@ pub struct RuntimeState {
     pub reason: String,
     /// CRI message.
     pub message: String,
+    /// Log record bytes written, and dropped.
+    pub log_bytes: (u64, u64),
 }
 
 impl RuntimeState {
@@ -185,6 +187,7 @@ impl RuntimeState {
             exit_code: s.exit_code,
             started_at: s.started_at,
             finished_at: s.finished_at,
+            log_bytes: (s.log_bytes_written, s.log_bytes_dropped),
             reason: reason.to_string(),
             message: s.message.clone(),
         }
@@ -267,6 +270,8 @@ pub struct Manager {
     cpu_rates: crate::stats::CpuRates,
     /// What the OCI runtime and kernel support (probed at start).
     features: crate::runtime_features::Features,
+    /// berthd's metrics (CRI calls, pulls, recovery).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -311,10 +316,12 @@ impl Manager {
         let images = ImageStore::open(&cfg.root, &db)?;
         let content = images.content().clone();
         let images = Arc::new(tokio::sync::Mutex::new(images));
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let puller = Arc::new(crate::pull::Puller::new(
             cfg.file.clone(),
             images.clone(),
             content,
+            metrics.clone(),
             log.new(slog::o!("component" => "pull")),
         ));
         let features = crate::runtime_features::Features::probe(&cfg.runtime);
@@ -332,6 +339,7 @@ impl Manager {
             events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
             cpu_rates: Default::default(),
             features,
+            metrics,
         };
         for s in m.sandbox_store.load_all::<SandboxMeta>()? {
             lock(&m.names).insert(sandbox_key(&s.config.metadata.clone().unwrap_or_default()));
@@ -581,6 +589,69 @@ impl Manager {
     /// The cgroup driver berthd is configured with.
     pub fn cgroup_driver(&self) -> crate::settings::CgroupDriver {
         self.cfg.cgroup_driver
+    }
+
+    /// berthd's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// The node's pods and containers by state, the shims that answer and
+    /// every container's log bytes, for a metrics scrape (one List call per
+    /// pod, as ListContainers makes).
+    pub async fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        let sandboxes: Vec<Arc<Sandbox>> = lock(&self.sandboxes).values().cloned().collect();
+        let metas: Vec<ContainerMeta> =
+            lock(&self.containers).values().filter(|c| c.phase != Phase::Creating).cloned().collect();
+        let mut snap = crate::metrics::Snapshot::default();
+        let (mut ready, mut notready) = (0, 0);
+        let mut states: HashMap<String, RuntimeState> = HashMap::new();
+        for sb in sandboxes {
+            let meta = lock(&sb.meta).clone();
+            if meta.phase == Phase::Creating {
+                continue;
+            }
+            let alive = if sb.lost_at().is_some() {
+                None
+            } else if let Ok(shim) = self.shim_of(&sb).await {
+                shim.list().await.ok()
+            } else {
+                None
+            };
+            match &alive {
+                Some(list) => {
+                    snap.shims_alive += 1;
+                    for s in list {
+                        states.insert(s.id.clone(), RuntimeState::from_shim(s));
+                    }
+                }
+                None => {}
+            }
+            if meta.stopped || alive.is_none() {
+                notready += 1;
+            } else {
+                ready += 1;
+            }
+        }
+        snap.pods = vec![("ready".into(), ready), ("notready".into(), notready)];
+        let mut by_state: BTreeMap<&str, i64> =
+            ["created", "running", "exited", "unknown"].into_iter().map(|s| (s, 0)).collect();
+        for m in &metas {
+            let st = states.get(&m.id);
+            let name = match st.map(|s| s.state) {
+                Some(s) if s == cri::ContainerState::ContainerCreated as i32 => "created",
+                Some(s) if s == cri::ContainerState::ContainerRunning as i32 => "running",
+                Some(s) if s == cri::ContainerState::ContainerExited as i32 => "exited",
+                _ => "unknown",
+            };
+            *by_state.entry(name).or_default() += 1;
+            if let Some(s) = st {
+                snap.logs.push((m.id.clone(), m.sandbox_id.clone(), s.log_bytes.0, s.log_bytes.1));
+            }
+        }
+        snap.containers = by_state.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        snap.logs.sort();
+        snap
     }
 
     /// What the OCI runtime and kernel support, as the runtime handlers advertise it.
@@ -1512,6 +1583,45 @@ impl Manager {
             }
         }
         Ok(stats)
+    }
+
+    /// ListPodSandboxMetrics: every ready pod with its running containers'
+    /// metrics under cAdvisor's names.
+    pub async fn list_pod_sandbox_metrics(&self) -> Result<Vec<cri::PodSandboxMetrics>> {
+        let pods = self
+            .list_pod_sandboxes(Some(cri::PodSandboxFilter {
+                state: Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
+                ..Default::default()
+            }))
+            .await?;
+        let mut out = Vec::new();
+        for pod in pods {
+            let listed = self
+                .list_containers(Some(cri::ContainerFilter {
+                    pod_sandbox_id: pod.id.clone(),
+                    state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
+                    ..Default::default()
+                }))
+                .await?;
+            let mut container_metrics = Vec::new();
+            for c in listed {
+                let (Ok(stats), Ok((status, _))) =
+                    (self.container_stats(&c.id).await, self.container_status(&c.id, false).await)
+                else {
+                    continue;
+                };
+                let facts = crate::pod_metrics::ContainerFacts {
+                    stats: &stats,
+                    name: c.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or(""),
+                    image: c.image.as_ref().map(|i| i.image.as_str()).unwrap_or(""),
+                    started_at: status.started_at,
+                    now: now_nanos(),
+                };
+                container_metrics.push(crate::pod_metrics::container_metrics(&facts));
+            }
+            out.push(cri::PodSandboxMetrics { pod_sandbox_id: pod.id, metrics: Vec::new(), container_metrics });
+        }
+        Ok(out)
     }
 
     /// ListContainerStats: running containers matching the filter.

@@ -99,6 +99,7 @@ pub struct Puller {
     pulls: Mutex<HashMap<String, PullEntry>>,
     layers: Mutex<HashMap<String, WeakShared<BoxFuture<'static, Result<()>>>>>,
     progress: Mutex<HashMap<String, LayerProgress>>,
+    metrics: Arc<crate::metrics::Metrics>,
     log: Logger,
 }
 
@@ -164,6 +165,7 @@ impl Puller {
         config: FileConfig,
         store: Arc<tokio::sync::Mutex<ImageStore>>,
         content: Arc<Content>,
+        metrics: Arc<crate::metrics::Metrics>,
         log: Logger,
     ) -> Self {
         Puller {
@@ -174,6 +176,7 @@ impl Puller {
             pulls: Mutex::new(HashMap::new()),
             layers: Mutex::new(HashMap::new()),
             progress: Mutex::new(HashMap::new()),
+            metrics,
             log,
         }
     }
@@ -239,6 +242,7 @@ impl Puller {
                 Ok(rec) => {
                     info!(self.log, "image pulled"; "image" => &name, "image_id" => &rec.id, "from" => &url,
                           "elapsed_ms" => started.elapsed().as_millis() as u64);
+                    self.metrics.observe_pull(true, started.elapsed().as_secs_f64());
                     return Ok(rec);
                 }
                 Err(e) => {
@@ -249,6 +253,7 @@ impl Puller {
         }
         // The last endpoint is the registry itself (unless skipped): its
         // error decides the status a client sees.
+        self.metrics.observe_pull(false, started.elapsed().as_secs_f64());
         let kind = failures.last().map(|e| e.kind).unwrap_or(Kind::Internal);
         let detail: Vec<String> = failures.iter().map(|e| e.message.clone()).collect();
         Err(Error::new(kind, format!("pulling {name}: {}", detail.join("; "))))
@@ -376,6 +381,7 @@ impl Puller {
             while let Some(chunk) = body.chunk().await? {
                 out.write_all(&chunk).await.map_err(write_err)?;
                 progress.update(|p| p.done += chunk.len() as u64);
+                self.metrics.pulled_bytes(chunk.len() as u64);
             }
             out.flush().await.map_err(write_err)?;
             out.into_inner().sync_all().await.map_err(write_err)?;

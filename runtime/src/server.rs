@@ -45,6 +45,7 @@ pub async fn serve(
         .ctx(|| format!("binding {}", listen.display()))?;
     std::fs::set_permissions(listen, std::fs::Permissions::from_mode(0o660))
         .ctx(|| format!("chmod {}", listen.display()))?;
+    let metrics = mgr.metrics().clone();
     let svc = CriServer::new(mgr, stream, log.clone());
     let stopping = Arc::new(tokio::sync::Notify::new());
     let shutdown = {
@@ -57,6 +58,7 @@ pub async fn serve(
     // Connections queue on the bound socket until the server below accepts them.
     let _ = ready.send(());
     let server = tonic::transport::Server::builder()
+        .layer(tower::layer::layer_fn(move |inner| CallMetrics { inner, metrics: metrics.clone() }))
         .add_service(
             RuntimeServiceServer::new(svc.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
@@ -80,4 +82,50 @@ pub async fn serve(
     }
     let _ = std::fs::remove_file(listen);
     Ok(())
+}
+
+/// Counts every CRI call by method and gRPC code, with its latency (until
+/// the response's headers, which carry the code of a failed unary call).
+#[derive(Clone)]
+struct CallMetrics<S> {
+    inner: S,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for CallMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Send,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, std::result::Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::result::Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = crate::metrics::method_of(req.uri().path()).to_string();
+        let metrics = self.metrics.clone();
+        let started = std::time::Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let r = fut.await;
+            let code = match &r {
+                Ok(resp) => resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|s| s.parse::<i32>().ok())
+                    .map(tonic::Code::from)
+                    .unwrap_or(tonic::Code::Ok),
+                Err(_) => tonic::Code::Internal,
+            };
+            let name = if code == tonic::Code::Ok { "OK".to_string() } else { format!("{code:?}") };
+            metrics.observe_call(&method, &name, started.elapsed().as_secs_f64());
+            r
+        })
+    }
 }

@@ -108,6 +108,7 @@ impl Container {
         s.started_at = r.started_at;
         s.finished_at = r.finished_at;
         s.oom_killed = r.oom_killed;
+        (s.log_bytes_written, s.log_bytes_dropped) = self.log.counts();
         if let Some(e) = self.log.error() {
             s.message = e;
         }

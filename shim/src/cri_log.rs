@@ -48,6 +48,9 @@ struct Output {
     file: Option<File>,
     /// The last write error, cleared when a write succeeds again.
     error: Option<String>,
+    /// Record bytes that reached the file, and that it could not take.
+    written: u64,
+    dropped: u64,
 }
 
 fn open_log(path: &Path) -> std::io::Result<File> {
@@ -65,7 +68,12 @@ impl LogSink {
             None => None,
         };
         let attached = tokio::sync::broadcast::channel(256).0;
-        Ok(LogSink { path, out: Mutex::new(Output { file, error: None }), max_line: max_line.max(1), attached })
+        Ok(LogSink {
+            path,
+            out: Mutex::new(Output { file, error: None, written: 0, dropped: 0 }),
+            max_line: max_line.max(1),
+            attached,
+        })
     }
 
     /// Output from now on, for an attached client.
@@ -87,9 +95,15 @@ impl LogSink {
         self.out.lock().unwrap_or_else(|e| e.into_inner()).error.clone()
     }
 
+    /// Record bytes written to the file so far, and dropped.
+    pub fn counts(&self) -> (u64, u64) {
+        let out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        (out.written, out.dropped)
+    }
+
     fn write_records(&self, buf: &[u8]) {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        let Output { file, error } = &mut *out;
+        let Output { file, error, written: total, dropped } = &mut *out;
         let Some(file) = file.as_mut() else { return };
         let mut written = 0;
         let result = loop {
@@ -106,7 +120,10 @@ impl LogSink {
             }
         };
         match result {
-            Ok(()) => *error = None,
+            Ok(()) => {
+                *error = None;
+                *total += buf.len() as u64;
+            }
             Err(e) => {
                 // A full disk took part of a record: cut the file back to the
                 // last whole record so it stays parseable. The bytes are
@@ -117,6 +134,8 @@ impl LogSink {
                         let _ = file.set_len(m.len().saturating_sub((written - whole) as u64));
                     }
                 }
+                *total += whole as u64;
+                *dropped += (buf.len() - whole) as u64;
                 let path = self.path.as_deref().unwrap_or(Path::new(""));
                 *error = Some(format!("writing log {}: {e}; output is being dropped", path.display()));
             }

@@ -302,12 +302,14 @@ fn main() -> Result<()> {
     let tls = (!settings.stream.tls_cert.is_empty())
         .then(|| (PathBuf::from(&settings.stream.tls_cert), PathBuf::from(&settings.stream.tls_key)));
     let listen = absolute(&settings.listen)?;
+    let metrics_address = settings.metrics.address.clone();
     let (log, _guard, level_handle) = berth::logging::init(level);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
     let result = rt.block_on(async {
         let started = Instant::now();
         let mgr = Arc::new(Manager::open(cfg.clone(), log.clone()).map_err(|e| anyhow::anyhow!("{e}"))?);
         let r = mgr.recover().await.map_err(|e| anyhow::anyhow!("recovering: {e}"))?;
+        mgr.metrics().set_recovery_seconds(started.elapsed().as_secs_f64());
         info!(log, "berthd ready";
             "version" => berth::cri_server::VERSION,
             "listen" => listen.display().to_string(),
@@ -321,6 +323,13 @@ fn main() -> Result<()> {
             "removals_finished" => r.finished_removals,
             "orphans_cleaned" => r.orphans,
             "recovery_ms" => started.elapsed().as_millis() as u64);
+        if !metrics_address.is_empty() {
+            let addr = metrics_address.parse().context("metrics.address")?;
+            let bound = berth::metrics_server::start(addr, mgr.clone(), log.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            info!(log, "serving metrics"; "address" => bound.to_string());
+        }
         let stream = berth::streaming::StreamServer::start(stream_address, stream_token_ttl, tls, log.clone())
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
