@@ -9,12 +9,16 @@ fn main() {
 
     let fds = protox::compile(["proto/cri/api.proto", "proto/berth/images.proto"], ["proto/cri", "proto/berth"])
         .expect("compile CRI proto");
+    // The descriptors themselves, for the protobuf JSON mapping berthctl
+    // prints and reads (as crictl does).
+    std::fs::write(out.join("cri_descriptor_set.bin"), prost::Message::encode_to_vec(&fds))
+        .expect("write CRI descriptor set");
     tonic_prost_build::configure()
         // serde lets berthctl read crictl's JSON/YAML pod and container configs
         // and print `-o json`; every field is optional there, as in protobuf.
         .message_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
         .enum_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
-        .compile_fds(fds)
+        .compile_fds(fds.clone())
         .expect("generate CRI code");
 
     let shim_out = out.join("shim");

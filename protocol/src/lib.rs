@@ -15,6 +15,10 @@ pub mod images {
     tonic::include_proto!("berth.images.v1");
 }
 
+/// The CRI and Berth image protos as a `FileDescriptorSet`, for the
+/// protobuf JSON mapping (field names, enum names) clients print and read.
+pub const CRI_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cri_descriptor_set.bin"));
+
 pub mod io_stream;
 pub mod socket_path;
 

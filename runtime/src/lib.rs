@@ -19,6 +19,7 @@ pub mod metrics_server;
 pub mod pod_cgroup;
 pub mod pod_files;
 pub mod pod_metrics;
+pub mod proto_json;
 pub mod pull;
 pub mod pull_progress;
 pub mod reference;

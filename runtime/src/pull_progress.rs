@@ -1,6 +1,6 @@
-//! berthctl's view of a pull's progress: one line per layer with a bar,
-//! bytes and rate, redrawn in place on a terminal; on anything else, one
-//! line per layer each time its state changes.
+//! berthctl's view of a pull's progress: on a terminal, one bar per layer
+//! (indicatif, as wide as the terminal) with bytes and rate; on anything
+//! else, one line per layer each time its state changes.
 use std::collections::HashMap;
 use std::io::Write;
 use std::time::Instant;
@@ -12,10 +12,15 @@ const BAR: usize = 30;
 /// Draws successive progress messages.
 pub struct ProgressView<W: Write> {
     out: W,
-    tty: bool,
-    drawn: usize,
+    bars: Option<Bars>,
     started: HashMap<String, (Instant, u64)>,
     states: HashMap<String, String>,
+}
+
+/// A terminal's bars (indicatif), one per layer, as wide as the terminal.
+struct Bars {
+    multi: indicatif::MultiProgress,
+    by_digest: HashMap<String, indicatif::ProgressBar>,
 }
 
 fn human(bytes: f64) -> String {
@@ -33,10 +38,23 @@ fn human(bytes: f64) -> String {
     }
 }
 
+fn short_digest(digest: &str) -> &str {
+    let short = digest.trim_start_matches("sha256:");
+    &short[..short.len().min(12)]
+}
+
 impl<W: Write> ProgressView<W> {
-    /// A view writing to `out`; `tty` redraws in place.
+    /// A view writing to `out`; with `tty`, bars redrawn in place on stderr
+    /// (sized to the terminal's width).
     pub fn new(out: W, tty: bool) -> Self {
-        ProgressView { out, tty, drawn: 0, started: HashMap::new(), states: HashMap::new() }
+        let target = if tty { Some(indicatif::ProgressDrawTarget::stderr()) } else { None };
+        Self::with_target(out, target)
+    }
+
+    fn with_target(out: W, target: Option<indicatif::ProgressDrawTarget>) -> Self {
+        let bars =
+            target.map(|t| Bars { multi: indicatif::MultiProgress::with_draw_target(t), by_digest: HashMap::new() });
+        ProgressView { out, bars, started: HashMap::new(), states: HashMap::new() }
     }
 
     fn line(&mut self, l: &LayerProgress) -> String {
@@ -46,11 +64,10 @@ impl<W: Write> ProgressView<W> {
         let rate = if secs > 0.2 { (l.done.saturating_sub(d0)) as f64 / secs } else { 0.0 };
         let frac = if l.size == 0 { 1.0 } else { (l.done as f64 / l.size as f64).min(1.0) };
         let filled = (frac * BAR as f64).round() as usize;
-        let short = l.digest.trim_start_matches("sha256:");
-        let short = &short[..short.len().min(12)];
         let rate = if l.state == "downloading" { format!("{}/s", human(rate)) } else { String::new() };
         format!(
-            "{short}  [{}{}]  {:>10} / {:<10} {:>12}  {}",
+            "{}  [{}{}]  {:>10} / {:<10} {:>12}  {}",
+            short_digest(&l.digest),
             "#".repeat(filled),
             ".".repeat(BAR - filled),
             human(l.done as f64),
@@ -62,22 +79,33 @@ impl<W: Write> ProgressView<W> {
 
     /// Shows one progress message.
     pub fn show(&mut self, layers: &[LayerProgress]) -> std::io::Result<()> {
-        if self.tty {
-            if self.drawn > 0 {
-                write!(self.out, "\x1b[{}A", self.drawn)?;
-            }
+        if let Some(b) = self.bars.as_mut() {
+            let style = indicatif::ProgressStyle::with_template(
+                "{prefix}  [{wide_bar}]  {bytes:>10} / {total_bytes:<10} {bytes_per_sec:>12}  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("#>.");
             for l in layers {
-                let line = self.line(l);
-                writeln!(self.out, "\x1b[2K{line}")?;
-            }
-            self.drawn = layers.len();
-        } else {
-            for l in layers {
-                if self.states.get(&l.digest) != Some(&l.state) {
-                    self.states.insert(l.digest.clone(), l.state.clone());
-                    let line = self.line(l);
-                    writeln!(self.out, "{line}")?;
+                let bar = b.by_digest.entry(l.digest.clone()).or_insert_with(|| {
+                    let bar = b.multi.add(indicatif::ProgressBar::new(l.size));
+                    bar.set_style(style.clone());
+                    bar.set_prefix(short_digest(&l.digest).to_string());
+                    bar
+                });
+                bar.set_length(l.size);
+                bar.set_position(l.done);
+                bar.set_message(l.state.clone());
+                if l.state == "done" && !bar.is_finished() {
+                    bar.finish();
                 }
+            }
+            return Ok(());
+        }
+        for l in layers {
+            if self.states.get(&l.digest) != Some(&l.state) {
+                self.states.insert(l.digest.clone(), l.state.clone());
+                let line = self.line(l);
+                writeln!(self.out, "{line}")?;
             }
         }
         self.out.flush()
@@ -106,12 +134,17 @@ mod tests {
     }
 
     #[test]
-    fn terminal_output_redraws_in_place() {
-        let mut v = ProgressView::new(Vec::new(), true);
-        v.show(&[layer("downloading", 0), layer("waiting", 0)]).unwrap();
-        v.show(&[layer("downloading", 1024), layer("waiting", 0)]).unwrap();
-        let out = String::from_utf8(v.out).unwrap();
-        assert_eq!(out.matches("\x1b[2A").count(), 1);
-        assert!(out.contains("1.0 KiB / 2.0 KiB"));
+    fn terminal_output_has_one_bar_per_layer() {
+        let mut v = ProgressView::with_target(Vec::new(), Some(indicatif::ProgressDrawTarget::hidden()));
+        let other =
+            LayerProgress { digest: format!("sha256:{}", "cd".repeat(32)), size: 10, done: 0, state: "waiting".into() };
+        v.show(&[layer("downloading", 0), other.clone()]).unwrap();
+        v.show(&[layer("done", 2048), other]).unwrap();
+        let b = v.bars.as_ref().unwrap();
+        assert_eq!(b.by_digest.len(), 2);
+        let bar = &b.by_digest[&format!("sha256:{}", "ab".repeat(32))];
+        assert_eq!((bar.position(), bar.length()), (2048, Some(2048)));
+        assert!(bar.is_finished());
+        assert!(v.out.is_empty(), "bars do not write to the plain output");
     }
 }

@@ -141,3 +141,97 @@ async fn berthctl_exec_streams_with_stdin_and_a_terminal() {
     assert!(text.contains("/dev/pts/"), "the command had no terminal: {text:?}");
     assert_eq!(out.status.code(), Some(7), "{text:?} {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// berthctl with crictl's habits: /etc/crictl.yaml (here through -c and
+/// CRI_CONFIG_FILE), CONTAINER_RUNTIME_ENDPOINT and flags over it, -i for the
+/// image endpoint, -o json|yaml|go-template in the protobuf JSON mapping,
+/// crictl's list filters and shell completion.
+#[tokio::test]
+async fn berthctl_has_crictls_habits() {
+    let mut d = Daemon::start().await;
+    let endpoint = format!("unix://{}", d.socket.display());
+    let yaml = d.dir.path().join("crictl.yaml");
+    std::fs::write(&yaml, format!("runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\ntimeout: 10\ndebug: false\npull-image-on-create: false\n")).unwrap();
+    let bad = d.dir.path().join("bad-crictl.yaml");
+    std::fs::write(&bad, "runtime-endpoint: unix:///nonexistent/berth.sock\n").unwrap();
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let out = Command::new(bin_dir().join("berthctl"))
+            .env_remove("CONTAINER_RUNTIME_ENDPOINT")
+            .env_remove("IMAGE_SERVICE_ENDPOINT")
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .expect("run berthctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let y = yaml.to_str().unwrap();
+    let b = bad.to_str().unwrap();
+    // The config file gives the endpoint; flags and the environment win over it.
+    assert!(run(&[], &["-c", y, "version"]).1.contains("RuntimeName:  berth"));
+    assert!(run(&[("CRI_CONFIG_FILE", y)], &["version"]).0);
+    assert!(!run(&[], &["-c", b, "version"]).0);
+    assert!(run(&[], &["-c", b, "-r", &endpoint, "version"]).0);
+    assert!(run(&[("CONTAINER_RUNTIME_ENDPOINT", &endpoint)], &["-c", b, "version"]).0);
+    // -i: images go to the image endpoint.
+    let (ok_images, _, err) = run(&[], &["-c", y, "-i", "unix:///nonexistent/img.sock", "images"]);
+    assert!(!ok_images, "images did not use the image endpoint");
+    assert!(err.contains("nonexistent/img.sock"), "{err}");
+    let (ok_t, _, err) = run(&[], &["-c", y, "--timeout", "soon", "version"]);
+    assert!(!ok_t && err.contains("--timeout"), "{err}");
+    let (_, _, err) = run(&[], &["-c", y, "-D", "version"]);
+    assert!(err.contains("DEBUG request: VersionRequest"), "{err}");
+
+    let cfg = d.pod_config("habits");
+    let pod = d.run_pod(&cfg).await;
+    let mut a = berth_tests::container_config("c-a", &["sleep", "100000"]);
+    a.labels.insert("app".into(), "x".into());
+    let a = d.create_with(&pod, &cfg, a).await.unwrap();
+    d.start_container(&a).await;
+    let b_ctr = d.create(&pod, &cfg, "c-b", &["true"]).await;
+    d.start_container(&b_ctr).await;
+    d.wait_state(&b_ctr, protocol::cri::ContainerState::ContainerExited, std::time::Duration::from_secs(10)).await;
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut full = vec!["-c", y];
+        full.extend_from_slice(args);
+        let (ok, out, err) = run(&[], &full);
+        assert!(ok, "{args:?}: {err}");
+        out.lines().map(str::to_string).collect()
+    };
+    assert_eq!(ids(&["ps", "-q"]), [a.clone()]);
+    assert_eq!(ids(&["ps", "-a", "-q", "--name", "^c-b$"]), [b_ctr.clone()]);
+    assert_eq!(ids(&["ps", "-q", "--state", "exited"]), [b_ctr.clone()]);
+    assert_eq!(ids(&["ps", "-a", "-q", "--label", "app=x"]), [a.clone()]);
+    assert_eq!(ids(&["ps", "-q", "-l"]), [b_ctr.clone()], "--latest is the newest, whatever its state");
+    assert_eq!(ids(&["ps", "-a", "-q", "--last", "2"]), [b_ctr.clone(), a.clone()]);
+    assert_eq!(ids(&["ps", "-a", "-q", "--image", "berth-test"]).len(), 2);
+    assert_eq!(ids(&["ps", "-a", "-q", "--image", "other"]).len(), 0);
+    assert_eq!(ids(&["ps", "-a", "-q", "--pod", &pod[..12]]).len(), 2);
+    assert_eq!(ids(&["pods", "-q", "--name", "hab"]), [pod.clone()]);
+    assert!(ids(&["pods", "-q", "--label", "no=such"]).is_empty());
+    assert!(ids(&["pods", "-q", "--state", "notready"]).is_empty());
+
+    // JSON is the protobuf mapping, as crictl prints it.
+    let out = ids(&["ps", "-a", "-o", "json"]).join("\n");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let first = &v["containers"][0];
+    assert_eq!(first["podSandboxId"], pod.as_str());
+    assert!(matches!(first["state"].as_str(), Some("CONTAINER_EXITED" | "CONTAINER_RUNNING")), "{first}");
+    assert!(first["createdAt"].as_str().is_some_and(|s| s.parse::<i64>().is_ok()), "int64 as a string: {first}");
+    let yaml_out = ids(&["pods", "-o", "yaml"]).join("\n");
+    assert!(yaml_out.contains("state: SANDBOX_READY"), "{yaml_out}");
+    let t = ids(&["ps", "-a", "-o", "go-template", "--template", "{{range .containers}}{{.metadata.name}} {{end}}"]);
+    assert_eq!(t.join(""), "c-b c-a ");
+    let st = ids(&["inspect", "-o", "go-template", "--template", "{{.status.state}} {{.info.pid}}", &a[..12]]).join("");
+    assert!(st.starts_with("CONTAINER_RUNNING "), "{st}");
+    let img = ids(&["inspecti", "-o", "json", "berth-test"]).join("\n");
+    let v: serde_json::Value = serde_json::from_str(&img).unwrap();
+    assert!(v["status"]["repoTags"][0].as_str().is_some_and(|t| t.contains("berth-test")), "{v}");
+
+    // Shell completion.
+    let (ok_c, out, _) = run(&[], &["completion", "bash"]);
+    assert!(ok_c && out.contains("_berthctl()") && out.contains("inspectp"), "{out}");
+}

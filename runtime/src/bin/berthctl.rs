@@ -16,22 +16,38 @@ use tonic::transport::Channel;
 #[derive(Parser, Debug)]
 #[command(name = "berthctl", version, about = "Drive Berth (or any CRI runtime) from the command line")]
 struct Cli {
-    /// CRI endpoint.
+    /// CRI runtime endpoint; default: runtime-endpoint of the config file,
+    /// else unix:///run/berth/berth.sock.
     #[arg(
         short = 'r',
-        long,
+        long = "runtime-endpoint",
+        visible_alias = "endpoint",
         env = "CONTAINER_RUNTIME_ENDPOINT",
-        default_value = "unix:///run/berth/berth.sock",
         global = true
     )]
-    endpoint: String,
+    endpoint: Option<String>,
+    /// CRI image endpoint; default: image-endpoint of the config file, else
+    /// the runtime endpoint.
+    #[arg(short = 'i', long = "image-endpoint", env = "IMAGE_SERVICE_ENDPOINT")]
+    image_endpoint: Option<String>,
+    /// Timeout of connecting and of each call (2s, 1m, or seconds; 0: none);
+    /// default: timeout of the config file, else none. Pulls, logs and
+    /// streams are not cut by it.
+    #[arg(long)]
+    timeout: Option<String>,
+    /// crictl's config file (runtime-endpoint, image-endpoint, timeout, debug).
+    #[arg(short = 'c', long, env = "CRI_CONFIG_FILE", default_value = "/etc/crictl.yaml")]
+    config: PathBuf,
+    /// Print every request and response on stderr.
+    #[arg(short = 'D', long)]
+    debug: bool,
     /// CA certificate (PEM) to trust for an https streaming server
     /// (exec, attach, port-forward); default: the system's.
     #[arg(long, global = true)]
     stream_ca: Option<PathBuf>,
-    /// Per-call timeout in seconds (0: none).
-    #[arg(long = "request-timeout", default_value_t = 0, global = true)]
-    request_timeout: u64,
+    /// Per-call timeout in seconds (0: none); --timeout is crictl's name.
+    #[arg(long = "request-timeout", global = true, hide = true)]
+    request_timeout: Option<u64>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -46,28 +62,82 @@ enum Transport {
     Websocket,
 }
 
+/// Output formats, as crictl names them: JSON is the protobuf JSON mapping
+/// (camelCase, enum names), YAML the same document, go-template runs
+/// `--template` over it.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 enum Format {
     #[default]
     Table,
     Json,
+    Yaml,
+    #[value(name = "go-template")]
+    GoTemplate,
+}
+
+/// `-o` and `--template` of a list (a table unless asked otherwise).
+#[derive(clap::Args, Debug, Clone)]
+struct ListOutput {
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Format,
+    /// The Go template for -o go-template.
+    #[arg(long)]
+    template: Option<String>,
+}
+
+/// `-o` and `--template` of an inspect (JSON unless asked otherwise).
+#[derive(clap::Args, Debug, Clone)]
+struct DocOutput {
+    #[arg(short, long, value_enum, default_value = "json")]
+    output: Format,
+    /// The Go template for -o go-template.
+    #[arg(long)]
+    template: Option<String>,
+}
+
+/// Which of a list to keep, as crictl's filters do.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct ListFilter {
+    /// Only those whose name matches this regular expression.
+    #[arg(long)]
+    name: Option<String>,
+    /// Only those with this label (key=value; repeat for more).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Only the N most recently created.
+    #[arg(long)]
+    last: Option<usize>,
+    /// Only the most recently created.
+    #[arg(short = 'l', long)]
+    latest: bool,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Runtime name and versions.
-    Version,
+    Version {
+        #[command(flatten)]
+        out: ListOutput,
+    },
     /// Runtime status and conditions.
-    Info,
+    Info {
+        #[command(flatten)]
+        out: DocOutput,
+    },
     /// Run a pod sandbox from a config file; prints its id.
     Runp { config: PathBuf },
     /// List pod sandboxes.
     Pods {
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Format,
-        /// Only pods with this name.
+        #[command(flatten)]
+        out: ListOutput,
+        #[command(flatten)]
+        filter: ListFilter,
+        /// Only pods whose id starts with this.
         #[arg(long)]
-        name: Option<String>,
+        id: Option<String>,
+        /// Only pods in this namespace (a regular expression).
+        #[arg(long)]
+        namespace: Option<String>,
         /// ready or notready.
         #[arg(short, long)]
         state: Option<String>,
@@ -75,8 +145,12 @@ enum Cmd {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Status of pod sandboxes (JSON).
-    Inspectp { ids: Vec<String> },
+    /// Status of pod sandboxes.
+    Inspectp {
+        #[command(flatten)]
+        out: DocOutput,
+        ids: Vec<String>,
+    },
     /// Stop pod sandboxes.
     Stopp { ids: Vec<String> },
     /// Remove pod sandboxes.
@@ -107,14 +181,29 @@ enum Cmd {
         /// Only containers of this pod.
         #[arg(short, long)]
         pod: Option<String>,
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Format,
+        /// Only containers in this state (created, running, exited, unknown).
+        #[arg(short, long)]
+        state: Option<String>,
+        /// Only containers of this image (name, digest or id).
+        #[arg(long)]
+        image: Option<String>,
+        /// Only containers whose id starts with this.
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        out: ListOutput,
+        #[command(flatten)]
+        filter: ListFilter,
         /// Only ids.
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Status of containers (JSON).
-    Inspect { ids: Vec<String> },
+    /// Status of containers.
+    Inspect {
+        #[command(flatten)]
+        out: DocOutput,
+        ids: Vec<String>,
+    },
     /// Run a command in a container.
     Exec {
         /// Run with CRI ExecSync (output collected, then printed) instead of
@@ -189,13 +278,14 @@ enum Cmd {
         /// Refresh every second until interrupted.
         #[arg(short, long)]
         watch: bool,
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Format,
+        #[command(flatten)]
+        out: ListOutput,
     },
-    /// List images.
+    /// List images (only those of IMAGE, when given).
     Images {
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Format,
+        image: Option<String>,
+        #[command(flatten)]
+        out: ListOutput,
         /// Only ids.
         #[arg(short, long)]
         quiet: bool,
@@ -227,10 +317,19 @@ enum Cmd {
     },
     /// Remove images.
     Rmi { images: Vec<String> },
-    /// Status of an image (JSON).
-    Inspecti { image: String },
+    /// Status of an image.
+    Inspecti {
+        #[command(flatten)]
+        out: DocOutput,
+        image: String,
+    },
     /// Usage of the image filesystem.
-    Imagefsinfo,
+    Imagefsinfo {
+        #[command(flatten)]
+        out: DocOutput,
+    },
+    /// A completion script for a shell (bash, zsh, fish, elvish, powershell).
+    Completion { shell: clap_complete::Shell },
     /// Run a pod and a container in it, and start it (prints the container id).
     Run { container_config: PathBuf, pod_config: PathBuf },
 }
@@ -377,7 +476,7 @@ async fn exec_stream(url: &str, interactive: bool, tty: bool, transport: Transpo
 /// CRI runtime) gets a plain CRI PullImage.
 async fn pull(c: &mut Ctl, req: protocol::images::PullRequest, quiet: bool) -> Result<String> {
     use std::io::IsTerminal;
-    match c.berth.pull(c.req(req.clone())).await {
+    match c.berth.pull(c.req_untimed(req.clone())).await {
         Ok(stream) => {
             let mut stream = stream.into_inner();
             let stderr = std::io::stderr();
@@ -404,7 +503,7 @@ async fn pull(c: &mut Ctl, req: protocol::images::PullRequest, quiet: bool) -> R
             };
             let r = c
                 .img
-                .pull_image(c.req(cri::PullImageRequest {
+                .pull_image(c.req_untimed(cri::PullImageRequest {
                     image: Some(cri::ImageSpec { image: req.image, ..Default::default() }),
                     auth: Some(auth),
                     sandbox_config: None,
@@ -431,6 +530,105 @@ struct Ctl {
     berth: ImagesClient<Channel>,
     timeout: Option<Duration>,
     stream_ca: Option<PathBuf>,
+    debug: bool,
+}
+
+/// crictl's config file (`/etc/crictl.yaml`); keys it does not know are
+/// ignored, as crictl ignores them.
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(default, rename_all = "kebab-case")]
+struct CrictlConfig {
+    runtime_endpoint: Option<String>,
+    image_endpoint: Option<String>,
+    timeout: Option<u64>,
+    debug: Option<bool>,
+}
+
+impl CrictlConfig {
+    /// The file, or nothing when it does not exist.
+    fn load(path: &Path) -> Result<CrictlConfig> {
+        match std::fs::read(path) {
+            Ok(data) if data.len() > 1 << 20 => bail!("{} is larger than 1 MiB", path.display()),
+            Ok(data) if data.iter().all(u8::is_ascii_whitespace) => Ok(CrictlConfig::default()),
+            Ok(data) => serde_norway::from_slice(&data).with_context(|| format!("parsing {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CrictlConfig::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+}
+
+/// Shows a response with --debug.
+fn got<T: std::fmt::Debug>(debug: bool, r: T) -> T {
+    if debug {
+        eprintln!("DEBUG response: {r:?}");
+    }
+    r
+}
+
+/// A `--timeout` value: a duration (2s, 1m) or whole seconds.
+fn parse_timeout(s: &str) -> Result<Duration> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    log_printer::parse_duration(s).with_context(|| format!("--timeout {s:?}: give a duration like 2s or seconds"))
+}
+
+/// Prints `doc` (a message in the protobuf JSON mapping) as `format` asks;
+/// `table` is what a table would print.
+fn emit(
+    doc: &serde_json::Value,
+    format: Format,
+    template: Option<&str>,
+    table: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    match format {
+        Format::Table => table(),
+        Format::Json => print_json(doc),
+        Format::Yaml => {
+            print!("{}", serde_norway::to_string(doc)?);
+            Ok(())
+        }
+        Format::GoTemplate => {
+            let t = template.context("-o go-template needs --template")?;
+            let out = gtmpl::template(t, berth::proto_json::to_template_value(doc))
+                .map_err(|e| anyhow::anyhow!("template: {e}"))?;
+            print!("{out}");
+            Ok(())
+        }
+    }
+}
+
+/// A message in the protobuf JSON mapping, with a verbose status's `info`
+/// values parsed (as crictl prints inspect).
+fn doc<M: prost::Message>(msg: &M, name: &str) -> Result<serde_json::Value> {
+    berth::proto_json::to_json(msg, name).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+impl ListFilter {
+    fn name_regex(&self) -> Result<Option<regex::Regex>> {
+        self.name.as_deref().map(|n| regex::Regex::new(n).with_context(|| format!("--name {n:?}"))).transpose()
+    }
+
+    /// `--label k=v` as a CRI label selector.
+    fn selector(&self) -> Result<HashMap<String, String>> {
+        self.labels
+            .iter()
+            .map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .with_context(|| format!("--label {l:?}: give key=value"))
+            })
+            .collect()
+    }
+
+    /// Keeps the newest `--last N` (or one with `--latest`), newest first.
+    fn cut<T>(&self, items: &mut Vec<T>, created: impl Fn(&T) -> i64) {
+        let n = if self.latest { Some(1) } else { self.last };
+        if let Some(n) = n {
+            items.sort_by_key(|i| std::cmp::Reverse(created(i)));
+            items.truncate(n);
+        }
+    }
 }
 
 fn short(id: &str) -> &str {
@@ -481,12 +679,20 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 }
 
 impl Ctl {
-    fn req<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
+    fn req<T: std::fmt::Debug>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = self.req_untimed(msg);
         if let Some(t) = self.timeout {
             r.set_timeout(t);
         }
         r
+    }
+
+    /// A request the timeout does not cut (pulls).
+    fn req_untimed<T: std::fmt::Debug>(&self, msg: T) -> tonic::Request<T> {
+        if self.debug {
+            eprintln!("DEBUG request: {msg:?}");
+        }
+        tonic::Request::new(msg)
     }
 
     async fn pod_id(&mut self, prefix: &str) -> Result<String> {
@@ -542,13 +748,49 @@ impl Ctl {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let channel = berth::cri_client::connect(&cli.endpoint, Duration::from_secs(5)).await?;
+    if let Cmd::Completion { shell } = cli.cmd {
+        clap_complete::generate(
+            shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            "berthctl",
+            &mut std::io::stdout(),
+        );
+        return Ok(());
+    }
+    // Flags (and their environment variables) over crictl's config file.
+    let file = match CrictlConfig::load(&cli.config) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("berthctl: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    let endpoint =
+        cli.endpoint.clone().or(file.runtime_endpoint.clone()).unwrap_or_else(|| "unix:///run/berth/berth.sock".into());
+    let image_endpoint = cli.image_endpoint.clone().or(file.image_endpoint.clone()).unwrap_or_else(|| endpoint.clone());
+    let timeout = match (&cli.timeout, cli.request_timeout, file.timeout) {
+        (Some(t), _, _) => parse_timeout(t)?,
+        (None, Some(secs), _) | (None, None, Some(secs)) => Duration::from_secs(secs),
+        (None, None, None) => Duration::ZERO,
+    };
+    let connect_timeout = if timeout.is_zero() { Duration::from_secs(5) } else { timeout };
+    let debug = cli.debug || file.debug.unwrap_or(false);
+    if debug {
+        eprintln!("DEBUG runtime endpoint {endpoint}, image endpoint {image_endpoint}, timeout {timeout:?}");
+    }
+    let channel = berth::cri_client::connect(&endpoint, connect_timeout).await?;
+    let image_channel = if image_endpoint == endpoint {
+        channel.clone()
+    } else {
+        berth::cri_client::connect(&image_endpoint, connect_timeout).await?
+    };
     let mut c = Ctl {
-        rt: RuntimeServiceClient::new(channel.clone()),
-        img: ImageServiceClient::new(channel.clone()),
-        berth: ImagesClient::new(channel),
-        timeout: (cli.request_timeout > 0).then(|| Duration::from_secs(cli.request_timeout)),
+        rt: RuntimeServiceClient::new(channel),
+        img: ImageServiceClient::new(image_channel.clone()),
+        berth: ImagesClient::new(image_channel),
+        timeout: (!timeout.is_zero()).then_some(timeout),
         stream_ca: cli.stream_ca.clone(),
+        debug,
     };
     match run(&mut c, cli.cmd).await {
         Ok(code) => std::process::exit(code),
@@ -564,17 +806,23 @@ async fn main() -> Result<()> {
 
 async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
     match cmd {
-        Cmd::Version => {
-            let v = c.rt.version(c.req(cri::VersionRequest { version: "v1".into() })).await?.into_inner();
-            println!(
-                "Version:  {}\nRuntimeName:  {}\nRuntimeVersion:  {}\nRuntimeApiVersion:  {}",
-                v.version, v.runtime_name, v.runtime_version, v.runtime_api_version
-            );
+        Cmd::Version { out } => {
+            let v = got(c.debug, c.rt.version(c.req(cri::VersionRequest { version: "v1".into() })).await?.into_inner());
+            emit(&doc(&v, "VersionResponse")?, out.output, out.template.as_deref(), || {
+                println!(
+                    "Version:  {}\nRuntimeName:  {}\nRuntimeVersion:  {}\nRuntimeApiVersion:  {}",
+                    v.version, v.runtime_name, v.runtime_version, v.runtime_api_version
+                );
+                Ok(())
+            })?;
         }
-        Cmd::Info => {
-            let s = c.rt.status(c.req(cri::StatusRequest { verbose: true })).await?.into_inner();
-            print_json(&s)?;
+        Cmd::Info { out } => {
+            let s = got(c.debug, c.rt.status(c.req(cri::StatusRequest { verbose: true })).await?.into_inner());
+            let mut d = doc(&s, "StatusResponse")?;
+            d["info"] = serde_json::to_value(info_json(&s.info))?;
+            emit(&d, out.output, out.template.as_deref(), || print_json(&d))?;
         }
+        Cmd::Completion { .. } => {}
         Cmd::Runp { config } => {
             let config: cri::PodSandboxConfig = read_config(&config)?;
             let r =
@@ -584,7 +832,7 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                 .await?;
             println!("{}", r.into_inner().pod_sandbox_id);
         }
-        Cmd::Pods { output, name, state, quiet } => {
+        Cmd::Pods { out, filter: f, id, namespace, state, quiet } => {
             let state = match state.as_deref().map(str::to_ascii_lowercase).as_deref() {
                 None => None,
                 Some("ready") => Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
@@ -593,20 +841,29 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                 }
                 Some(s) => bail!("unknown state {s:?}: ready or notready"),
             };
-            let filter = cri::PodSandboxFilter { state, ..Default::default() };
+            let name = f.name_regex()?;
+            let namespace = namespace
+                .as_deref()
+                .map(|n| regex::Regex::new(n).with_context(|| format!("--namespace {n:?}")))
+                .transpose()?;
+            let filter = cri::PodSandboxFilter { id: id.unwrap_or_default(), state, label_selector: f.selector()? };
             let mut items =
-                c.rt.list_pod_sandbox(c.req(cri::ListPodSandboxRequest { filter: Some(filter) }))
-                    .await?
+                got(c.debug, c.rt.list_pod_sandbox(c.req(cri::ListPodSandboxRequest { filter: Some(filter) })).await?)
                     .into_inner()
                     .items;
-            if let Some(n) = name {
-                items.retain(|p| p.metadata.as_ref().is_some_and(|m| m.name == n));
-            }
+            items.retain(|p| {
+                let m = p.metadata.clone().unwrap_or_default();
+                name.as_ref().is_none_or(|r| r.is_match(&m.name))
+                    && namespace.as_ref().is_none_or(|r| r.is_match(&m.namespace))
+            });
+            items.sort_by_key(|p| std::cmp::Reverse(p.created_at));
+            f.cut(&mut items, |p| p.created_at);
             if quiet {
                 items.iter().for_each(|p| println!("{}", p.id));
-            } else if output == Format::Json {
-                print_json(&serde_json::json!({ "items": items }))?;
-            } else {
+                return Ok(0);
+            }
+            let d = doc(&cri::ListPodSandboxResponse { items: items.clone() }, "ListPodSandboxResponse")?;
+            emit(&d, out.output, out.template.as_deref(), || {
                 println!(
                     "{:<13}  {:<16}  {:<10}  {:<24}  {:<16}  {:<7}",
                     "POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT"
@@ -626,17 +883,21 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                         m.attempt
                     );
                 }
-            }
+                Ok(())
+            })?;
         }
-        Cmd::Inspectp { ids } => {
+        Cmd::Inspectp { out, ids } => {
             for id in ids {
                 let id = c.pod_id(&id).await?;
-                let r =
+                let r = got(
+                    c.debug,
                     c.rt.pod_sandbox_status(c.req(cri::PodSandboxStatusRequest { pod_sandbox_id: id, verbose: true }))
                         .await?
-                        .into_inner();
-                let info = info_json(&r.info);
-                print_json(&serde_json::json!({ "status": r.status, "info": info }))?;
+                        .into_inner(),
+                );
+                let mut d = doc(&r, "PodSandboxStatusResponse")?;
+                d["info"] = serde_json::to_value(info_json(&r.info))?;
+                emit(&d, out.output, out.template.as_deref(), || print_json(&d))?;
             }
         }
         Cmd::Stopp { ids } => {
@@ -694,24 +955,58 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                 println!("{id}");
             }
         }
-        Cmd::Ps { all, pod, output, quiet } => {
-            let mut filter = cri::ContainerFilter::default();
+        Cmd::Ps { all, pod, state, image, id, out, filter: f, quiet } => {
+            let mut filter = cri::ContainerFilter {
+                id: id.unwrap_or_default(),
+                label_selector: f.selector()?,
+                ..Default::default()
+            };
             if let Some(p) = pod {
                 filter.pod_sandbox_id = c.pod_id(&p).await?;
             }
-            if !all {
-                filter.state = Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 });
-            }
-            let cs =
-                c.rt.list_containers(c.req(cri::ListContainersRequest { filter: Some(filter) }))
-                    .await?
+            let want = match state.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                None if all || f.latest || f.last.is_some() => None,
+                None => Some(cri::ContainerState::ContainerRunning),
+                Some("created") => Some(cri::ContainerState::ContainerCreated),
+                Some("running") => Some(cri::ContainerState::ContainerRunning),
+                Some("exited") => Some(cri::ContainerState::ContainerExited),
+                Some("unknown") => Some(cri::ContainerState::ContainerUnknown),
+                Some(s) => bail!("unknown state {s:?}: created, running, exited or unknown"),
+            };
+            filter.state = want.map(|s| cri::ContainerStateValue { state: s as i32 });
+            let mut cs =
+                got(c.debug, c.rt.list_containers(c.req(cri::ListContainersRequest { filter: Some(filter) })).await?)
                     .into_inner()
                     .containers;
+            let name = f.name_regex()?;
+            // An image filter is resolved to its id, so a tag, a digest and an id all match.
+            let image_id = match &image {
+                Some(i) => c
+                    .img
+                    .image_status(c.req(cri::ImageStatusRequest {
+                        image: Some(cri::ImageSpec { image: i.clone(), ..Default::default() }),
+                        verbose: false,
+                    }))
+                    .await?
+                    .into_inner()
+                    .image
+                    .map(|i| i.id),
+                None => None,
+            };
+            cs.retain(|x| {
+                let m = x.metadata.clone().unwrap_or_default();
+                let img = x.image.as_ref().map(|i| i.image.as_str()).unwrap_or("");
+                name.as_ref().is_none_or(|r| r.is_match(&m.name))
+                    && image.as_ref().is_none_or(|i| img == i || image_id.as_deref() == Some(x.image_id.as_str()))
+            });
+            cs.sort_by_key(|x| std::cmp::Reverse(x.created_at));
+            f.cut(&mut cs, |x| x.created_at);
             if quiet {
                 cs.iter().for_each(|x| println!("{}", x.id));
-            } else if output == Format::Json {
-                print_json(&serde_json::json!({ "containers": cs }))?;
-            } else {
+                return Ok(0);
+            }
+            let d = doc(&cri::ListContainersResponse { containers: cs.clone() }, "ListContainersResponse")?;
+            emit(&d, out.output, out.template.as_deref(), || {
                 println!(
                     "{:<13}  {:<28}  {:<16}  {:<18}  {:<20}  {:<7}  {:<13}",
                     "CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD ID"
@@ -733,17 +1028,21 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                         short(&x.pod_sandbox_id)
                     );
                 }
-            }
+                Ok(())
+            })?;
         }
-        Cmd::Inspect { ids } => {
+        Cmd::Inspect { out, ids } => {
             for id in ids {
                 let id = c.container_id(&id).await?;
-                let r =
+                let r = got(
+                    c.debug,
                     c.rt.container_status(c.req(cri::ContainerStatusRequest { container_id: id, verbose: true }))
                         .await?
-                        .into_inner();
-                let info = info_json(&r.info);
-                print_json(&serde_json::json!({ "status": r.status, "info": info }))?;
+                        .into_inner(),
+                );
+                let mut d = doc(&r, "ContainerStatusResponse")?;
+                d["info"] = serde_json::to_value(info_json(&r.info))?;
+                emit(&d, out.output, out.template.as_deref(), || print_json(&d))?;
             }
         }
         Cmd::Exec { sync: false, interactive, tty, transport, container, cmd, .. } => {
@@ -828,7 +1127,7 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
             };
             c.logs(&container, follow, log_printer::Options { tail, since, timestamps, limit_bytes, stream }).await?
         }
-        Cmd::Stats { pod, watch, output } => {
+        Cmd::Stats { pod, watch, out } => {
             let pod_sandbox_id = match pod {
                 Some(p) => c.pod_id(&p).await?,
                 None => String::new(),
@@ -843,8 +1142,9 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                         .await?
                         .into_inner()
                         .stats;
-                if output == Format::Json {
-                    print_json(&serde_json::json!({ "stats": stats }))?;
+                if out.output != Format::Table {
+                    let d = doc(&cri::ListContainerStatsResponse { stats }, "ListContainerStatsResponse")?;
+                    emit(&d, out.output, out.template.as_deref(), || Ok(()))?;
                 } else {
                     println!(
                         "{:<13}  {:<20}  {:>7}  {:>10}  {:>10}  {:>7}",
@@ -881,12 +1181,16 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                 }
             }
         }
-        Cmd::Images { output, quiet } => {
-            let imgs = c.img.list_images(c.req(cri::ListImagesRequest { filter: None })).await?.into_inner().images;
+        Cmd::Images { image, out, quiet } => {
+            let filter =
+                image.map(|i| cri::ImageFilter { image: Some(cri::ImageSpec { image: i, ..Default::default() }) });
+            let imgs =
+                got(c.debug, c.img.list_images(c.req(cri::ListImagesRequest { filter })).await?.into_inner()).images;
             if quiet {
                 imgs.iter().for_each(|i| println!("{}", i.id));
-            } else if output == Format::Json {
-                print_json(&serde_json::json!({ "images": imgs }))?;
+            } else if out.output != Format::Table {
+                let d = doc(&cri::ListImagesResponse { images: imgs }, "ListImagesResponse")?;
+                emit(&d, out.output, out.template.as_deref(), || Ok(()))?;
             } else {
                 println!("{:<40}  {:<12}  {:<13}  {:>10}", "IMAGE", "TAG", "IMAGE ID", "SIZE");
                 for i in imgs {
@@ -941,7 +1245,7 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                 println!("Deleted: {i}");
             }
         }
-        Cmd::Inspecti { image } => {
+        Cmd::Inspecti { out, image } => {
             let r = c
                 .img
                 .image_status(c.req(cri::ImageStatusRequest {
@@ -953,11 +1257,18 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
             if r.image.is_none() {
                 bail!("image {image:?} not found");
             }
-            print_json(&serde_json::json!({ "status": r.image, "info": info_json(&r.info) }))?;
+            let mut d = doc(&r, "ImageStatusResponse")?;
+            d["status"] = d["image"].take();
+            if let Some(o) = d.as_object_mut() {
+                o.remove("image");
+            }
+            d["info"] = serde_json::to_value(info_json(&r.info))?;
+            emit(&d, out.output, out.template.as_deref(), || print_json(&d))?;
         }
-        Cmd::Imagefsinfo => {
-            let r = c.img.image_fs_info(c.req(cri::ImageFsInfoRequest {})).await?.into_inner();
-            print_json(&r)?;
+        Cmd::Imagefsinfo { out } => {
+            let r = got(c.debug, c.img.image_fs_info(c.req(cri::ImageFsInfoRequest {})).await?.into_inner());
+            let d = doc(&r, "ImageFsInfoResponse")?;
+            emit(&d, out.output, out.template.as_deref(), || print_json(&d))?;
         }
         Cmd::Run { container_config, pod_config } => {
             let config: cri::ContainerConfig = read_config(&container_config)?;
