@@ -768,6 +768,15 @@ impl Manager {
         }
         let md = config.metadata.clone().ok_or_else(|| Error::invalid("pod sandbox config has no metadata"))?;
         ids::check_name("pod sandbox name", &md.name)?;
+        // CNI_ARGS is `K=V;K=V`: these would inject arguments into every
+        // plugin call (Kubernetes names never contain them).
+        for (what, v) in [("name", &md.name), ("namespace", &md.namespace), ("uid", &md.uid)] {
+            if v.contains([';', '=']) {
+                return Err(Error::invalid(format!(
+                    "pod sandbox {what} {v:?} may not contain ';' or '=' (Kubernetes names never do)"
+                )));
+            }
+        }
         if !md.namespace.is_empty() {
             ids::check_name("pod sandbox namespace", &md.namespace)?;
         }

@@ -23,8 +23,9 @@ pub const MANIFEST_TYPES: &[&str] = &[
 /// Largest manifest or index read into memory.
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
-/// Credentials for one pull, from CRI's AuthConfig.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+/// Credentials for one pull, from CRI's AuthConfig. Its Debug shows the
+/// user name only: secrets never reach a log line.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Credentials {
     /// User name for basic auth or the token service.
     pub username: String,
@@ -34,6 +35,18 @@ pub struct Credentials {
     pub identity_token: String,
     /// A bearer token sent to the registry as is.
     pub registry_token: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |s: &str| if s.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &secret(&self.password))
+            .field("identity_token", &secret(&self.identity_token))
+            .field("registry_token", &secret(&self.registry_token))
+            .finish()
+    }
 }
 
 impl Credentials {
@@ -383,6 +396,19 @@ fn parse_challenge(h: &str) -> (String, Vec<(String, String)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_hides_secrets() {
+        let c = Credentials {
+            username: "joe".into(),
+            password: "s3cret".into(),
+            identity_token: "refresh-me".into(),
+            registry_token: String::new(),
+        };
+        let shown = format!("{c:?}");
+        assert!(shown.contains("joe") && shown.contains("<redacted>"), "{shown}");
+        assert!(!shown.contains("s3cret") && !shown.contains("refresh-me"), "{shown}");
+    }
 
     #[test]
     fn challenges_parse() {

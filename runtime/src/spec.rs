@@ -389,10 +389,16 @@ pub fn build(
             }
         }
     }
+    // Every set given: the builder's defaults would put AUDIT_WRITE, KILL and
+    // NET_BIND_SERVICE in the inheritable and ambient sets, which a non-root
+    // process then keeps and which make dropping ALL fail in runc.
+    // containerd leaves both empty.
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
         .permitted(caps)
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
         .build()
         .map_err(oci)?;
 

@@ -127,3 +127,26 @@ async fn bad_input_is_refused_with_the_right_status() {
         .await
         .unwrap();
 }
+
+/// Pod names, namespaces and uids with `;` or `=` would inject arguments into
+/// CNI_ARGS (`K8S_POD_NAME=...;...`): refused before anything is made.
+#[tokio::test]
+async fn pod_metadata_that_would_inject_cni_args_is_refused() {
+    let mut d = berth_tests::Daemon::start().await;
+    for (name, namespace, uid) in
+        [("a;IgnoreUnknown=0", "default", "u1"), ("web", "ns=x", "u2"), ("web2", "default", "u;3")]
+    {
+        let mut cfg = d.pod_config(name.split(';').next().unwrap());
+        let md = cfg.metadata.as_mut().unwrap();
+        md.name = name.into();
+        md.namespace = namespace.into();
+        md.uid = uid.into();
+        let e =
+            d.rt.run_pod_sandbox(protocol::cri::RunPodSandboxRequest { config: Some(cfg), ..Default::default() })
+                .await
+                .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{name} {namespace} {uid}: {e}");
+        assert!(e.message().contains("';' or '='"), "{e}");
+    }
+    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+}

@@ -217,6 +217,27 @@ async fn pull_over_tls_with_basic_auth() {
     assert!(status(&mut d, &name).await.is_none());
 
     assert_eq!(pull(&mut d, &name, creds("joe", "s3cret")).await.unwrap(), img.id());
+    // berthctl takes the password from stdin (or a file), off the command line.
+    let mut child = Command::new(bin_dir().join("berthctl"))
+        .arg("--endpoint")
+        .arg(format!("unix://{}", d.socket.display()))
+        .args(["pull", "-q", "--creds", "joe", &name])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), img.id());
+    let file = d.dir.path().join("creds");
+    std::fs::write(&file, "joe:s3cret\n").unwrap();
+    let (ok, out, err) = berthctl(&d, &["pull", "-q", "--creds-file", file.to_str().unwrap(), &name]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), img.id());
+    assert!(!d.log().contains("s3cret"), "a secret reached berthd's log");
     // CRI's `auth` string works the same.
     let auth = Some(cri::AuthConfig { auth: "am9lOnMzY3JldA==".into(), ..Default::default() });
     assert_eq!(pull(&mut d, &name, auth).await.unwrap(), img.id());

@@ -265,3 +265,76 @@ async fn mount_propagation_private_and_rslave() {
         "a private mount received the host's new mount"
     );
 }
+
+/// The capability sets of a container's process are what was asked: the
+/// bounding, effective and permitted sets from the request (containerd's
+/// defaults, add, drop, privileged), inheritable and ambient empty (as
+/// containerd leaves them), so a non-root process holds none and dropping
+/// ALL works.
+#[tokio::test]
+async fn capability_sets_are_what_was_asked() {
+    fn mask(names: &[u32]) -> u64 {
+        names.iter().fold(0, |m, b| m | (1u64 << b))
+    }
+    // containerd's defaults: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID
+    // SETUID SETPCAP NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
+    let defaults = mask(&[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31]);
+    let host_bnd = u64::from_str_radix(
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:"))
+            .unwrap()
+            .trim(),
+        16,
+    )
+    .unwrap();
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("caps");
+    let pod = d.run_pod(&cfg).await;
+    let cases: Vec<(&str, cri::LinuxContainerSecurityContext, [u64; 5])> = vec![
+        ("root", Default::default(), [defaults, defaults, defaults, 0, 0]),
+        (
+            "nonroot",
+            cri::LinuxContainerSecurityContext {
+                run_as_user: Some(cri::Int64Value { value: 1000 }),
+                ..Default::default()
+            },
+            [defaults, 0, 0, 0, 0],
+        ),
+        (
+            "addall",
+            cri::LinuxContainerSecurityContext {
+                capabilities: Some(cri::Capability { add_capabilities: vec!["ALL".into()], ..Default::default() }),
+                ..Default::default()
+            },
+            [host_bnd, host_bnd, host_bnd, 0, 0],
+        ),
+        (
+            "dropall",
+            cri::LinuxContainerSecurityContext {
+                capabilities: Some(cri::Capability { drop_capabilities: vec!["ALL".into()], ..Default::default() }),
+                ..Default::default()
+            },
+            [0, 0, 0, 0, 0],
+        ),
+        (
+            "privileged",
+            cri::LinuxContainerSecurityContext { privileged: true, ..Default::default() },
+            [host_bnd, host_bnd, host_bnd, 0, 0],
+        ),
+    ];
+    for (name, sc, want) in cases {
+        let mut cc = container_config(name, &["sleep", "100000"]);
+        cc.linux.as_mut().unwrap().security_context = Some(sc);
+        let c = d.create_with(&pod, &cfg, cc).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        d.start_container(&c).await;
+        d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+        let pid = d.container_pid(&c).await;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let get =
+            |k: &str| u64::from_str_radix(status.lines().find_map(|l| l.strip_prefix(k)).unwrap().trim(), 16).unwrap();
+        let got = [get("CapBnd:"), get("CapEff:"), get("CapPrm:"), get("CapInh:"), get("CapAmb:")];
+        assert_eq!(got, want, "{name}: [Bnd, Eff, Prm, Inh, Amb] as {got:x?}, want {want:x?}");
+    }
+}

@@ -299,9 +299,14 @@ enum Cmd {
     /// prints the image id.
     Pull {
         image: String,
-        /// Registry credentials, user:password.
+        /// Registry credentials, user:password; with only a user name the
+        /// password is read from stdin (its first line), so it stays off the
+        /// command line.
         #[arg(long)]
         creds: Option<String>,
+        /// A file holding user:password (its first line).
+        #[arg(long, conflicts_with = "creds")]
+        creds_file: Option<PathBuf>,
         /// Registry credentials, base64 of user:password.
         #[arg(long)]
         auth: Option<String>,
@@ -476,7 +481,10 @@ async fn exec_stream(url: &str, interactive: bool, tty: bool, transport: Transpo
 /// CRI runtime) gets a plain CRI PullImage.
 async fn pull(c: &mut Ctl, req: protocol::images::PullRequest, quiet: bool) -> Result<String> {
     use std::io::IsTerminal;
-    match c.berth.pull(c.req_untimed(req.clone())).await {
+    if c.debug {
+        eprintln!("DEBUG request: PullRequest {{ image: {:?}, credentials: <redacted> }}", req.image);
+    }
+    match c.berth.pull(tonic::Request::new(req.clone())).await {
         Ok(stream) => {
             let mut stream = stream.into_inner();
             let stderr = std::io::stderr();
@@ -503,7 +511,7 @@ async fn pull(c: &mut Ctl, req: protocol::images::PullRequest, quiet: bool) -> R
             };
             let r = c
                 .img
-                .pull_image(c.req_untimed(cri::PullImageRequest {
+                .pull_image(tonic::Request::new(cri::PullImageRequest {
                     image: Some(cri::ImageSpec { image: req.image, ..Default::default() }),
                     auth: Some(auth),
                     sandbox_config: None,
@@ -680,19 +688,14 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 
 impl Ctl {
     fn req<T: std::fmt::Debug>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = self.req_untimed(msg);
+        if self.debug {
+            eprintln!("DEBUG request: {msg:?}");
+        }
+        let mut r = tonic::Request::new(msg);
         if let Some(t) = self.timeout {
             r.set_timeout(t);
         }
         r
-    }
-
-    /// A request the timeout does not cut (pulls).
-    fn req_untimed<T: std::fmt::Debug>(&self, msg: T) -> tonic::Request<T> {
-        if self.debug {
-            eprintln!("DEBUG request: {msg:?}");
-        }
-        tonic::Request::new(msg)
     }
 
     async fn pod_id(&mut self, prefix: &str) -> Result<String> {
@@ -1218,10 +1221,25 @@ async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
                 .into_inner();
             println!("Imported {} as {}", r.id, r.repo_tags.join(", "));
         }
-        Cmd::Pull { image, creds, auth, identity_token, registry_token, quiet } => {
+        Cmd::Pull { image, creds, creds_file, auth, identity_token, registry_token, quiet } => {
+            let first_line = |text: String| text.lines().next().unwrap_or("").to_string();
+            let creds = match creds_file {
+                Some(f) => {
+                    Some(first_line(std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?))
+                }
+                None => creds,
+            };
             let (username, password) = match creds.as_deref().map(|c| c.split_once(':')) {
                 Some(Some((u, p))) => (u.to_string(), p.to_string()),
-                Some(None) => bail!("--creds must be user:password"),
+                Some(None) => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+                    let password = line.trim_end_matches(['\n', '\r']).to_string();
+                    if password.is_empty() {
+                        bail!("--creds {:?} has no password and stdin gave none", creds.unwrap_or_default());
+                    }
+                    (creds.unwrap_or_default(), password)
+                }
                 None => Default::default(),
             };
             let req = protocol::images::PullRequest {
