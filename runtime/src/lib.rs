@@ -5,6 +5,7 @@ pub mod cni;
 pub mod cri_client;
 pub mod cri_log_reader;
 pub mod cri_server;
+pub mod dir_modes;
 pub mod error;
 pub mod failpoint;
 pub mod h2_authority;

@@ -301,16 +301,20 @@ fn stop_signal(config: &cri::ContainerConfig, image: &serde_json::Value) -> i32 
 impl Manager {
     /// Opens the manager's stores under `cfg.root` and `cfg.state`.
     pub fn open(cfg: Config, log: Logger) -> Result<Self> {
-        for d in [
-            &cfg.root,
-            &cfg.state,
-            &cfg.state.join("sandboxes"),
-            &cfg.state.join("containers"),
-            &cfg.state.join("runc"),
+        use crate::dir_modes::{ensure_dir, PRIVATE, TOP};
+        for (d, mode) in [
+            (cfg.root.clone(), TOP),
+            (cfg.state.clone(), TOP),
+            (cfg.root.join("containers"), PRIVATE),
+            (cfg.root.join("images"), PRIVATE),
+            (cfg.state.join("sandboxes"), PRIVATE),
+            (cfg.state.join("containers"), PRIVATE),
+            (cfg.state.join("runc"), PRIVATE),
         ] {
-            std::fs::create_dir_all(d).ctx(|| format!("creating {}", d.display()))?;
+            ensure_dir(&d, mode)?;
         }
         let db = Db::open(&cfg.root.join("metadata.redb"))?;
+        crate::dir_modes::set(&cfg.root.join("metadata.redb"), crate::dir_modes::FILE)?;
         let sandbox_store = Store::open(&db, "sandboxes")?;
         let container_store = Store::open(&db, "containers")?;
         let images = ImageStore::open(&cfg.root, &db)?;
@@ -1222,7 +1226,10 @@ impl Manager {
             };
             let defaults = ImageDefaults::from_config(&image.config);
             let spec = spec::build(&id, &config, &view, &defaults, &rootfs_dir)?;
-            spec.save(bundle.join("config.json")).map_err(|e| Error::internal(format!("writing config.json: {e}")))?;
+            crate::dir_modes::write_private(
+                &bundle.join("config.json"),
+                &serde_json::to_vec(&spec).map_err(|e| Error::internal(format!("encoding config.json: {e}")))?,
+            )?;
             failpoint::hit("create-container/bundle-written");
             let mut req = api::CreateRequest::new();
             req.id = id.clone();

@@ -338,3 +338,82 @@ async fn capability_sets_are_what_was_asked() {
         assert_eq!(got, want, "{name}: [Bnd, Eff, Prm, Inh, Amb] as {got:x?}, want {want:x?}");
     }
 }
+
+/// A local user on the host reaches nothing of a container's: not its env
+/// (a Secret) in config.json or metadata.redb, not a file it wrote in its
+/// upper dir, not a setuid-root binary it made (through the upper dir or the
+/// merged rootfs). The class of moby CVE-2021-41091 and containerd
+/// CVE-2021-41103. Folders left loose are tightened at start.
+#[tokio::test]
+async fn local_users_reach_no_container_content() {
+    use std::os::unix::fs::PermissionsExt;
+    if !berth_tests::have_commands(&["setpriv"]) {
+        eprintln!("SKIP: setpriv (util-linux) missing");
+        return;
+    }
+    let mut d = Daemon::start().await;
+    // The test's own temp folder is 0700; open it, as /var/lib and /run are.
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = format!("hunter2-{}", std::process::id());
+    let cfg = d.pod_config("modes");
+    let pod = d.run_pod(&cfg).await;
+    let mut cc = container_config(
+        "writer",
+        &["sh", "-c", "cp /bin/busybox /tmp/suid && chmod 4755 /tmp/suid && echo private > /tmp/file && sleep 100000"],
+    );
+    cc.envs = vec![cri::KeyValue { key: "SECRET".into(), value: secret.clone() }];
+    let c = d.create_with(&pod, &cfg, cc).await.unwrap();
+    d.start_container(&c).await;
+    d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+    for _ in 0..100 {
+        if d.exec(&c, &["test", "-f", "/tmp/file"], 5).await.unwrap().exit_code == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let root = d.dir.path().join("r");
+    let state = d.dir.path().join("s");
+    let upper = root.join("containers").join(&c).join("upper");
+    let rootfs = state.join("containers").join(&c).join("rootfs");
+    assert!(upper.join("tmp/suid").exists(), "the container's binary is not where the test looks");
+    let nobody = |cmd: &[&str]| {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"])
+            .args(cmd)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    for path in [
+        state.join("containers").join(&c).join("config.json"),
+        root.join("metadata.redb"),
+        upper.join("tmp/file"),
+        rootfs.join("tmp/file"),
+    ] {
+        let (ok, _) = nobody(&["cat", path.to_str().unwrap()]);
+        assert!(!ok, "nobody read {}", path.display());
+    }
+    for bin in [upper.join("tmp/suid"), rootfs.join("tmp/suid")] {
+        let (ok, out) = nobody(&[bin.to_str().unwrap(), "id"]);
+        assert!(!ok, "nobody ran the container's setuid binary {}: {out}", bin.display());
+    }
+    let (_, found) = nobody(&["sh", "-c", &format!("grep -rl {secret} {} 2>/dev/null", d.dir.path().display())]);
+    assert!(found.trim().is_empty(), "nobody found the secret in {found}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&root) & 0o066, 0, "root is {:o}", mode(&root));
+    assert_eq!(mode(&state) & 0o066, 0, "state is {:o}", mode(&state));
+    assert_eq!(mode(&root.join("metadata.redb")), 0o600);
+    assert_eq!(mode(&state.join("containers").join(&c).join("config.json")), 0o600);
+
+    // Loose folders from an older berthd are tightened at start.
+    for p in [&root, &state, &root.join("containers"), &state.join("containers")] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    d.restart().await;
+    assert_eq!(mode(&root), 0o711);
+    assert_eq!(mode(&state), 0o711);
+    assert_eq!(mode(&root.join("containers")), 0o700);
+    assert_eq!(mode(&state.join("containers")), 0o700);
+    let (ok, _) = nobody(&["cat", upper.join("tmp/file").to_str().unwrap()]);
+    assert!(!ok);
+}
