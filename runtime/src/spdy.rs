@@ -298,12 +298,21 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 }
                 out.reserve(out.len().max(256));
             }
-            let before_in = self.inflate.total_in();
+            let (before_in, before_out) = (self.inflate.total_in(), out.len());
             let r = self.inflate.decompress_vec(input, &mut out, FlushDecompress::Sync);
             let used = (self.inflate.total_in() - before_in) as usize;
             input = &input[used..];
             match r {
-                Ok(Status::Ok | Status::BufError | Status::StreamEnd) => {}
+                // The session's zlib stream never ends: a block that ends it
+                // leaves the rest of the session undecodable (and an inflate
+                // that takes nothing and gives nothing would spin here).
+                Ok(Status::StreamEnd) => return Err(invalid("SPDY header block ends the session's zlib stream")),
+                Ok(Status::Ok | Status::BufError)
+                    if used == 0 && out.len() == before_out && out.len() < out.capacity() =>
+                {
+                    return Err(invalid("SPDY header block does not inflate"));
+                }
+                Ok(Status::Ok | Status::BufError) => {}
                 Err(e) => match e.needs_dictionary() {
                     Some(_) => {
                         self.inflate
@@ -443,6 +452,42 @@ mod tests {
             hex::encode(sha2::Sha256::digest(d)),
             "51d27341373f923f3cd88e1eb7162aeaa3723d7585ff2399201dc06498407f02"
         );
+    }
+
+    /// A SYN_STREAM whose header block is a complete zlib stream (it ends)
+    /// and one more byte: an error at once, not a spinning worker.
+    #[test]
+    fn a_header_block_that_ends_the_zlib_stream_is_refused_at_once() {
+        let mut z = Compress::new(Compression::default(), true);
+        z.set_dictionary(dictionary()).unwrap();
+        let mut block = Vec::with_capacity(256);
+        let plain = [0u8, 0, 0, 0];
+        z.compress_vec(&plain, &mut block, FlushCompress::Finish).unwrap();
+        for extra in [&b""[..], b"x"] {
+            let mut b = block.clone();
+            b.extend_from_slice(extra);
+            let mut body = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+            body.extend_from_slice(&b);
+            let mut frame = vec![0x80, 3, 0, 1, 0];
+            frame.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+            frame.extend_from_slice(&body);
+            assert!(read_one_within_2s(frame).is_err(), "extra {extra:?}");
+        }
+        // Garbage that is not zlib at all.
+        let mut frame = vec![0x80, 3, 0, 1, 0, 0, 0, 14, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        frame.extend_from_slice(b"\xff\xfe\xfd\xfc");
+        assert!(read_one_within_2s(frame).is_err());
+    }
+
+    /// Reads one frame on a thread of its own: a reader that spins cannot be
+    /// timed out from the same thread.
+    fn read_one_within_2s(frame: Vec<u8>) -> std::io::Result<Option<Frame>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let _ = tx.send(rt.block_on(async { Reader::new(&frame[..]).next().await }));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(2)).expect("the reader spun")
     }
 
     #[tokio::test]

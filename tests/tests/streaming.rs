@@ -597,3 +597,58 @@ async fn many_execs_in_one_container_at_once() {
         assert_eq!(code, Some(i as i32));
     }
 }
+
+/// A hostile SPDY peer: after the upgrade, one SYN_STREAM whose header
+/// block is a complete zlib stream plus a byte. berthd closes that
+/// connection and keeps answering CRI calls.
+#[tokio::test]
+async fn a_hostile_spdy_header_block_closes_only_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut d = Daemon::start().await;
+    let c = running(&mut d, "hostile").await;
+    let ch = Channels { stdout: true, ..Default::default() };
+    let url = exec_url(&mut d, &c, &["true"], ch).await.unwrap();
+    let rest = url.trim_start_matches("http://");
+    let (addr, path) = rest.split_at(rest.find('/').unwrap());
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        conn.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut z = flate2::Compress::new(flate2::Compression::default(), true);
+    z.set_dictionary(berth::spdy::dictionary()).unwrap();
+    let mut block = Vec::with_capacity(256);
+    z.compress_vec(&[0, 0, 0, 0], &mut block, flate2::FlushCompress::Finish).unwrap();
+    block.push(b'x');
+    let mut body = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    body.extend_from_slice(&block);
+    let mut frame = vec![0x80, 3, 0, 1, 0];
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    frame.extend_from_slice(&body);
+    conn.write_all(&frame).await.unwrap();
+    // berthd hangs up on this peer...
+    let mut buf = vec![0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "berthd kept the hostile connection open");
+    // ...and keeps serving everyone else.
+    let v =
+        tokio::time::timeout(Duration::from_secs(2), d.rt.version(cri::VersionRequest { version: "v1".into() })).await;
+    assert!(v.is_ok_and(|r| r.is_ok()), "berthd stopped answering");
+}
