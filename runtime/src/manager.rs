@@ -1225,7 +1225,14 @@ impl Manager {
                     .unwrap_or_default(),
             };
             let defaults = ImageDefaults::from_config(&image.config);
-            let spec = spec::build(&id, &config, &view, &defaults, &rootfs_dir)?;
+            // It reads the image's /etc/passwd and /etc/group (bounded, but
+            // still file work): off the async workers.
+            let spec = {
+                let (id, config, rootfs_dir) = (id.clone(), config.clone(), rootfs_dir.clone());
+                tokio::task::spawn_blocking(move || spec::build(&id, &config, &view, &defaults, &rootfs_dir))
+                    .await
+                    .map_err(|e| Error::internal(format!("building the OCI spec: {e}")))??
+            };
             crate::dir_modes::write_private(
                 &bundle.join("config.json"),
                 &serde_json::to_vec(&spec).map_err(|e| Error::internal(format!("encoding config.json: {e}")))?,

@@ -1,5 +1,11 @@
 //! Resolves a user spec (`uid`, `uid:gid`, `name`, `name:group`) against the
-//! container's own /etc/passwd and /etc/group, never the host's.
+//! container's own /etc/passwd and /etc/group, never the host's: the files
+//! are opened inside the rootfs as if it were `/` (openat2 RESOLVE_IN_ROOT,
+//! so an image's symlinks cannot point Berth at host files), must be regular
+//! files, and are read up to [`MAX_DB`] bytes (an image may ship a 2 GiB
+//! /etc/group).
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -15,13 +21,55 @@ pub struct Identity {
     pub additional_gids: Vec<u32>,
 }
 
-fn read_db(rootfs: &Path, file: &str) -> String {
-    // The rootfs is the container's; a symlinked /etc/passwd must not make
-    // Berth read a host file, so only regular files are read.
-    let p = rootfs.join("etc").join(file);
-    match std::fs::symlink_metadata(&p) {
-        Ok(m) if m.file_type().is_file() => std::fs::read_to_string(&p).unwrap_or_default(),
-        _ => String::new(),
+/// Largest /etc/passwd or /etc/group read.
+pub const MAX_DB: u64 = 4 << 20;
+
+/// The image's `/etc/<file>`, resolved inside `rootfs`; empty when it has
+/// none (or not a regular file).
+fn read_db(rootfs: &Path, file: &str) -> Result<String> {
+    let Some(f) = open_in_root(rootfs, &format!("etc/{file}"))? else { return Ok(String::new()) };
+    let f = std::fs::File::from(f);
+    match f.metadata() {
+        Ok(m) if m.file_type().is_file() => {}
+        _ => return Ok(String::new()),
+    }
+    let mut data = Vec::new();
+    f.take(MAX_DB + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| Error::internal(format!("reading the image's /etc/{file}: {e}")))?;
+    if data.len() as u64 > MAX_DB {
+        return Err(Error::invalid(format!(
+            "the image's /etc/{file} is larger than {} MiB, which Berth does not read; give the user as a uid",
+            MAX_DB >> 20
+        )));
+    }
+    Ok(String::from_utf8_lossy(&data).into_owned())
+}
+
+/// Opens `rel` under `root` with symlinks resolved inside it (never above
+/// it, never through /proc magic links). None when it does not exist.
+fn open_in_root(root: &Path, rel: &str) -> Result<Option<OwnedFd>> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let dir = std::fs::File::open(root).map_err(|e| Error::internal(format!("opening {}: {e}", root.display())))?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    match nix::fcntl::openat2(dir.as_fd(), rel, how) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR | nix::errno::Errno::ELOOP) => Ok(None),
+        Err(nix::errno::Errno::ENOSYS) => {
+            // Before Linux 5.6: no symlink anywhere on the path is followed.
+            let p = root.join(rel);
+            let mut cur = root.to_path_buf();
+            for c in Path::new(rel).components() {
+                cur.push(c);
+                if std::fs::symlink_metadata(&cur).map(|m| m.file_type().is_symlink()).unwrap_or(true) {
+                    return Ok(None);
+                }
+            }
+            Ok(std::fs::File::open(&p).ok().map(OwnedFd::from))
+        }
+        Err(e) => Err(Error::internal(format!("opening the image's /{rel}: {e}"))),
     }
 }
 
@@ -31,8 +79,8 @@ pub fn resolve(rootfs: &Path, spec: &str) -> Result<Identity> {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let passwd = read_db(rootfs, "passwd");
-    let groups = read_db(rootfs, "group");
+    let passwd = read_db(rootfs, "passwd")?;
+    let groups = read_db(rootfs, "group")?;
     let mut name = None;
     let (uid, mut gid) = if user.is_empty() {
         (0, 0)

@@ -523,3 +523,66 @@ async fn a_pull_past_its_deadline_stops_and_lists_nothing() {
     assert!(status(&mut d, &name).await.is_none());
     assert!(!has_blob(&d, &berth_tests::registry::sha256(&img.layers[1].data)));
 }
+
+/// An image's user databases are its own and bounded: a 64 MiB /etc/group
+/// (of newlines, 64 KiB gzipped) is refused with a clear error instead of
+/// being read into berthd, and an /etc that is a symlink climbing out of the
+/// rootfs does not make berthd resolve a user name from the host's passwd.
+#[tokio::test]
+async fn hostile_user_databases_are_bounded_and_confined() {
+    if skip() {
+        return;
+    }
+    let reg = Registry::start(Auth::None, false);
+    let huge = vec![b'\n'; 64 << 20];
+    let img = build_image(
+        vec![
+            busybox_layer(),
+            layer_from_tar(tar_of(&[("etc/group", tar::EntryType::Regular, &huge, None)]), Compression::Gzip),
+        ],
+        "amd64",
+        "X=huge",
+    );
+    drop(huge);
+    reg.push("hostile/group", "1", &img).await;
+    // /etc → a path that climbs out when resolved on the host, and loops
+    // when resolved inside the rootfs.
+    let climbing = build_image(
+        vec![layer_from_tar(
+            tar_of(&[("etc", tar::EntryType::Symlink, b"", Some("/../../../../../../../../../etc"))]),
+            Compression::Gzip,
+        )],
+        "amd64",
+        "X=climb",
+    );
+    reg.push("hostile/etclink", "1", &climbing).await;
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("userdb");
+    let pod = d.run_pod(&cfg).await;
+    for (image, user, want) in [
+        ("hostile/group", "app", "larger than 4 MiB"),
+        // `_apt` is in the host's /etc/passwd, not in this image.
+        ("hostile/etclink", "_apt", "not in the image's /etc/passwd"),
+    ] {
+        let name = format!("{}/{image}:1", reg.host);
+        pull(&mut d, &name, None).await.unwrap();
+        let mut c = container_config("u", &["true"]);
+        c.image = Some(cri::ImageSpec { image: name.clone(), ..Default::default() });
+        c.linux.as_mut().unwrap().security_context =
+            Some(cri::LinuxContainerSecurityContext { run_as_username: user.into(), ..Default::default() });
+        let started = Instant::now();
+        let e = d.create_with(&pod, &cfg, c).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{image}: {e}");
+        assert!(e.message().contains(want), "{image}: {e}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{image}: took {:?}", started.elapsed());
+    }
+    let vm_hwm: u64 = std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    assert!(vm_hwm < 256 * 1024, "berthd peaked at {vm_hwm} kB");
+    let list = d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner();
+    assert!(list.containers.is_empty());
+}
