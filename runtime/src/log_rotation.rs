@@ -5,7 +5,6 @@
 //! log is renamed to `<log>.YYYYMMDD-HHMMSS` and the shim reopens it by path
 //! (renamed back if that fails). So at most `max_files` files exist: the
 //! current one, the newest rotated one, and `max_files - 2` compressed ones.
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -53,10 +52,25 @@ fn rotated(log: &Path) -> Vec<PathBuf> {
 fn compress(path: &Path) -> Result<()> {
     let gz = PathBuf::from(format!("{}{GZ}", path.display()));
     let tmp = PathBuf::from(format!("{}{TMP}", gz.display()));
-    let data = std::fs::read(path).map_err(|e| Error::internal(format!("reading {}: {e}", path.display())))?;
-    let f = std::fs::File::create(&tmp).map_err(|e| Error::internal(format!("creating {}: {e}", tmp.display())))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // A rotated file planted as a symlink is not followed (berthd runs as
+    // root and would copy what it points at into the log folder), and the
+    // copy streams: a rotated file is as large as the container made it.
+    let mut src = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::internal(format!("reading {}: {e}", path.display())))?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(|e| Error::internal(format!("creating {}: {e}", tmp.display())))?;
     let mut enc = flate2::write::GzEncoder::new(f, flate2::Compression::default());
-    enc.write_all(&data)
+    std::io::copy(&mut src, &mut enc)
         .and_then(|_| enc.finish().map(|_| ()))
         .map_err(|e| Error::internal(format!("compressing {}: {e}", path.display())))?;
     std::fs::rename(&tmp, &gz).map_err(|e| Error::internal(format!("renaming {}: {e}", tmp.display())))?;

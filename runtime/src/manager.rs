@@ -1242,6 +1242,9 @@ impl Manager {
             req.id = id.clone();
             req.bundle = bundle.display().to_string();
             req.log_path = log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            if log_path.is_some() {
+                req.log_root = smeta.config.log_directory.clone();
+            }
             req.terminal = config.tty;
             req.stdin = config.stdin;
             req.stdin_once = config.stdin_once;

@@ -36,6 +36,8 @@ impl Stream {
 /// One container's log file, shared by its stdout and stderr forwarders.
 pub struct LogSink {
     path: Option<PathBuf>,
+    /// The pod's log directory, where no-follow resolution starts.
+    root: Option<PathBuf>,
     out: Mutex<Output>,
     max_line: usize,
     /// Output copied to attached clients. A slow client loses chunks
@@ -53,23 +55,72 @@ struct Output {
     dropped: u64,
 }
 
-fn open_log(path: &Path) -> std::io::Result<File> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+/// Opens (creating) a log file for appending. Below `root` (the pod's log
+/// directory, kubelet's) every folder and the file itself are opened with
+/// O_NOFOLLOW, one component at a time from the folder before it, so a
+/// symlink planted on the way fails the open instead of sending the log,
+/// written as root, where it points. Without a root only the file itself
+/// is opened with O_NOFOLLOW.
+fn open_log(path: &Path, root: Option<&Path>) -> std::io::Result<File> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    let Some(rel) = root.and_then(|r| path.strip_prefix(r).ok()) else {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        return OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path);
+    };
+    let root = root.unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(root)?;
+    let mut dir: std::os::fd::OwnedFd = File::open(root)?.into();
+    let parts: Vec<_> = rel.components().collect();
+    let Some((file, dirs)) = parts.split_last() else {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty log path"));
+    };
+    for c in dirs {
+        let std::path::Component::Normal(name) = c else {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "log path leaves its folder"));
+        };
+        match nix::sys::stat::mkdirat(&dir, *name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        dir = openat(
+            &dir,
+            *name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
     }
-    OpenOptions::new().append(true).create(true).mode(0o640).open(path)
+    let std::path::Component::Normal(name) = file else {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "log path leaves its folder"));
+    };
+    let fd = openat(
+        &dir,
+        *name,
+        OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+        Mode::from_bits_truncate(0o640),
+    )?;
+    Ok(File::from(fd))
 }
 
 impl LogSink {
-    /// Opens (creating) the log file; `None` discards everything.
-    pub fn open(path: Option<PathBuf>, max_line: usize) -> std::io::Result<Self> {
+    /// Opens (creating) the log file below `root` (see [`open_log`]);
+    /// `None` discards everything.
+    pub fn open(path: Option<PathBuf>, root: Option<PathBuf>, max_line: usize) -> std::io::Result<Self> {
         let file = match &path {
-            Some(p) => Some(open_log(p)?),
+            Some(p) => Some(open_log(p, root.as_deref())?),
             None => None,
         };
         let attached = tokio::sync::broadcast::channel(256).0;
         Ok(LogSink {
             path,
+            root,
             out: Mutex::new(Output { file, error: None, written: 0, dropped: 0 }),
             max_line: max_line.max(1),
             attached,
@@ -85,7 +136,7 @@ impl LogSink {
     /// written before, the new one gets everything after.
     pub fn reopen(&self) -> std::io::Result<()> {
         let Some(path) = &self.path else { return Ok(()) };
-        let file = open_log(path)?;
+        let file = open_log(path, self.root.as_deref())?;
         self.out.lock().unwrap_or_else(|e| e.into_inner()).file = Some(file);
         Ok(())
     }

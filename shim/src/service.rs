@@ -107,7 +107,8 @@ impl ShimService {
             return Err(status(Code::INVALID_ARGUMENT, format!("bundle {} has no config.json", bundle.display())));
         }
         let log_path = (!req.log_path.is_empty()).then(|| PathBuf::from(&req.log_path));
-        let sink = LogSink::open(log_path, self.max_log_line)
+        let log_root = (!req.log_root.is_empty()).then(|| PathBuf::from(&req.log_root));
+        let sink = LogSink::open(log_path, log_root, self.max_log_line)
             .map_err(|e| status(Code::INTERNAL, format!("opening log file {}: {e}", req.log_path)))?;
         let sink = Arc::new(sink);
         let pipe = || -> TResult<(OwnedFd, OwnedFd)> {

@@ -435,3 +435,43 @@ async fn stdin_stays_open_until_closed() {
     let st = d.wait_state(&c2, cri::ContainerState::ContainerExited, Duration::from_secs(5)).await;
     assert_eq!(st.exit_code, 0);
 }
+
+/// Log files are opened (and reopened after rotation) without following
+/// symlinks below the pod's log directory: a link planted where a log goes
+/// makes the call fail and writes nothing where it points.
+#[tokio::test]
+async fn log_files_are_never_opened_through_symlinks() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("nofollow");
+    let pod = d.run_pod(&cfg).await;
+    let log_dir = std::path::PathBuf::from(&cfg.log_directory);
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let outside = d.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let target = outside.join("target");
+    std::fs::write(&target, "original").unwrap();
+    std::os::unix::fs::symlink(&target, log_dir.join("a.log")).unwrap();
+    std::os::unix::fs::symlink(&outside, log_dir.join("sub")).unwrap();
+    for (name, log_path) in [("a", "a.log"), ("b", "sub/b.log")] {
+        let mut c = berth_tests::container_config(name, &["sh", "-c", "echo escaped"]);
+        c.log_path = log_path.into();
+        let r = d.create_with(&pod, &cfg, c).await;
+        assert!(r.is_err(), "{log_path}: created through a symlink");
+    }
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "original");
+    assert!(!outside.join("b.log").exists());
+
+    // After a rotation, a link planted before the reopen.
+    let mut c = berth_tests::container_config("ok", &["sh", "-c", "while true; do echo line; sleep 0.05; done"]);
+    c.log_path = "ok.log".into();
+    let id = d.create_with(&pod, &cfg, c).await.unwrap();
+    d.start_container(&id).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::rename(log_dir.join("ok.log"), log_dir.join("ok.log.1")).unwrap();
+    std::os::unix::fs::symlink(&target, log_dir.join("ok.log")).unwrap();
+    let r = d.rt.reopen_container_log(cri::ReopenContainerLogRequest { container_id: id.clone() }).await;
+    assert!(r.is_err(), "reopened through a symlink");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "original");
+    assert_eq!(d.status(&id).await.state, cri::ContainerState::ContainerRunning as i32);
+}
