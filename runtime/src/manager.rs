@@ -515,11 +515,16 @@ impl Manager {
                 let Some(m) = weak.upgrade() else { return };
                 let sandboxes: Vec<_> = lock(&m.sandboxes).values().cloned().collect();
                 for sb in sandboxes {
-                    let (pid, phase) = {
+                    let (pid, phase, id) = {
                         let meta = lock(&sb.meta);
-                        (meta.shim_pid, meta.phase)
+                        (meta.shim_pid, meta.phase, meta.id.clone())
                     };
-                    if phase == Phase::Ready && sb.lost_at().is_none() && !(running(pid) && is_shim(pid as i32)) {
+                    // A pid reused by any other process (another pod's shim
+                    // too) is not this pod's shim.
+                    if phase == Phase::Ready
+                        && sb.lost_at().is_none()
+                        && !(running(pid) && crate::pidfd::is_shim_of(pid as i32, &id))
+                    {
                         m.shim_lost(&sb).await;
                     }
                 }
@@ -908,9 +913,10 @@ impl Manager {
         } else if let Some(pid) =
             std::fs::read_to_string(dir.join("shim.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok())
         {
-            // A shim that does not answer but still runs is ended by pid.
-            if is_shim(pid) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            // A shim that does not answer but still runs is ended by pid,
+            // if the pid is still this pod's shim.
+            let id = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if crate::pidfd::kill_shim_of(pid, id) {
                 wait_gone(pid as u32, Duration::from_secs(5)).await;
             }
         }
@@ -1826,19 +1832,7 @@ fn absent_ok<T>(r: Result<T>) -> Result<Option<T>> {
 /// Ends a pod's init process, if that pid still is one (its command line
 /// names the sandbox, so a reused pid is never signalled).
 fn kill_pod_init(pid: u32, sandbox_id: &str) {
-    if pid == 0 || !is_shim(pid as i32) {
-        return;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    if String::from_utf8_lossy(&cmdline).contains(sandbox_id) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-    }
-}
-
-/// Whether `pid` is a berth-shim process (so a stale pid file never makes
-/// Berth signal an unrelated process).
-fn is_shim(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() == "berth-shim").unwrap_or(false)
+    crate::pidfd::kill_shim_of(pid as i32, sandbox_id);
 }
 
 /// Whether `pid` still runs. A zombie has finished: whoever reaps it (the

@@ -62,10 +62,17 @@ impl Reaper {
     pub fn subscribe(&self, pid: i32) -> oneshot::Receiver<ExitStatus> {
         let (tx, rx) = oneshot::channel();
         let mut inner = self.lock();
-        if let Some(status) = inner.unclaimed.remove(&pid) {
-            let _ = tx.send(status);
-        } else {
-            inner.subscribers.insert(pid, tx);
+        match inner.unclaimed.remove(&pid) {
+            // An exit kept for a pid that is again a live child of the shim
+            // belongs to an earlier process with the same pid: handing it on
+            // would report the new one as exited. (Under the lock no reap
+            // runs, so a child's exit cannot slip in between.)
+            Some(status) if !is_my_child(pid) => {
+                let _ = tx.send(status);
+            }
+            _ => {
+                inner.subscribers.insert(pid, tx);
+            }
         }
         rx
     }
@@ -95,6 +102,14 @@ impl Reaper {
     }
 }
 
+/// Whether `pid` is now a process (running or not yet reaped) whose parent
+/// is this shim.
+fn is_my_child(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+    ppid == Some(std::process::id())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +128,23 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "child never reaped");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// An exit kept from an earlier process with the same pid is not handed
+    /// to the subscriber of a live child: it gets the child's own exit.
+    #[test]
+    fn a_stale_exit_of_a_reused_pid_is_not_handed_on() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let reaper = Reaper::default();
+        let mut child = Command::new("sleep").arg("100").spawn().unwrap();
+        let pid = child.id() as i32;
+        let stale = ExitStatus { code: 3, signal: 0, at: SystemTime::now() };
+        reaper.lock().unclaimed.insert(pid, stale);
+        let mut rx = reaper.subscribe(pid);
+        assert!(rx.try_recv().is_err(), "the stale exit was handed on");
+        let _ = child.kill();
+        let status = wait_for(&reaper, &mut rx);
+        assert_eq!((status.code, status.signal), (137, 9));
     }
 
     #[test]

@@ -172,3 +172,31 @@ async fn garbage_metadata_stops_berthd_naming_the_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&store.display().to_string()), "message does not name the file: {err}");
 }
+
+/// A stale shim.pid naming another live process (here another pod's shim,
+/// as after pid reuse) never makes berthd signal it: removing the pod whose
+/// shim died leaves the other pod running.
+#[tokio::test]
+async fn a_stale_shim_pid_never_signals_another_process() {
+    let mut d = Daemon::start().await;
+    let cfg_a = d.pod_config("stale-a");
+    let a = d.run_pod(&cfg_a).await;
+    let cfg_b = d.pod_config("stale-b");
+    let b = d.run_pod(&cfg_b).await;
+    let cb = d.create(&b, &cfg_b, "c", &["sleep", "100000"]).await;
+    d.start_container(&cb).await;
+    d.wait_state(&cb, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+    let shim_a = d.shim_pid(&a).await;
+    let shim_b = d.shim_pid(&b).await;
+    d.kill9();
+    berth_tests::kill_tree(shim_a);
+    assert!(berth_tests::wait_gone(shim_a, Duration::from_secs(5)).await);
+    // Pod A's pid file now names pod B's shim.
+    std::fs::write(d.dir.path().join("s/sandboxes").join(&a).join("shim.pid"), shim_b.to_string()).unwrap();
+    d.restart().await;
+    d.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: a.clone() }).await.unwrap();
+    d.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: a }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(berth_tests::alive(shim_b), "pod B's shim was killed through pod A's stale pid file");
+    assert_eq!(d.status(&cb).await.state, cri::ContainerState::ContainerRunning as i32);
+}
