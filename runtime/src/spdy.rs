@@ -9,8 +9,10 @@ use std::sync::OnceLock;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Largest frame accepted (the 24-bit length allows 16 MiB).
-const MAX_FRAME: usize = 1 << 24;
+/// Largest frame accepted. The 24-bit length allows 16 MiB; kubelet's and
+/// client-go's peers write data in 32 KiB pieces, so 1 MiB is ample and a
+/// peer cannot make berthd allocate 16 MiB per frame.
+pub const MAX_FRAME: usize = 1 << 20;
 /// Largest decompressed header block accepted.
 const MAX_HEADER_BLOCK: usize = 1 << 20;
 

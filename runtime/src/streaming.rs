@@ -69,6 +69,15 @@ enum Target {
 
 /// The port-forward subprotocol.
 pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
+/// Connections served at once; more are closed as they come.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// How long a client may take for its TLS handshake and request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams one port-forward session may have open (kubelet opens two per
+/// forwarded connection).
+pub const MAX_FORWARD_STREAMS: usize = 512;
+/// Streams an exec or attach session may open (it needs five at most).
+const MAX_EXEC_STREAMS: usize = 16;
 
 /// The streaming server.
 pub struct StreamServer {
@@ -104,21 +113,39 @@ impl StreamServer {
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         let me = Arc::new(StreamServer { addr, scheme, ttl, pending: Mutex::new(HashMap::new()), log });
         let server = Arc::clone(&me);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         tokio::spawn(async move {
             loop {
-                let Ok((conn, _)) = listener.accept().await else { continue };
+                let conn = match listener.accept().await {
+                    Ok((conn, _)) => conn,
+                    Err(e) => {
+                        // Out of fds, say: wait rather than spin on the error.
+                        warn!(server.log, "streaming accept failed"; "error" => %e);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                // Past the cap a connection is closed at once.
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    warn!(server.log, "streaming connections at their cap; refusing one"; "cap" => MAX_CONNECTIONS);
+                    continue;
+                };
                 let s = Arc::clone(&server);
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let svc = hyper::service::service_fn(move |req| {
                         let s = Arc::clone(&s);
                         async move { Ok::<_, std::convert::Infallible>(s.handle(req)) }
                     });
-                    let http = hyper::server::conn::http1::Builder::new();
+                    let mut http = hyper::server::conn::http1::Builder::new();
+                    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
                     match acceptor {
                         Some(a) => {
-                            // A failed handshake is the client's problem; it gets no URL use.
-                            let Ok(tls) = a.accept(conn).await else { return };
+                            // A failed or slow handshake is the client's problem; it gets no URL use.
+                            let Ok(Ok(tls)) = tokio::time::timeout(HEADER_TIMEOUT, a.accept(conn)).await else {
+                                return;
+                            };
                             let _ = http.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).with_upgrades().await;
                         }
                         None => {
@@ -455,6 +482,9 @@ async fn exec_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             .map_err(net)?;
         match f {
             Some(spdy::Frame::SynStream { id, headers, .. }) => {
+                if ids.len() >= MAX_EXEC_STREAMS {
+                    return Err(Error::invalid("the client opened more streams than an exec has"));
+                }
                 let kind = headers.iter().find(|(k, _)| k == "streamtype").map(|(_, v)| v.clone()).unwrap_or_default();
                 writer.lock().await.syn_reply(id, &[], 0).await.map_err(net)?;
                 ids.insert(kind, id);
@@ -816,6 +846,11 @@ async fn port_forward_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'stati
                 let get = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
                 let (kind, port, request) = (get("streamtype"), get("port"), get("requestid"));
                 let mut w = writer.lock().await;
+                inbound.retain(|_, tx| !tx.is_closed());
+                if pairs.len() + inbound.len() >= MAX_FORWARD_STREAMS {
+                    let _ = w.rst_stream(id, 7).await; // REFUSED_STREAM
+                    continue;
+                }
                 let Ok(port) = port.parse::<u16>().map_err(|_| ()).and_then(|p| if p == 0 { Err(()) } else { Ok(p) })
                 else {
                     let _ = w.rst_stream(id, 1).await;
@@ -838,6 +873,7 @@ async fn port_forward_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'stati
                     inbound.insert(data, tx);
                     let netns = req.netns.clone();
                     let (w, log, pod) = (Arc::clone(&writer), log.clone(), req.pod_id.clone());
+                    tasks.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
                     tasks.push(tokio::spawn(forward(netns, port, data, error, rx, w, log, pod)));
                 }
             }

@@ -603,11 +603,34 @@ async fn many_execs_in_one_container_at_once() {
 /// connection and keeps answering CRI calls.
 #[tokio::test]
 async fn a_hostile_spdy_header_block_closes_only_its_connection() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut d = Daemon::start().await;
     let c = running(&mut d, "hostile").await;
     let ch = Channels { stdout: true, ..Default::default() };
     let url = exec_url(&mut d, &c, &["true"], ch).await.unwrap();
+    let mut conn = spdy_upgrade(&url).await;
+    let mut z = flate2::Compress::new(flate2::Compression::default(), true);
+    z.set_dictionary(berth::spdy::dictionary()).unwrap();
+    let mut block = Vec::with_capacity(256);
+    z.compress_vec(&[0, 0, 0, 0], &mut block, flate2::FlushCompress::Finish).unwrap();
+    block.push(b'x');
+    let mut body = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    body.extend_from_slice(&block);
+    let mut frame = vec![0x80, 3, 0, 1, 0];
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    frame.extend_from_slice(&body);
+    conn.write_all(&frame).await.unwrap();
+    // berthd hangs up on this peer...
+    assert!(closed_within(&mut conn, Duration::from_secs(5)).await, "berthd kept the hostile connection open");
+    // ...and keeps serving everyone else.
+    let v =
+        tokio::time::timeout(Duration::from_secs(2), d.rt.version(cri::VersionRequest { version: "v1".into() })).await;
+    assert!(v.is_ok_and(|r| r.is_ok()), "berthd stopped answering");
+}
+
+/// A raw connection upgraded to SPDY/3.1 on an exec URL.
+async fn spdy_upgrade(url: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.trim_start_matches("http://");
     let (addr, path) = rest.split_at(rest.find('/').unwrap());
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -624,20 +647,14 @@ async fn a_hostile_spdy_header_block_closes_only_its_connection() {
         head.push(b[0]);
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    let mut z = flate2::Compress::new(flate2::Compression::default(), true);
-    z.set_dictionary(berth::spdy::dictionary()).unwrap();
-    let mut block = Vec::with_capacity(256);
-    z.compress_vec(&[0, 0, 0, 0], &mut block, flate2::FlushCompress::Finish).unwrap();
-    block.push(b'x');
-    let mut body = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-    body.extend_from_slice(&block);
-    let mut frame = vec![0x80, 3, 0, 1, 0];
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    frame.extend_from_slice(&body);
-    conn.write_all(&frame).await.unwrap();
-    // berthd hangs up on this peer...
+    conn
+}
+
+/// Whether the server closes `conn` within `limit` (reading what it sends).
+async fn closed_within(conn: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
     let mut buf = vec![0u8; 4096];
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+    tokio::time::timeout(limit, async {
         loop {
             match conn.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
@@ -645,10 +662,52 @@ async fn a_hostile_spdy_header_block_closes_only_its_connection() {
             }
         }
     })
+    .await
+    .is_ok()
+}
+
+/// The streaming server's bounds, each against a hostile peer: a frame
+/// past the size cap, more streams than an exec has, request headers that
+/// never end; every one closes its connection and CRI keeps answering.
+#[tokio::test]
+async fn the_streaming_server_bounds_hostile_peers() {
+    use tokio::io::AsyncWriteExt;
+    let mut d = Daemon::start().await;
+    let c = running(&mut d, "bounds").await;
+    let ch = Channels { stdout: true, stdin: true, ..Default::default() };
+    // A data frame announcing 2 MiB (more than berthd takes): closed before
+    // the body comes.
+    let url = exec_url(&mut d, &c, &["cat"], ch).await.unwrap();
+    let mut conn = spdy_upgrade(&url).await;
+    let len = (berth::spdy::MAX_FRAME + 1) as u32;
+    let mut frame = vec![0, 0, 0, 1, 0];
+    frame.extend_from_slice(&len.to_be_bytes()[1..]);
+    conn.write_all(&frame).await.unwrap();
+    assert!(closed_within(&mut conn, Duration::from_secs(5)).await, "an oversized frame kept its connection");
+    // Streams past what an exec needs.
+    let url = exec_url(&mut d, &c, &["cat"], ch).await.unwrap();
+    let conn = spdy_upgrade(&url).await;
+    let (mut rd, wr) = conn.into_split();
+    let mut w = berth::spdy::Writer::new(wr);
+    for i in 0..40u32 {
+        let kind = format!("bogus-{i}");
+        if w.syn_stream(1 + 2 * i, &[("streamtype", kind.as_str())], 0).await.is_err() {
+            break;
+        }
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 4096];
+        while !matches!(rd.read(&mut buf).await, Ok(0) | Err(_)) {}
+    })
     .await;
-    assert!(closed.is_ok(), "berthd kept the hostile connection open");
-    // ...and keeps serving everyone else.
-    let v =
-        tokio::time::timeout(Duration::from_secs(2), d.rt.version(cri::VersionRequest { version: "v1".into() })).await;
-    assert!(v.is_ok_and(|r| r.is_ok()), "berthd stopped answering");
+    assert!(closed.is_ok(), "endless streams kept their connection");
+    // Request headers that never end: closed after the header timeout.
+    let addr = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /exec/0000 HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let limit = berth::streaming::HEADER_TIMEOUT + Duration::from_secs(5);
+    assert!(closed_within(&mut slow, limit).await, "a never-ending request kept its connection");
+    let v = d.rt.version(cri::VersionRequest { version: "v1".into() }).await;
+    assert!(v.is_ok());
 }
