@@ -393,6 +393,7 @@ pub fn build(
     // NET_BIND_SERVICE in the inheritable and ambient sets, which a non-root
     // process then keeps and which make dropping ALL fail in runc.
     // containerd leaves both empty.
+    let bounding = caps.clone();
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -530,7 +531,7 @@ pub fn build(
         .cgroups_path(cgroups_path)
         .build()
         .map_err(oci)?;
-    linux.set_seccomp(crate::seccomp::for_container(&sc)?);
+    linux.set_seccomp(crate::seccomp::for_container(&sc, &bounding)?);
     if sc.privileged {
         linux.set_masked_paths(Some(Vec::new()));
         linux.set_readonly_paths(Some(Vec::new()));

@@ -417,3 +417,83 @@ async fn local_users_reach_no_container_content() {
     let (ok, _) = nobody(&["cat", upper.join("tmp/file").to_str().unwrap()]);
     assert!(!ok);
 }
+
+/// RuntimeDefault is containerd's allow-list: clone with namespace flags
+/// (the door to unprivileged user and network namespaces), clone3, unshare,
+/// setns, mount, keyctl and io_uring are refused; a busybox workload and a
+/// Python one still run. The probe is the host's Python, its /usr mounted
+/// read-only into the container.
+#[tokio::test]
+async fn runtime_default_seccomp_refuses_what_containerd_refuses() {
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIP: /usr/bin/python3 missing (the probe runs the host's Python in the container)");
+        return;
+    }
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("seccomp");
+    let pod = d.run_pod(&cfg).await;
+    let ro = |host: &str, ctr: &str| cri::Mount {
+        container_path: ctr.into(),
+        host_path: host.into(),
+        readonly: true,
+        ..Default::default()
+    };
+    let mut cc = container_config("probe", &["sleep", "100000"]);
+    cc.mounts = vec![ro("/usr", "/usr"), ro("/lib64", "/lib64"), ro("/lib", "/lib")];
+    cc.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
+        seccomp: Some(cri::SecurityProfile {
+            profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let c = d.create_with(&pod, &cfg, cc).await.unwrap();
+    d.start_container(&c).await;
+    d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+    // Each line: name=errno (0 when the call succeeded).
+    let probe = r#"
+import ctypes, os, errno
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(name, nr, *args):
+    r = libc.syscall(nr, *[ctypes.c_long(a) for a in args])
+    if r == 0 and name.startswith('clone'):
+        os._exit(0)
+    e = 0 if r >= 0 else ctypes.get_errno()
+    if r > 0 and name.startswith('clone'):
+        os.waitpid(r, 0)
+    print(f"{name}={e}")
+CLONE_NEWUSER, CLONE_NEWNET, SIGCHLD = 0x10000000, 0x40000000, 17
+call('clone_newuser_newnet', 56, CLONE_NEWUSER | CLONE_NEWNET | SIGCHLD, 0, 0, 0, 0)
+call('clone_plain', 56, SIGCHLD, 0, 0, 0, 0)
+args = (ctypes.c_uint64 * 11)(CLONE_NEWUSER, 0, 0, 0, SIGCHLD, 0, 0, 0, 0, 0, 0)
+r = libc.syscall(435, ctypes.byref(args), ctypes.c_long(88))
+print(f"clone3={0 if r >= 0 else ctypes.get_errno()}")
+if r == 0: os._exit(0)
+call('unshare_newuser', 272, CLONE_NEWUSER)
+call('setns', 308, 0, 0)
+call('keyctl', 250, 0, 0, 0, 0, 0)
+call('io_uring_setup', 425, 1, 0)
+call('getpid', 39)
+"#;
+    let out = d.exec_out(&c, &["/usr/bin/python3", "-c", probe]).await;
+    let got: std::collections::HashMap<&str, i32> =
+        out.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k, v.parse().unwrap_or(-1))).collect();
+    let eperm = libc::EPERM;
+    let want = [
+        ("clone_newuser_newnet", eperm),
+        ("clone_plain", 0),
+        ("clone3", libc::ENOSYS),
+        ("unshare_newuser", eperm),
+        ("setns", eperm),
+        ("keyctl", eperm),
+        ("io_uring_setup", eperm),
+        ("getpid", 0),
+    ];
+    for (name, errno) in want {
+        assert_eq!(got.get(name), Some(&errno), "{name}: {out}");
+    }
+    // Busybox's everyday tools still work.
+    let ps = d.exec_out(&c, &["sh", "-c", "mkdir -p /tmp/w && echo ok > /tmp/w/f && cat /tmp/w/f && ps | head -1 && date +%Y >/dev/null && echo done"]).await;
+    assert!(ps.ends_with("done") && ps.starts_with("ok"), "{ps}");
+}
