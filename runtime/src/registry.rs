@@ -145,7 +145,7 @@ impl Session {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.split(';').next().unwrap_or("").trim().to_string())
             .unwrap_or_default();
-        let bytes = read_limited(resp, MAX_MANIFEST_BYTES).await.map_err(|e| self.context(e))?;
+        let bytes = read_limited(resp, MAX_MANIFEST_BYTES, "manifest").await.map_err(|e| self.context(e))?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         if reference.starts_with("sha256:") && digest != reference {
             return Err(Error::invalid(format!(
@@ -216,7 +216,8 @@ impl Session {
             if status.is_success() {
                 return Ok(resp);
             }
-            let body = resp.text().await.unwrap_or_default();
+            // An error body is only read for its message: its start is enough.
+            let body = String::from_utf8_lossy(&read_prefix(resp, MAX_ERROR_BODY).await).into_owned();
             return Err(self.status_error(status, url, &body));
         }
     }
@@ -307,7 +308,11 @@ impl Session {
         };
         let resp = req.send().await.map_err(|e| self.net_error(e))?;
         let status = resp.status();
-        let body = resp.text().await.map_err(|e| self.net_error(e))?;
+        let body = if status.is_success() {
+            String::from_utf8_lossy(&read_limited(resp, MAX_TOKEN_RESPONSE, "token response").await?).into_owned()
+        } else {
+            String::from_utf8_lossy(&read_prefix(resp, MAX_ERROR_BODY).await).into_owned()
+        };
         if !status.is_success() {
             let mut e = self.status_error(status, realm, &body);
             if status.as_u16() == 401 || status.as_u16() == 403 {
@@ -334,15 +339,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn read_limited(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>> {
+/// How much of an error body is read (for its message).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Largest token service answer (a JWT is a few KiB).
+const MAX_TOKEN_RESPONSE: usize = 1 << 20;
+
+/// The whole body, refused past `max` bytes.
+async fn read_limited(mut resp: reqwest::Response, max: usize, what: &str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| Error::new(Kind::Unavailable, format!("reading: {e}")))? {
         if out.len() + chunk.len() > max {
-            return Err(Error::invalid(format!("manifest is larger than {max} bytes")));
+            return Err(Error::invalid(format!("{what} is larger than {max} bytes")));
         }
         out.extend_from_slice(&chunk);
     }
     Ok(out)
+}
+
+/// At most the first `max` bytes of a body (the rest is never read).
+async fn read_prefix(mut resp: reqwest::Response, max: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < max {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => out.extend_from_slice(&chunk[..chunk.len().min(max - out.len())]),
+            _ => break,
+        }
+    }
+    out
 }
 
 /// The first error message of a registry's JSON error body, as ": msg".

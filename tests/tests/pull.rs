@@ -586,3 +586,61 @@ async fn hostile_user_databases_are_bounded_and_confined() {
     let list = d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner();
     assert!(list.containers.is_empty());
 }
+
+/// A hostile registry: a 5xx whose body never ends, and a token service
+/// that answers with 256 MiB. berthd reads the start of the one and refuses
+/// the other, quickly and without holding them in memory.
+#[tokio::test]
+async fn hostile_registry_bodies_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut b = [0u8; 1];
+                while !req.ends_with(b"\r\n\r\n") {
+                    if conn.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                    req.push(b[0]);
+                }
+                let req = String::from_utf8_lossy(&req).to_string();
+                let huge = 256usize << 20;
+                let head = if req.contains("/token") {
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {huge}\r\n\r\n")
+                } else if req.contains("/v2/tok/") {
+                    format!("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"x\"\r\nContent-Length: 0\r\n\r\n")
+                } else {
+                    format!("HTTP/1.1 500 Internal Server Error\r\nContent-Length: {huge}\r\n\r\n")
+                };
+                if conn.write_all(head.as_bytes()).await.is_err() || head.contains("Length: 0") {
+                    return;
+                }
+                let chunk = vec![b'a'; 1 << 16];
+                let mut sent = 0;
+                while sent < huge && conn.write_all(&chunk).await.is_ok() {
+                    sent += chunk.len();
+                }
+            });
+        }
+    });
+    let mut d = Daemon::start().await;
+    for (image, want) in [("err/app:1", tonic::Code::Unavailable), ("tok/app:1", tonic::Code::InvalidArgument)] {
+        let started = Instant::now();
+        let e = pull(&mut d, &format!("{addr}/{image}"), None).await.unwrap_err();
+        assert_eq!(e.code(), want, "{image}: {e:?}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{image} took {:?}", started.elapsed());
+        if image.starts_with("tok") {
+            assert!(e.message().contains("token response is larger than"), "{e:?}");
+        }
+    }
+    let vm_hwm: u64 = std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    assert!(vm_hwm < 128 * 1024, "berthd peaked at {vm_hwm} kB");
+}
