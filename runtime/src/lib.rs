@@ -17,6 +17,7 @@ pub mod logging;
 pub mod manager;
 pub mod metrics;
 pub mod metrics_server;
+pub mod netns_socket;
 pub mod pidfd;
 pub mod pod_cgroup;
 pub mod pod_files;

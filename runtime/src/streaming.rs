@@ -795,31 +795,27 @@ async fn ws_exec_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 /// Connects to `port` on loopback inside `netns` (the caller's namespace
 /// when None), trying IPv4 then IPv6 as kubelet's server does.
 async fn connect_in(netns: Option<PathBuf>, port: u16) -> std::io::Result<tokio::net::TcpStream> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    // A thread of its own: setns changes the calling thread, which must not
-    // be one a runtime reuses.
-    std::thread::spawn(move || {
-        let r = (|| {
-            if let Some(ns) = &netns {
-                let f = std::fs::File::open(ns)?;
-                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-            }
-            let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-            for ip in [std::net::IpAddr::from([127, 0, 0, 1]), std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)] {
-                match std::net::TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_secs(10)) {
-                    Ok(s) => {
-                        s.set_nonblocking(true)?;
-                        return Ok(s);
-                    }
-                    Err(e) => last = e,
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for ip in [std::net::IpAddr::from([127, 0, 0, 1]), std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)] {
+        let addr = SocketAddr::new(ip, port);
+        let attempt = async {
+            match &netns {
+                Some(ns) => {
+                    let fd = crate::netns_socket::tcp_socket_in(ns, ip.is_ipv6()).await?;
+                    tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd)).connect(addr).await
                 }
+                None => tokio::net::TcpStream::connect(addr).await,
             }
-            Err(last)
-        })();
-        let _ = tx.send(r);
-    });
-    let s = rx.await.map_err(|_| std::io::Error::other("connect thread ended"))??;
-    tokio::net::TcpStream::from_std(s)
+        };
+        match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last = e,
+            Err(_) => {
+                last = std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr} timed out"))
+            }
+        }
+    }
+    Err(last)
 }
 
 struct Forward {
