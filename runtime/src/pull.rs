@@ -307,14 +307,8 @@ impl Puller {
         } else {
             (top.digest.clone(), top.bytes.clone())
         };
-        let manifest = parse_json(&manifest_bytes, "manifest")?;
-        if manifest["schemaVersion"].as_i64() != Some(2) {
-            return Err(Error::invalid(format!(
-                "manifest {manifest_digest} has schemaVersion {} (Docker schema 1 is not supported)",
-                manifest["schemaVersion"]
-            )));
-        }
-        let config = descriptor(&manifest["config"])?;
+        let (manifest, config, layers) =
+            parse_manifest(&manifest_bytes).map_err(|e| e.context(format!("manifest {manifest_digest}")))?;
         leases.push(self.content.lease(&config.0));
         if config.1 > MAX_CONFIG_BYTES {
             return Err(Error::invalid(format!("image config is {} bytes, more than Berth reads", config.1)));
@@ -323,15 +317,8 @@ impl Puller {
             let bytes = self.fetch_small(session, &config.0, config.1).await?;
             self.put_small(&config.0, &bytes)?;
         }
-        let mut layers = Vec::new();
-        for l in manifest["layers"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            let media = l["mediaType"].as_str().unwrap_or("");
-            if !LAYER_TYPES.contains(&media) {
-                return Err(Error::invalid(format!("layer media type {media:?} is not supported")));
-            }
-            let d = descriptor(l)?;
+        for d in &layers {
             leases.push(self.content.lease(&d.0));
-            layers.push(d);
         }
         *lock(layers_out) = layers.clone();
         let fetches: Vec<LayerFuture> =
@@ -455,6 +442,28 @@ fn parse_json(bytes: &[u8], what: &str) -> Result<serde_json::Value> {
 }
 
 /// A descriptor's digest (checked) and size.
+/// A platform manifest: its JSON, its config descriptor and its layer
+/// descriptors (digest, size), checked as far as the bytes tell.
+pub fn parse_manifest(bytes: &[u8]) -> Result<(serde_json::Value, (String, u64), Vec<(String, u64)>)> {
+    let manifest = parse_json(bytes, "manifest")?;
+    if manifest["schemaVersion"].as_i64() != Some(2) {
+        return Err(Error::invalid(format!(
+            "schemaVersion {} (Docker schema 1 is not supported)",
+            manifest["schemaVersion"]
+        )));
+    }
+    let config = descriptor(&manifest["config"])?;
+    let mut layers = Vec::new();
+    for l in manifest["layers"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let media = l["mediaType"].as_str().unwrap_or("");
+        if !LAYER_TYPES.contains(&media) {
+            return Err(Error::invalid(format!("layer media type {media:?} is not supported")));
+        }
+        layers.push(descriptor(l)?);
+    }
+    Ok((manifest, config, layers))
+}
+
 fn descriptor(d: &serde_json::Value) -> Result<(String, u64)> {
     let digest = d["digest"].as_str().ok_or_else(|| Error::invalid("descriptor without digest"))?;
     crate::images::digest_hex(digest)?;

@@ -590,7 +590,7 @@ async fn ws_server<IO: AsyncRead + AsyncWrite + Unpin>(io: IO) -> tokio_tungsten
 }
 
 /// A message of the WebSocket channel protocols.
-pub(crate) enum WsFrame {
+pub enum WsFrame {
     /// A channel's bytes.
     Data(u8, Vec<u8>),
     /// The peer closed.
@@ -599,8 +599,11 @@ pub(crate) enum WsFrame {
     Skip,
 }
 
+/// A WebSocket message (tungstenite's), for callers of [`ws_frame`].
+pub use tokio_tungstenite::tungstenite::Message as WsMessage;
+
 /// Splits a WebSocket message into its channel and payload.
-pub(crate) fn ws_frame(m: tokio_tungstenite::tungstenite::Message) -> WsFrame {
+pub fn ws_frame(m: tokio_tungstenite::tungstenite::Message) -> WsFrame {
     use tokio_tungstenite::tungstenite::Message;
     match m {
         Message::Binary(b) => match b.split_first() {

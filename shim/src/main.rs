@@ -7,7 +7,7 @@
 mod cgroup;
 mod console;
 mod container;
-mod cri_log;
+use berth_shim::cri_log;
 mod exec;
 mod io_server;
 mod namespaces;
