@@ -9,6 +9,7 @@ pub mod dir_modes;
 pub mod error;
 pub mod failpoint;
 pub mod h2_authority;
+pub mod idle_timeout;
 pub mod ids;
 pub mod images;
 pub mod log_printer;

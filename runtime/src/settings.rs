@@ -120,6 +120,9 @@ pub struct StreamSettings {
     pub tls_key: String,
     /// How long an Exec/Attach/PortForward URL stays usable (once).
     pub token_ttl: String,
+    /// A stream with no traffic either way for this long is closed (and
+    /// its exec ended), as kubelet's streaming-connection-idle-timeout.
+    pub idle_timeout: String,
 }
 
 /// `[metrics]`.
@@ -174,6 +177,7 @@ impl Default for StreamSettings {
             tls_cert: String::new(),
             tls_key: String::new(),
             token_ttl: "1m".into(),
+            idle_timeout: "4h".into(),
         }
     }
 }
@@ -249,9 +253,11 @@ impl Settings {
         if !self.logs.max_size.is_empty() && self.logs.max_files < 2 {
             return bad("logs.max_files", "must be at least 2".into());
         }
-        for (key, value) in
-            [("logs.check_interval", &self.logs.check_interval), ("stream.token_ttl", &self.stream.token_ttl)]
-        {
+        for (key, value) in [
+            ("logs.check_interval", &self.logs.check_interval),
+            ("stream.token_ttl", &self.stream.token_ttl),
+            ("stream.idle_timeout", &self.stream.idle_timeout),
+        ] {
             if duration(value).is_none() {
                 return bad(key, format!("{value:?}: give a duration like 10s or 1m"));
             }

@@ -84,6 +84,8 @@ pub struct StreamServer {
     addr: SocketAddr,
     scheme: &'static str,
     ttl: Duration,
+    /// A stream with no traffic either way for this long is closed.
+    idle: Duration,
     pending: Mutex<HashMap<String, (Instant, Target)>>,
     log: Logger,
 }
@@ -100,6 +102,7 @@ impl StreamServer {
     pub async fn start(
         addr: SocketAddr,
         ttl: Duration,
+        idle: Duration,
         tls: Option<(PathBuf, PathBuf)>,
         log: Logger,
     ) -> Result<Arc<Self>> {
@@ -111,7 +114,7 @@ impl StreamServer {
             tokio::net::TcpListener::bind(addr).await.ctx(|| format!("binding the streaming server on {addr}"))?;
         let addr = listener.local_addr().ctx(|| "streaming server address".into())?;
         let scheme = if acceptor.is_some() { "https" } else { "http" };
-        let me = Arc::new(StreamServer { addr, scheme, ttl, pending: Mutex::new(HashMap::new()), log });
+        let me = Arc::new(StreamServer { addr, scheme, ttl, idle, pending: Mutex::new(HashMap::new()), log });
         let server = Arc::clone(&me);
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         tokio::spawn(async move {
@@ -269,7 +272,7 @@ impl StreamServer {
         let me = Arc::clone(self);
         tokio::spawn(async move {
             let up = match hyper::upgrade::on(req).await {
-                Ok(up) => hyper_util::rt::TokioIo::new(up),
+                Ok(up) => crate::idle_timeout::IdleTimeout::new(hyper_util::rt::TokioIo::new(up), me.idle),
                 Err(e) => return warn!(me.log, "upgrade failed"; "error" => %e),
             };
             match target {

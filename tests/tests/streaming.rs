@@ -711,3 +711,28 @@ async fn the_streaming_server_bounds_hostile_peers() {
     let v = d.rt.version(cri::VersionRequest { version: "v1".into() }).await;
     assert!(v.is_ok());
 }
+
+/// A stream with no traffic either way for `--stream-idle-timeout` is
+/// closed and its exec ended; one with output keeps going.
+#[tokio::test]
+async fn idle_streams_are_closed_and_their_exec_ended() {
+    let mut d = Daemon::start_full(&[], &["--stream-idle-timeout", "1s"]).await;
+    let c = running(&mut d, "idle").await;
+    let ch = Channels { stdout: true, ..Default::default() };
+    let url = exec_url(&mut d, &c, &["sleep", "4242"], ch).await.unwrap();
+    let s = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap();
+    let started = Instant::now();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.collect()).await.expect("an idle stream stayed open");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed before the idle timeout");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.exec_out(&c, &["ps", "-o", "args"]).await.contains("sleep 4242") {
+        assert!(Instant::now() < deadline, "the idle exec's process was left running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Output every 300 ms for 2.5 s: never idle, all of it arrives.
+    let url =
+        exec_url(&mut d, &c, &["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.3; done"], ch).await.unwrap();
+    let (out, _, status) = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap().collect().await;
+    assert_eq!(String::from_utf8_lossy(&out), "1\n2\n3\n4\n5\n6\n7\n8\n");
+    assert_eq!(exit_code(&status), Some(0));
+}

@@ -70,6 +70,9 @@ struct Args {
     /// How long an exec URL's token stays valid (1m, 30s) [stream.token_ttl].
     #[arg(long)]
     stream_token_ttl: Option<String>,
+    /// Close streams idle this long (4h, 30m) [stream.idle_timeout].
+    #[arg(long)]
+    stream_idle_timeout: Option<String>,
     /// Address of the Prometheus metrics endpoint; unset: off [metrics.address].
     #[arg(long)]
     metrics_address: Option<String>,
@@ -164,6 +167,9 @@ impl Args {
         }
         if let Some(v) = &self.stream_token_ttl {
             s.stream.token_ttl = v.clone();
+        }
+        if let Some(v) = &self.stream_idle_timeout {
+            s.stream.idle_timeout = v.clone();
         }
         if let Some(v) = &self.metrics_address {
             s.metrics.address = v.clone();
@@ -299,6 +305,7 @@ fn main() -> Result<()> {
     let cfg = manager_config(&settings)?;
     let stream_address: std::net::SocketAddr = settings.stream.address.parse().context("stream.address")?;
     let stream_token_ttl = berth::settings::duration(&settings.stream.token_ttl).context("stream.token_ttl")?;
+    let stream_idle = berth::settings::duration(&settings.stream.idle_timeout).context("stream.idle_timeout")?;
     let tls = (!settings.stream.tls_cert.is_empty())
         .then(|| (PathBuf::from(&settings.stream.tls_cert), PathBuf::from(&settings.stream.tls_key)));
     let listen = absolute(&settings.listen)?;
@@ -330,9 +337,10 @@ fn main() -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             info!(log, "serving metrics"; "address" => bound.to_string());
         }
-        let stream = berth::streaming::StreamServer::start(stream_address, stream_token_ttl, tls, log.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let stream =
+            berth::streaming::StreamServer::start(stream_address, stream_token_ttl, stream_idle, tls, log.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut hup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("SIGHUP handler")?;
         let mut term =
