@@ -331,6 +331,12 @@ async fn capability_sets_are_what_was_asked() {
         d.start_container(&c).await;
         d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
         let pid = d.container_pid(&c).await;
+        // Until runc's init has exec'd the command, the process holds runc's sets.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default().starts_with(b"sleep\0") {
+            assert!(std::time::Instant::now() < deadline, "{name}: the command never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let get =
             |k: &str| u64::from_str_radix(status.lines().find_map(|l| l.strip_prefix(k)).unwrap().trim(), 16).unwrap();
