@@ -12,6 +12,7 @@ use slog::{debug, Logger};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::calls::detached;
 use crate::error::Error;
 use crate::manager::{now_nanos, Manager};
 
@@ -34,14 +35,22 @@ fn once<T: Send + 'static>(item: T) -> BoxStream<T> {
 pub struct CriServer {
     mgr: Arc<Manager>,
     stream: Arc<crate::streaming::StreamServer>,
+    /// RunPodSandbox and CreateContainer calls a retry may join.
+    retries: Arc<crate::calls::Retries>,
     log: Logger,
 }
 
 impl CriServer {
     /// A server for `mgr`, handing streaming calls to `stream`.
     pub fn new(mgr: Arc<Manager>, stream: Arc<crate::streaming::StreamServer>, log: Logger) -> Self {
-        CriServer { mgr, stream, log }
+        CriServer { mgr, stream, retries: Arc::default(), log }
     }
+}
+
+/// What makes a retry the same call: its kind and the whole request.
+fn retry_key(kind: &str, msg: &impl prost::Message) -> String {
+    use sha2::Digest;
+    format!("{kind}/{}", hex::encode(sha2::Sha256::digest(msg.encode_to_vec())))
 }
 
 fn ok<T>(r: Result<T, Error>) -> Reply<T> {
@@ -61,27 +70,28 @@ impl RuntimeService for CriServer {
 
     async fn run_pod_sandbox(&self, req: Request<cri::RunPodSandboxRequest>) -> Reply<cri::RunPodSandboxResponse> {
         let r = req.into_inner();
+        let key = retry_key("runp", &r);
         let config = r.config.ok_or_else(|| Status::invalid_argument("RunPodSandbox needs a config"))?;
+        let mgr = Arc::clone(&self.mgr);
+        let handler = r.runtime_handler;
         ok(self
-            .mgr
-            .run_pod_sandbox(config, &r.runtime_handler)
+            .retries
+            .run(key, async move { mgr.run_pod_sandbox(config, &handler).await })
             .await
             .map(|pod_sandbox_id| cri::RunPodSandboxResponse { pod_sandbox_id }))
     }
 
     async fn stop_pod_sandbox(&self, req: Request<cri::StopPodSandboxRequest>) -> Reply<cri::StopPodSandboxResponse> {
-        ok(self.mgr.stop_pod_sandbox(&req.into_inner().pod_sandbox_id).await.map(|()| cri::StopPodSandboxResponse {}))
+        let (mgr, id) = (Arc::clone(&self.mgr), req.into_inner().pod_sandbox_id);
+        ok(detached(async move { mgr.stop_pod_sandbox(&id).await }).await.map(|()| cri::StopPodSandboxResponse {}))
     }
 
     async fn remove_pod_sandbox(
         &self,
         req: Request<cri::RemovePodSandboxRequest>,
     ) -> Reply<cri::RemovePodSandboxResponse> {
-        ok(self
-            .mgr
-            .remove_pod_sandbox(&req.into_inner().pod_sandbox_id)
-            .await
-            .map(|()| cri::RemovePodSandboxResponse {}))
+        let (mgr, id) = (Arc::clone(&self.mgr), req.into_inner().pod_sandbox_id);
+        ok(detached(async move { mgr.remove_pod_sandbox(&id).await }).await.map(|()| cri::RemovePodSandboxResponse {}))
     }
 
     async fn pod_sandbox_status(
@@ -120,25 +130,31 @@ impl RuntimeService for CriServer {
 
     async fn create_container(&self, req: Request<cri::CreateContainerRequest>) -> Reply<cri::CreateContainerResponse> {
         let r = req.into_inner();
+        let key = retry_key("create", &r);
         let config = r.config.ok_or_else(|| Status::invalid_argument("CreateContainer needs a config"))?;
+        let (mgr, sandbox) = (Arc::clone(&self.mgr), r.pod_sandbox_id);
         ok(self
-            .mgr
-            .create_container(&r.pod_sandbox_id, config)
+            .retries
+            .run(key, async move { mgr.create_container(&sandbox, config).await })
             .await
             .map(|container_id| cri::CreateContainerResponse { container_id }))
     }
 
     async fn start_container(&self, req: Request<cri::StartContainerRequest>) -> Reply<cri::StartContainerResponse> {
-        ok(self.mgr.start_container(&req.into_inner().container_id).await.map(|()| cri::StartContainerResponse {}))
+        let (mgr, id) = (Arc::clone(&self.mgr), req.into_inner().container_id);
+        ok(detached(async move { mgr.start_container(&id).await }).await.map(|()| cri::StartContainerResponse {}))
     }
 
     async fn stop_container(&self, req: Request<cri::StopContainerRequest>) -> Reply<cri::StopContainerResponse> {
-        let r = req.into_inner();
-        ok(self.mgr.stop_container(&r.container_id, r.timeout).await.map(|()| cri::StopContainerResponse {}))
+        let (mgr, r) = (Arc::clone(&self.mgr), req.into_inner());
+        ok(detached(async move { mgr.stop_container(&r.container_id, r.timeout).await })
+            .await
+            .map(|()| cri::StopContainerResponse {}))
     }
 
     async fn remove_container(&self, req: Request<cri::RemoveContainerRequest>) -> Reply<cri::RemoveContainerResponse> {
-        ok(self.mgr.remove_container(&req.into_inner().container_id).await.map(|()| cri::RemoveContainerResponse {}))
+        let (mgr, id) = (Arc::clone(&self.mgr), req.into_inner().container_id);
+        ok(detached(async move { mgr.remove_container(&id).await }).await.map(|()| cri::RemoveContainerResponse {}))
     }
 
     async fn list_containers(&self, req: Request<cri::ListContainersRequest>) -> Reply<cri::ListContainersResponse> {

@@ -1,5 +1,6 @@
 //! Berth's manager library: what `berthd` runs (the CRI server and the
 //! manager behind it) and what `berthctl` uses to reach a CRI socket.
+pub mod calls;
 pub mod cgroup_host;
 pub mod cni;
 pub mod cri_client;

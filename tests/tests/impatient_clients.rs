@@ -1,0 +1,115 @@
+//! Clients that give up: a RunPodSandbox or CreateContainer whose client's
+//! deadline passes while the work is still going on (a slow CNI plugin, a
+//! slow OCI runtime) finishes or rolls back by itself, and kubelet's retry
+//! of the same call gets its answer, not AlreadyExists.
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use berth_tests::{cni_available, Daemon, TestNet};
+use protocol::cri;
+
+fn script(path: &std::path::Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The client's own deadline passed (tonic says Cancelled, gRPC-Go DeadlineExceeded).
+fn gave_up(e: &tonic::Status) -> bool {
+    matches!(e.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled)
+}
+
+fn with_deadline<T>(msg: T, d: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(d);
+    r
+}
+
+#[tokio::test]
+async fn a_client_that_gives_up_leaks_nothing_and_its_retry_succeeds() {
+    if !cni_available() {
+        eprintln!("SKIP: containernetworking-plugins are not installed (scripts/setup.sh installs them)");
+        return;
+    }
+    let plugins =
+        ["/usr/lib/cni", "/opt/cni/bin"].into_iter().find(|d| std::path::Path::new(d).join("bridge").exists()).unwrap();
+    // A bridge plugin that takes 3 s to ADD, and a runc that takes 3 s to create.
+    let tools = tempfile::Builder::new().prefix("slow").tempdir_in("/tmp").unwrap();
+    let bin = tools.path().to_path_buf();
+    script(
+        &bin.join("slowbridge"),
+        &format!("[ \"$CNI_COMMAND\" = ADD ] && sleep 3\n[ \"$CNI_COMMAND\" = DEL ] && sleep 2\nexec {plugins}/bridge"),
+    );
+    let runc =
+        String::from_utf8(std::process::Command::new("sh").args(["-c", "command -v runc"]).output().unwrap().stdout)
+            .unwrap();
+    script(
+        &bin.join("slow-runc"),
+        &format!("for a in \"$@\"; do [ \"$a\" = create ] && sleep 3; done\nexec {} \"$@\"", runc.trim()),
+    );
+    let mut d = Daemon::start_full(
+        &[],
+        &[
+            "--cni-bin-dir",
+            &format!("{}:{plugins}", bin.display()),
+            "--oci-runtime",
+            bin.join("slow-runc").to_str().unwrap(),
+        ],
+    )
+    .await;
+    let net = TestNet::new(&d);
+    let conf = d.dir.path().join("cni/10-test.conflist");
+    let text = std::fs::read_to_string(&conf).unwrap().replacen("\"type\": \"bridge\"", "\"type\": \"slowbridge\"", 1);
+    assert!(text.contains("slowbridge"));
+    std::fs::write(&conf, text).unwrap();
+
+    let cfg = d.pod_config("impatient");
+    let req = || cri::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() };
+    let e = d.rt.run_pod_sandbox(with_deadline(req(), Duration::from_secs(1))).await.unwrap_err();
+    assert!(gave_up(&e), "{e}");
+    // kubelet's retry of the same attempt: the pod, not AlreadyExists.
+    let pod = d.rt.run_pod_sandbox(req()).await.unwrap().into_inner().pod_sandbox_id;
+    let pods = d.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner().items;
+    assert_eq!(pods.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [pod.as_str()]);
+    let ip = d.pod_status(&pod).await.network.unwrap().ip;
+    assert!(ip.starts_with(&net.prefix), "{ip}");
+
+    let cc = berth_tests::container_config("slow", &["sleep", "100000"]);
+    let creq = || cri::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(cc.clone()),
+        sandbox_config: Some(cfg.clone()),
+    };
+    let e = d.rt.create_container(with_deadline(creq(), Duration::from_secs(1))).await.unwrap_err();
+    assert!(gave_up(&e), "{e}");
+    let ctr = d.rt.create_container(creq()).await.unwrap().into_inner().container_id;
+    let list = d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers;
+    assert_eq!(list.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [ctr.as_str()]);
+    d.start_container(&ctr).await;
+    d.wait_state(&ctr, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+
+    // A removal whose client gives up still happens, all of it.
+    let e =
+        d.rt.remove_pod_sandbox(with_deadline(
+            cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() },
+            Duration::from_millis(500),
+        ))
+        .await
+        .unwrap_err();
+    assert!(gave_up(&e), "{e}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !d
+        .rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "the removal did not finish on its own");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    assert!(d.mounts().is_empty(), "{:?}", d.mounts());
+}
