@@ -208,14 +208,27 @@ impl Daemon {
 
     /// Waits (up to 5 s: berthd logs asynchronously) until its log contains `text`.
     pub async fn log_contains(&self, text: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if self.log().contains(text) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
+        file_contains(&self.dir.path().join("berthd.log"), text).await
+    }
+
+    /// The pods berthd lists.
+    pub async fn pods(&mut self) -> Vec<cri::PodSandbox> {
+        self.rt
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .expect("list pods")
+            .into_inner()
+            .items
+    }
+
+    /// The largest resident size berthd reached, in kB (VmHWM).
+    pub fn peak_rss_kb(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// What berthd logged so far.
@@ -361,6 +374,22 @@ impl Daemon {
             })
             .await?
             .into_inner())
+    }
+
+    /// The streaming URL of an Exec of `cmd` with stdout (and a terminal when `tty`).
+    pub async fn exec_url(&mut self, id: &str, cmd: &[&str], tty: bool) -> String {
+        self.rt
+            .exec(cri::ExecRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                tty,
+                stdout: true,
+                ..Default::default()
+            })
+            .await
+            .expect("exec url")
+            .into_inner()
+            .url
     }
 
     /// stdout of an exec that must succeed.
@@ -586,4 +615,16 @@ pub fn go_peer(name: &str, dir: &Path) -> Option<PathBuf> {
         .status()
         .is_ok_and(|s| s.success());
     ok.then_some(out)
+}
+
+/// Waits (up to 5 s) until the file at `path` contains `text`.
+pub async fn file_contains(path: &Path, text: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(path).unwrap_or_default().contains(text) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }

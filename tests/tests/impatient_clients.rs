@@ -68,7 +68,7 @@ async fn a_client_that_gives_up_leaks_nothing_and_its_retry_succeeds() {
     assert!(gave_up(&e), "{e}");
     // kubelet's retry of the same attempt: the pod, not AlreadyExists.
     let pod = d.rt.run_pod_sandbox(req()).await.unwrap().into_inner().pod_sandbox_id;
-    let pods = d.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner().items;
+    let pods = d.pods().await;
     assert_eq!(pods.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [pod.as_str()]);
     let ip = d.pod_status(&pod).await.network.unwrap().ip;
     assert!(ip.starts_with(&net.prefix), "{ip}");
@@ -97,15 +97,7 @@ async fn a_client_that_gives_up_leaks_nothing_and_its_retry_succeeds() {
         .unwrap_err();
     assert!(gave_up(&e), "{e}");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !d
-        .rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-        .is_empty()
-    {
+    while !d.pods().await.is_empty() {
         assert!(std::time::Instant::now() < deadline, "the removal did not finish on its own");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -48,17 +48,7 @@ async fn the_streaming_server_takes_any_host() {
     d.start_container(&c).await;
     d.wait_state(&c, protocol::cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
     for host in ["/run/berth/berth.sock", "%2Frun%2Fx.sock", ""] {
-        let url =
-            d.rt.exec(protocol::cri::ExecRequest {
-                container_id: c.clone(),
-                cmd: vec!["true".into()],
-                stdout: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .url;
+        let url = d.exec_url(&c, &["true"], false).await;
         let rest = url.trim_start_matches("http://");
         let (addr, path) = rest.split_at(rest.find('/').unwrap());
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -154,18 +144,7 @@ async fn a_200_character_state_folder_works() {
     assert!(state.join("sandboxes").join(&pod).join("shim.sock").exists());
     assert_eq!(d.exec_out(&ctr, &["echo", "sync"]).await, "sync");
     // A terminal exec: io.sock and an exec console socket.
-    let url =
-        d.rt.exec(cri::ExecRequest {
-            container_id: ctr.clone(),
-            cmd: vec!["sh".into(), "-c".into(), "tty >/dev/null && echo in-tty; exit 5".into()],
-            tty: true,
-            stdout: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
+    let url = d.exec_url(&ctr, &["sh", "-c", "tty >/dev/null && echo in-tty; exit 5"], true).await;
     let ch = Channels { stdout: true, tty: true, ..Default::default() };
     let (out, _, status) =
         ExecStream::connect(&url, berth::streaming::EXEC_PROTOCOLS, ch).await.unwrap().collect().await;
@@ -323,14 +302,7 @@ async fn cgroup_drivers() {
         d.rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cfg), ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("cgroup_driver is \"systemd\""), "{e}");
-    assert!(d
-        .rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-        .is_empty());
+    assert!(d.pods().await.is_empty());
 
     let slice = format!("berthtest{}.slice", std::process::id());
     let cfg = with_parent(&d, "in-a-slice", &slice);

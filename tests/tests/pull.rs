@@ -576,12 +576,7 @@ async fn hostile_user_databases_are_bounded_and_confined() {
         assert!(e.message().contains(want), "{image}: {e}");
         assert!(started.elapsed() < Duration::from_secs(10), "{image}: took {:?}", started.elapsed());
     }
-    let vm_hwm: u64 = std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap();
+    let vm_hwm = d.peak_rss_kb();
     assert!(vm_hwm < 256 * 1024, "berthd peaked at {vm_hwm} kB");
     let list = d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner();
     assert!(list.containers.is_empty());
@@ -636,11 +631,6 @@ async fn hostile_registry_bodies_are_bounded() {
             assert!(e.message().contains("token response is larger than"), "{e:?}");
         }
     }
-    let vm_hwm: u64 = std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap();
+    let vm_hwm = d.peak_rss_kb();
     assert!(vm_hwm < 128 * 1024, "berthd peaked at {vm_hwm} kB");
 }

@@ -59,14 +59,7 @@ impl Berthd {
         std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default()
     }
     async fn log_contains(&self, text: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if self.log().contains(text) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
+        berth_tests::file_contains(&self.dir.path().join("berthd.log"), text).await
     }
 }
 
