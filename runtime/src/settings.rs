@@ -123,6 +123,8 @@ pub struct StreamSettings {
     /// A stream with no traffic either way for this long is closed (and
     /// its exec ended), as kubelet's streaming-connection-idle-timeout.
     pub idle_timeout: String,
+    /// Connections served at once; more are closed as they come.
+    pub max_connections: usize,
 }
 
 /// `[metrics]`.
@@ -178,6 +180,7 @@ impl Default for StreamSettings {
             tls_key: String::new(),
             token_ttl: "1m".into(),
             idle_timeout: "4h".into(),
+            max_connections: crate::streaming::MAX_CONNECTIONS,
         }
     }
 }
@@ -264,6 +267,9 @@ impl Settings {
         }
         if self.stream.address.parse::<std::net::SocketAddr>().is_err() {
             return bad("stream.address", format!("{:?} is not an address like 127.0.0.1:0", self.stream.address));
+        }
+        if self.stream.max_connections == 0 {
+            return bad("stream.max_connections", "must be at least 1".into());
         }
         if self.stream.tls_cert.is_empty() != self.stream.tls_key.is_empty() {
             return bad("stream.tls_cert", "tls_cert and tls_key go together".into());

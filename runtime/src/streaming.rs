@@ -69,7 +69,8 @@ enum Target {
 
 /// The port-forward subprotocol.
 pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
-/// Connections served at once; more are closed as they come.
+/// Connections served at once by default (`stream.max_connections`); more
+/// are closed as they come.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// How long a client may take for its TLS handshake and request headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,6 +104,7 @@ impl StreamServer {
         addr: SocketAddr,
         ttl: Duration,
         idle: Duration,
+        max_connections: usize,
         tls: Option<(PathBuf, PathBuf)>,
         log: Logger,
     ) -> Result<Arc<Self>> {
@@ -116,7 +118,7 @@ impl StreamServer {
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         let me = Arc::new(StreamServer { addr, scheme, ttl, idle, pending: Mutex::new(HashMap::new()), log });
         let server = Arc::clone(&me);
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
         tokio::spawn(async move {
             loop {
                 let conn = match listener.accept().await {
@@ -130,7 +132,7 @@ impl StreamServer {
                 };
                 // Past the cap a connection is closed at once.
                 let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                    warn!(server.log, "streaming connections at their cap; refusing one"; "cap" => MAX_CONNECTIONS);
+                    warn!(server.log, "streaming connections at their cap; refusing one"; "cap" => max_connections);
                     continue;
                 };
                 let s = Arc::clone(&server);

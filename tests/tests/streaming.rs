@@ -630,12 +630,17 @@ async fn a_hostile_spdy_header_block_closes_only_its_connection() {
 
 /// A raw connection upgraded to SPDY/3.1 on an exec URL.
 async fn spdy_upgrade(url: &str) -> tokio::net::TcpStream {
+    spdy_upgrade_with(url, "v4.channel.k8s.io").await
+}
+
+/// A raw connection upgraded to SPDY/3.1 speaking `protocol`.
+async fn spdy_upgrade_with(url: &str, protocol: &str) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.trim_start_matches("http://");
     let (addr, path) = rest.split_at(rest.find('/').unwrap());
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n")
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {protocol}\r\n\r\n")
             .as_bytes(),
     )
     .await
@@ -735,4 +740,58 @@ async fn idle_streams_are_closed_and_their_exec_ended() {
     let (out, _, status) = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap().collect().await;
     assert_eq!(String::from_utf8_lossy(&out), "1\n2\n3\n4\n5\n6\n7\n8\n");
     assert_eq!(exit_code(&status), Some(0));
+}
+
+/// The connection cap and the port-forward stream cap, against peers that
+/// hold connections open and open streams without end.
+#[tokio::test]
+async fn connection_and_stream_caps_hold() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut d = Daemon::start_full(&[], &["--stream-max-connections", "4"]).await;
+    let cfg = d.pod_config("caps");
+    let pod = d.run_pod(&cfg).await;
+    let url = port_forward_url(&mut d, &pod, 80).await;
+    let addr = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    // Four idle connections take every slot; a fifth is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fifth = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(closed_within(&mut fifth, Duration::from_secs(2)).await, "a connection past the cap was served");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // With the slots free again, a port-forward session: streams past the
+    // cap are refused (RST_STREAM, REFUSED_STREAM).
+    let conn = spdy_upgrade_with(&url, berth::streaming::PORT_FORWARD_PROTOCOL).await;
+    let (rd, wr) = conn.into_split();
+    let mut w = berth::spdy::Writer::new(wr);
+    let total = berth::streaming::MAX_FORWARD_STREAMS as u32 + 100;
+    for i in 0..total {
+        let rid = i.to_string();
+        w.syn_stream(1 + 2 * i, &[("streamtype", "data"), ("port", "80"), ("requestid", rid.as_str())], 0)
+            .await
+            .unwrap();
+    }
+    let mut r = berth::spdy::Reader::new(rd);
+    let mut refused = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(f)) = r.next().await {
+            if let berth::spdy::Frame::RstStream { status: 7, .. } = f {
+                refused += 1;
+                if refused >= 100 {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(refused, 100, "streams past the cap were not refused");
+    let _ = w;
+    let mut probe = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    probe.write_all(b"GET /exec/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    let _ = probe.read_to_string(&mut out).await;
+    assert!(out.starts_with("HTTP/1.1 4"), "{out}");
 }

@@ -70,6 +70,9 @@ struct Args {
     /// How long an exec URL's token stays valid (1m, 30s) [stream.token_ttl].
     #[arg(long)]
     stream_token_ttl: Option<String>,
+    /// Streaming connections served at once [stream.max_connections].
+    #[arg(long)]
+    stream_max_connections: Option<usize>,
     /// Close streams idle this long (4h, 30m) [stream.idle_timeout].
     #[arg(long)]
     stream_idle_timeout: Option<String>,
@@ -167,6 +170,9 @@ impl Args {
         }
         if let Some(v) = &self.stream_token_ttl {
             s.stream.token_ttl = v.clone();
+        }
+        if let Some(v) = self.stream_max_connections {
+            s.stream.max_connections = v;
         }
         if let Some(v) = &self.stream_idle_timeout {
             s.stream.idle_timeout = v.clone();
@@ -337,10 +343,16 @@ fn main() -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             info!(log, "serving metrics"; "address" => bound.to_string());
         }
-        let stream =
-            berth::streaming::StreamServer::start(stream_address, stream_token_ttl, stream_idle, tls, log.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let stream = berth::streaming::StreamServer::start(
+            stream_address,
+            stream_token_ttl,
+            stream_idle,
+            settings.stream.max_connections,
+            tls,
+            log.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut hup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("SIGHUP handler")?;
         let mut term =
