@@ -1,7 +1,7 @@
 //! Structured logging for the daemons: slog key-value records on stderr,
 //! with the `log` records of dependencies bridged in, at a level SIGHUP can
 //! change.
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use slog::{o, Drain, Level, Logger};
@@ -52,14 +52,39 @@ impl<D: Drain> Drain for LevelFilter<D> {
     }
 }
 
+/// Records that could not be written (a full or broken log device).
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// How many log records could not be written so far.
+pub fn dropped_records() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// A drain whose failures are counted and dropped: a log device that fills
+/// up or goes away must not stop berthd (a fused drain panics on the first
+/// failed write).
+struct Tolerant<D>(D);
+
+impl<D: Drain> Drain for Tolerant<D> {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        if self.0.log(record, values).is_err() {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
 /// A root logger at `level`, the guard that keeps `log` bridged to it, and
 /// the handle that changes its level.
 pub fn init(level: Level) -> (Logger, slog_scope::GlobalLoggerGuard, LevelHandle) {
     let handle = LevelHandle(Arc::new(AtomicUsize::new(level.as_usize())));
     let decorator = slog_term::TermDecorator::new().stderr().build();
-    let drain = slog_term::FullFormat::new(decorator).build().fuse();
-    let drain = slog_async::Async::new(drain).chan_size(4096).build().fuse();
-    let drain = LevelFilter { drain, level: handle.clone() }.fuse();
+    let drain = Tolerant(slog_term::FullFormat::new(decorator).build());
+    let drain = Tolerant(slog_async::Async::new(drain).chan_size(4096).build());
+    let drain = Tolerant(LevelFilter { drain, level: handle.clone() });
     let log = Logger::root(drain, o!());
     // Dependencies (tonic, h2) log through `log`; keep them quieter than ours.
     let bridge = log.new(o!("component" => "deps"));

@@ -64,6 +64,13 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
         let e = encoder.encode_descriptor("berth_shims_alive", "Pod shims that answer.", None, gauge.metric_type())?;
         ConstGauge::new(s.shims_alive).encode(e)?;
         let counter = ConstCounter::new(0u64);
+        let e = encoder.encode_descriptor(
+            "berth_log_records_dropped",
+            "berthd's own log records that could not be written (a full or broken log device).",
+            None,
+            counter.metric_type(),
+        )?;
+        ConstCounter::new(crate::logging::dropped_records()).encode(e)?;
         for (name, help, pick) in [
             (
                 "berth_container_log_bytes_written",

@@ -172,7 +172,9 @@ fn detach(dir: &std::path::Path) -> Result<()> {
 fn daemon(args: Args, ready: &mut Option<File>) -> Result<()> {
     detach(&args.dir)?;
     let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
-    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    // A full disk under shim.log must not stop the shim: failed writes are
+    // dropped (a fused drain would panic on the first one).
+    let drain = slog_term::FullFormat::new(decorator).build().ignore_res();
     let log = Logger::root(drain, o!("sandbox_id" => args.id.clone()));
 
     let pinned = namespaces::create(&args.dir.join("ns"), &args.ns).context("creating sandbox namespaces")?;

@@ -222,3 +222,57 @@ fn config_default_dump_and_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("60-bad.toml") && err.contains("stream.token_ttl") && err.contains("forever"), "{err}");
 }
+
+/// berthd whose stdout and stderr are a full device (`/dev/full`) keeps
+/// serving: failed log writes are counted (`berth_log_records_dropped_total`)
+/// and dropped, not fatal.
+#[tokio::test]
+async fn a_full_log_device_does_not_stop_berthd() {
+    let dir = tempfile::Builder::new().prefix("b").tempdir_in("/tmp").unwrap();
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let port = berth_tests::registry::free_port();
+    let mut child = Command::new(bin_dir().join("berthd"))
+        .arg("--root")
+        .arg(dir.path().join("r"))
+        .arg("--state")
+        .arg(dir.path().join("s"))
+        .arg("--listen")
+        .arg(dir.path().join("c.sock"))
+        .arg("--cni-conf-dir")
+        .arg(dir.path().join("cni"))
+        .args(["--log-level", "debug", "--metrics-address", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(full())
+        .stderr(full())
+        .spawn()
+        .unwrap();
+    let socket = dir.path().join("c.sock").display().to_string();
+    let mut ch = None;
+    for _ in 0..200 {
+        if let Ok(c) = berth::cri_client::connect(&socket, Duration::from_secs(1)).await {
+            ch = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut rt = cri::runtime_service_client::RuntimeServiceClient::new(ch.expect("berthd did not come up"));
+    // Enough calls to log a good deal (debug level), then still answering.
+    for _ in 0..50 {
+        rt.version(cri::VersionRequest { version: "v1".into() }).await.unwrap();
+        let _ = rt
+            .container_status(cri::ContainerStatusRequest { container_id: "0123456789ab".into(), verbose: false })
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(child.try_wait().unwrap().is_none(), "berthd died writing to a full device");
+    rt.version(cri::VersionRequest { version: "v1".into() }).await.unwrap();
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+    let dropped: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("berth_log_records_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(dropped > 0.0, "no dropped records counted:\n{text}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
