@@ -634,3 +634,24 @@ async fn hostile_registry_bodies_are_bounded() {
     let vm_hwm = d.peak_rss_kb();
     assert!(vm_hwm < 128 * 1024, "berthd peaked at {vm_hwm} kB");
 }
+
+/// An image of 130 layers runs: the overlay's lower dirs no longer have to
+/// fit in one page of mount options (38 absolute snapshot paths did not).
+#[tokio::test]
+async fn an_image_of_130_layers_runs() {
+    if skip() {
+        return;
+    }
+    let reg = Registry::start(Auth::None, false);
+    let mut layers = vec![busybox_layer()];
+    for i in 0..129 {
+        layers.push(file_layer(&format!("l{i}"), format!("layer {i}\n").as_bytes(), Compression::Gzip));
+    }
+    let img = build_image(layers, "amd64", "X=deep");
+    reg.push("deep/app", "v1", &img).await;
+    let mut d = Daemon::start().await;
+    let name = format!("{}/deep/app:v1", reg.host);
+    pull(&mut d, &name, None).await.unwrap();
+    let out = run_in(&mut d, "deep", &name, &["sh", "-c", "cat /l0 /l128"]).await;
+    assert_eq!(out, "layer 0\nlayer 128");
+}
