@@ -193,6 +193,16 @@ impl RuntimeState {
         }
     }
 
+    /// The state of a container whose shim runs but does not answer.
+    fn not_answering(sandbox_id: &str, why: &str) -> Self {
+        RuntimeState {
+            state: cri::ContainerState::ContainerUnknown as i32,
+            reason: "ShimNotAnswering".into(),
+            message: format!("the shim of pod sandbox {sandbox_id} does not answer: {why}"),
+            ..Default::default()
+        }
+    }
+
     fn shim_gone(lost_at: i64) -> Self {
         RuntimeState {
             state: cri::ContainerState::ContainerExited as i32,
@@ -1303,7 +1313,16 @@ impl Manager {
                 message: "the shim does not know this container".into(),
                 ..Default::default()
             },
-            Err(_) => {
+            Err(e) => {
+                let (pid, sid) = {
+                    let m = lock(&sb.meta);
+                    (m.shim_pid, m.id.clone())
+                };
+                if crate::pidfd::is_shim_of(pid as i32, &sid) && running(pid) {
+                    // Alive but silent (stopped, overloaded): nothing is known,
+                    // and nothing may be taken for exited.
+                    return RuntimeState::not_answering(&sid, &e.message);
+                }
                 *sb.shim.lock().await = None;
                 RuntimeState::shim_gone(now_nanos())
             }
@@ -1332,6 +1351,10 @@ impl Manager {
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
         let Some(meta) = absent_ok(self.container(id))? else { return Ok(()) };
         let st = self.runtime_state(&meta).await;
+        if st.reason == "ShimNotAnswering" {
+            // Stopped is what the shim or runc confirms, never a guess.
+            return Err(Error::new(Kind::Unavailable, format!("container {id} cannot be stopped now: {}", st.message)));
+        }
         if st.state != cri::ContainerState::ContainerRunning as i32 {
             return Ok(());
         }
@@ -1484,13 +1507,18 @@ impl Manager {
             .filter(|c| f.label_selector.iter().all(|(k, v)| c.config.labels.get(k) == Some(v)))
             .cloned()
             .collect();
-        // One List call per sandbox rather than one State call per container.
-        let mut states: HashMap<String, HashMap<String, RuntimeState>> = HashMap::new();
-        for sid in metas.iter().map(|m| m.sandbox_id.clone()).collect::<BTreeSet<_>>() {
+        // One List call per sandbox rather than one State call per
+        // container, all at once: a hung shim costs its QUICK_TIMEOUT once,
+        // not once per pod after it.
+        let sids: Vec<String> =
+            metas.iter().map(|m| m.sandbox_id.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        let metas_ref = &metas;
+        let lists = sids.iter().map(|sid| async move {
+            let metas = metas_ref;
             let mut m = HashMap::new();
-            if let Ok(sb) = self.sandbox(&sid) {
+            if let Ok(sb) = self.sandbox(sid) {
                 if let Some(at) = sb.lost_at() {
-                    for c in metas.iter().filter(|c| c.sandbox_id == sid) {
+                    for c in metas.iter().filter(|c| &c.sandbox_id == sid) {
                         m.insert(c.id.clone(), RuntimeState::shim_gone(at));
                     }
                 } else if let Ok(shim) = self.shim_of(&sb).await {
@@ -1500,12 +1528,23 @@ impl Manager {
                                 m.insert(s.id.clone(), RuntimeState::from_shim(&s));
                             }
                         }
-                        Err(_) => *sb.shim.lock().await = None,
+                        Err(e) => {
+                            let pid = lock(&sb.meta).shim_pid;
+                            if crate::pidfd::is_shim_of(pid as i32, sid) && running(pid) {
+                                for c in metas.iter().filter(|c| &c.sandbox_id == sid) {
+                                    m.insert(c.id.clone(), RuntimeState::not_answering(sid, &e.message));
+                                }
+                            } else {
+                                *sb.shim.lock().await = None;
+                            }
+                        }
                     }
                 }
             }
-            states.insert(sid, m);
-        }
+            (sid.clone(), m)
+        });
+        let states: HashMap<String, HashMap<String, RuntimeState>> =
+            futures::future::join_all(lists).await.into_iter().collect();
         let mut out = Vec::new();
         for meta in metas {
             let st = states

@@ -10,6 +10,9 @@ use crate::error::{Error, Kind, Result};
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Deadline of ordinary shim calls (Wait and ExecSync set their own).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of the calls that only read or signal (State, List, Kill): a
+/// shim that does not answer them in this time is hung, not busy.
+pub const QUICK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How to start one shim.
 #[derive(Clone, Debug)]
@@ -127,12 +130,12 @@ impl Shim {
 
     /// State of one container.
     pub async fn state(&self, id: &str) -> Result<api::ContainerState> {
-        Ok(self.client.state(ctx(Some(CALL_TIMEOUT)), &req(id)).await?)
+        Ok(self.client.state(ctx(Some(QUICK_TIMEOUT)), &req(id)).await?)
     }
 
     /// States of every container.
     pub async fn list(&self) -> Result<Vec<api::ContainerState>> {
-        Ok(self.client.list(ctx(Some(CALL_TIMEOUT)), &api::Empty::new()).await?.containers)
+        Ok(self.client.list(ctx(Some(QUICK_TIMEOUT)), &api::Empty::new()).await?.containers)
     }
 
     /// Signals a container.
@@ -141,7 +144,7 @@ impl Shim {
         r.id = id.to_string();
         r.signal = signal as u32;
         r.all = all;
-        self.client.kill(ctx(Some(CALL_TIMEOUT)), &r).await?;
+        self.client.kill(ctx(Some(QUICK_TIMEOUT)), &r).await?;
         Ok(())
     }
 

@@ -105,3 +105,54 @@ async fn a_client_that_gives_up_leaks_nothing_and_its_retry_succeeds() {
     assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
     assert!(d.mounts().is_empty(), "{:?}", d.mounts());
 }
+
+/// A shim that stops answering (SIGSTOP): StopContainer says so, naming the
+/// pod, instead of reporting success without a kill; calls about other pods
+/// are not held up; ListContainers answers within seconds, the stopped
+/// pod's containers Unknown. After SIGCONT everything works again.
+#[tokio::test]
+async fn a_shim_that_does_not_answer_is_never_taken_for_stopped() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::time::Instant;
+    let mut d = Daemon::start().await;
+    let (cfg_a, cfg_b) = (d.pod_config("frozen"), d.pod_config("lively"));
+    let (a, b) = (d.run_pod(&cfg_a).await, d.run_pod(&cfg_b).await);
+    let ca = d.create(&a, &cfg_a, "c", &["sleep", "100000"]).await;
+    let cb = d.create(&b, &cfg_b, "c", &["sleep", "100000"]).await;
+    for c in [&ca, &cb] {
+        d.start_container(c).await;
+        d.wait_state(c, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+    }
+    let shim = Pid::from_raw(d.shim_pid(&a).await);
+    kill(shim, Signal::SIGSTOP).unwrap();
+    struct Resume(Pid);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = kill(self.0, Signal::SIGCONT);
+        }
+    }
+    let _resume = Resume(shim);
+
+    let started = Instant::now();
+    let e = d.rt.stop_container(cri::StopContainerRequest { container_id: ca.clone(), timeout: 2 }).await.unwrap_err();
+    assert!(matches!(e.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded), "{e}");
+    assert!(e.message().contains(&a), "the error does not name the pod: {e}");
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    // The other pod is not held up.
+    let started = Instant::now();
+    assert_eq!(d.status(&cb).await.state, cri::ContainerState::ContainerRunning as i32);
+    assert!(started.elapsed() < Duration::from_secs(2), "another pod's status took {:?}", started.elapsed());
+    let started = Instant::now();
+    let list = d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers;
+    assert!(started.elapsed() < Duration::from_secs(8), "ListContainers took {:?}", started.elapsed());
+    let state = |id: &str| list.iter().find(|c| c.id == id).map(|c| c.state);
+    assert_eq!(state(&cb), Some(cri::ContainerState::ContainerRunning as i32));
+    assert_eq!(state(&ca), Some(cri::ContainerState::ContainerUnknown as i32));
+
+    // Resumed: the container was never killed, and now stops for real.
+    kill(shim, Signal::SIGCONT).unwrap();
+    assert_eq!(d.status(&ca).await.state, cri::ContainerState::ContainerRunning as i32);
+    d.rt.stop_container(cri::StopContainerRequest { container_id: ca.clone(), timeout: 2 }).await.unwrap();
+    assert_eq!(d.status(&ca).await.state, cri::ContainerState::ContainerExited as i32);
+}
