@@ -180,7 +180,38 @@ async fn exec(
     let mut exit = svc.reaper.subscribe(pid);
     info!(svc.log, "interactive exec started"; "container_id" => &c.id, "pid" => pid, "tty" => start.tty);
 
-    // Relay until the process exits; the client going away ends it.
+    // The client's frames are read by a task of their own, which also
+    // writes stdin: a write the process is not reading yet then holds up
+    // only further input, never the output (the process may write all its
+    // output before it reads any input, and both would stall).
+    let (gone_tx, mut gone) = tokio::sync::oneshot::channel::<()>();
+    let resize_pty = pty.as_ref().and_then(|p| p.try_clone().ok());
+    let mut stdin_writer = stdin.take();
+    let input = tokio::spawn(async move {
+        loop {
+            match read_frame(&mut rd).await {
+                Ok(Some(Frame::Stdin(data))) => {
+                    if let Some(w) = stdin_writer.as_mut() {
+                        if w.write_all(&data).await.is_err() {
+                            stdin_writer = None;
+                        }
+                    }
+                }
+                Ok(Some(Frame::StdinClose)) => stdin_writer = None,
+                Ok(Some(Frame::Resize(w, h))) => {
+                    if let Some(p) = &resize_pty {
+                        let _ = crate::console::resize(p, w, h);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    let _ = gone_tx.send(());
+                    return;
+                }
+            }
+        }
+    });
+    // Relay output until the process exits; the client going away ends it.
     let mut client_open = true;
     let status = loop {
         tokio::select! {
@@ -191,29 +222,15 @@ async fn exec(
                     client_open = false;
                 }
             }
-            f = read_frame(&mut rd), if client_open => match f {
-                Ok(Some(Frame::Stdin(data))) => {
-                    if let Some(w) = stdin.as_mut() {
-                        if w.write_all(&data).await.is_err() {
-                            stdin = None;
-                        }
-                    }
-                }
-                Ok(Some(Frame::StdinClose)) => stdin = None,
-                Ok(Some(Frame::Resize(w, h))) => {
-                    if let Some(p) = &pty {
-                        let _ = crate::console::resize(p, w, h);
-                    }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => {
-                    info!(svc.log, "exec client went away: ending the process"; "container_id" => &c.id, "pid" => pid);
-                    kill_tree(pid);
-                    client_open = false;
-                }
-            },
+            _ = &mut gone, if client_open => {
+                info!(svc.log, "exec client went away: ending the process"; "container_id" => &c.id, "pid" => pid);
+                kill_tree(pid);
+                client_open = false;
+            }
         }
     };
+    // The process is gone: its stdin goes with the input task.
+    input.abort();
     drop(stdin);
     // Output written just before the exit is still in the pipes.
     let relay = async {

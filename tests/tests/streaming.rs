@@ -795,3 +795,50 @@ async fn connection_and_stream_caps_hold() {
     let _ = probe.read_to_string(&mut out).await;
     assert!(out.starts_with("HTTP/1.1 4"), "{out}");
 }
+
+/// Stdin and output are pumped independently: a client sending 1 MB of
+/// stdin to a command that first writes 1 MB of output and only then reads
+/// its stdin gets all of it (berthd's shim used to stop forwarding output
+/// while a stdin write waited, and both sides stalled).
+#[tokio::test]
+async fn big_stdin_and_big_output_flow_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(peer) = go_peer(dir.path()) else {
+        eprintln!("SKIP: go or golang-github-docker-spdystream-dev missing (scripts/setup.sh --test installs them)");
+        return;
+    };
+    let mut d = Daemon::start().await;
+    let c = running(&mut d, "pump").await;
+    let ch = Channels { stdin: true, stdout: true, stderr: true, tty: false };
+    let cmd = ["sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' a; echo; wc -c"];
+    let url = exec_url(&mut d, &c, &cmd, ch).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new(&peer)
+            .args([url.as_str(), "v4.channel.k8s.io", ""])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&vec![b'z'; 1_000_000]).unwrap();
+        drop(stdin);
+        // A peer that hangs is killed after 60 s, by pid, only while it runs.
+        let pid = child.id() as i32;
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if finished.recv_timeout(Duration::from_secs(60)).is_err() {
+                berth_tests::kill_tree(pid);
+            }
+        });
+        let out = child.wait_with_output().unwrap();
+        let _ = done.send(());
+        let _ = watchdog.join();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    })
+    .await
+    .unwrap();
+    assert!(out.contains(&"a".repeat(1000)), "the output did not come: {}", &out[..out.len().min(300)]);
+    assert!(out.contains("1000000\\n"), "not all of stdin arrived: {}", &out[out.len().saturating_sub(300)..]);
+}
