@@ -189,6 +189,12 @@ impl Cni {
     }
 }
 
+/// Whether `path` is a network namespace (an nsfs file), as a pin must be.
+pub fn is_netns(path: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+}
+
 /// The pod IPs of a CNI result (`ips[].address`, without the prefix length).
 pub fn result_ips(result: &Value) -> Vec<String> {
     result["ips"]

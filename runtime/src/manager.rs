@@ -982,7 +982,11 @@ impl Manager {
             },
         };
         let md = meta.config.metadata.clone().unwrap_or_default();
-        let netns = meta.dir.join("ns/net");
+        let pin = meta.dir.join("ns/net");
+        // A pin that is gone (unmounted by hand, a crash between steps) is no
+        // namespace: the CNI spec lets DEL run with an empty CNI_NETNS, and
+        // plugins still release what they hold (IPs, port mappings).
+        let netns = if crate::cni::is_netns(&pin) { pin } else { PathBuf::new() };
         let pod = crate::cni::PodRef { id: &meta.id, netns: &netns, metadata: &md, ports: &meta.config.port_mappings };
         self.cfg
             .cni

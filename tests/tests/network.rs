@@ -174,3 +174,28 @@ async fn del_uses_the_add_time_configuration() {
         std::fs::write(conf_dir.join("10-test.conflist"), saved).unwrap();
     }
 }
+
+/// A pod whose network namespace pin is gone (an administrator's cleanup, a
+/// crash between two steps) still stops and is removed: CNI DEL runs with
+/// an empty CNI_NETNS, as the CNI spec allows, and releases the IP.
+#[tokio::test]
+async fn a_pod_without_its_netns_pin_still_stops_and_is_removed() {
+    if !cni_available() {
+        eprintln!("skipped: containernetworking-plugins are not installed (scripts/setup.sh installs them)");
+        return;
+    }
+    let mut d = Daemon::start().await;
+    let net = TestNet::new(&d);
+    let cfg = d.pod_config("unpinned");
+    let pod = d.run_pod(&cfg).await;
+    let ip = d.pod_status(&pod).await.network.unwrap().ip;
+    let lease = net.ipam.join(&net.name).join(&ip);
+    assert!(lease.exists());
+    let pin = d.dir.path().join("s/sandboxes").join(&pod).join("ns/net");
+    nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    d.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    assert!(!lease.exists(), "the IP {ip} is still reserved");
+    d.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    assert!(d.mounts().is_empty(), "{:?}", d.mounts());
+}
