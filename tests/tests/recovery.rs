@@ -200,3 +200,75 @@ async fn a_stale_shim_pid_never_signals_another_process() {
     assert!(berth_tests::alive(shim_b), "pod B's shim was killed through pod A's stale pid file");
     assert_eq!(d.status(&cb).await.state, cri::ContainerState::ContainerRunning as i32);
 }
+
+/// kill -9 of the shim in the middle of an interactive exec and of a log
+/// flood: the pod turns NotReady, the exec's client is told (its stream
+/// ends), the exec'd process and the container go, the log ends on a whole
+/// record, and removing the pod leaves nothing.
+#[tokio::test]
+async fn a_shim_killed_during_an_exec_and_a_log_flood_cleans_up() {
+    use berth::stream_client::{Channels, ExecStream};
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("flood");
+    let pod = d.run_pod(&cfg).await;
+    let c = d
+        .create(
+            &pod,
+            &cfg,
+            "flood",
+            &["sh", "-c", "while true; do echo 0123456789abcdefghijklmnopqrstuvwxyz0123456789; done"],
+        )
+        .await;
+    d.start_container(&c).await;
+    d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+    let ctr_pid = d.container_pid(&c).await;
+    let ch = Channels { stdout: true, stdin: true, ..Default::default() };
+    let url =
+        d.rt.exec(cri::ExecRequest {
+            container_id: c.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "echo started; exec sleep 7391".into()],
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut s = ExecStream::connect(&url, berth::streaming::EXEC_PROTOCOLS, ch).await.unwrap();
+    assert!(matches!(s.next().await, Some(berth::stream_client::Event::Stdout(_))));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shim = d.shim_pid(&pod).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // The exec's client hears the end.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while !matches!(s.next().await, None | Some(berth::stream_client::Event::Closed)) {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the exec stream outlived its shim");
+    let t = Instant::now();
+    while d.pod_status(&pod).await.state != cri::PodSandboxState::SandboxNotready as i32 {
+        assert!(t.elapsed() < Duration::from_secs(3), "dead shim not noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(wait_gone(ctr_pid, Duration::from_secs(5)).await, "the container outlived its shim");
+    // The log holds whole records only.
+    let log = std::fs::read(d.status(&c).await.log_path).unwrap();
+    assert!(log.len() > 1000 && log.ends_with(b"\n"), "the log does not end on a whole record");
+    for line in log.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        assert!(
+            berth::cri_log_reader::parse_line(line).is_some(),
+            "a broken record: {:?}",
+            String::from_utf8_lossy(line)
+        );
+    }
+    d.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    d.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+    let survivor = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x007391\x00"));
+    assert!(!survivor, "the exec'd process survived");
+    assert!(d.mounts().is_empty(), "mounts left: {:?}", d.mounts());
+    assert!(d.leftovers().is_empty(), "state left: {:?}", d.leftovers());
+}
