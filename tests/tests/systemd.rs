@@ -74,24 +74,24 @@ impl Drop for Berthd {
 fn spawn(config: &Path, notify: &Path) -> Berthd {
     let dir = tempfile::Builder::new().prefix("b").tempdir_in("/tmp").unwrap();
     let log = std::fs::File::create(dir.path().join("berthd.log")).unwrap();
-    let child = Command::new(bin_dir().join("berthd"))
-        .arg("--config")
-        .arg(config)
-        .arg("--root")
-        .arg(dir.path().join("r"))
+    let mut cmd = berthd_in(dir.path());
+    cmd.arg("--config").arg(config).env("NOTIFY_SOCKET", notify).stdout(log.try_clone().unwrap()).stderr(log);
+    Berthd { child: cmd.spawn().unwrap(), dir }
+}
+
+/// berthd on its own folders below `dir` (stdio left to the caller).
+fn berthd_in(dir: &Path) -> Command {
+    let mut cmd = Command::new(bin_dir().join("berthd"));
+    cmd.arg("--root")
+        .arg(dir.join("r"))
         .arg("--state")
-        .arg(dir.path().join("s"))
+        .arg(dir.join("s"))
         .arg("--listen")
-        .arg(dir.path().join("c.sock"))
+        .arg(dir.join("c.sock"))
         .arg("--cni-conf-dir")
-        .arg(dir.path().join("cni"))
-        .env("NOTIFY_SOCKET", notify)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Berthd { child, dir }
+        .arg(dir.join("cni"))
+        .stdin(Stdio::null());
+    cmd
 }
 
 fn hup(b: &Berthd) {
@@ -231,17 +231,8 @@ async fn a_full_log_device_does_not_stop_berthd() {
     let dir = tempfile::Builder::new().prefix("b").tempdir_in("/tmp").unwrap();
     let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
     let port = berth_tests::registry::free_port();
-    let mut child = Command::new(bin_dir().join("berthd"))
-        .arg("--root")
-        .arg(dir.path().join("r"))
-        .arg("--state")
-        .arg(dir.path().join("s"))
-        .arg("--listen")
-        .arg(dir.path().join("c.sock"))
-        .arg("--cni-conf-dir")
-        .arg(dir.path().join("cni"))
+    let mut child = berthd_in(dir.path())
         .args(["--log-level", "debug", "--metrics-address", &format!("127.0.0.1:{port}")])
-        .stdin(Stdio::null())
         .stdout(full())
         .stderr(full())
         .spawn()
