@@ -347,34 +347,41 @@ async fn port_forward_reaches_the_pods_loopback_not_the_hosts() {
     assert_eq!(String::from_utf8_lossy(&answer), "pod-answer\n");
 
     // Over a WebSocket: channel 0 data, channel 1 errors, each opened with
-    // the port in little endian.
+    // the port in little endian. The pod's nc listens again only after it
+    // served the last connection: retry, as above.
     {
         use futures::{SinkExt, StreamExt};
         use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
-        let url = port_forward_url(&mut d, &pod, port).await;
-        let mut req = format!("{}?port={port}", url.replacen("http://", "ws://", 1)).into_client_request().unwrap();
-        req.headers_mut().insert("sec-websocket-protocol", "v4.channel.k8s.io".parse().unwrap());
-        let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
-        assert_eq!(resp.headers()["sec-websocket-protocol"], "v4.channel.k8s.io");
         let le = port.to_le_bytes();
-        let mut got = Vec::new();
-        let mut heads = Vec::new();
-        ws.send(Message::binary([&[0u8][..], b"over-ws\n"].concat())).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !got.ends_with(b"\n") {
-            assert!(Instant::now() < deadline, "no answer over the WebSocket: {heads:?} {got:?}");
-            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-                Ok(Some(Ok(Message::Binary(b)))) => {
-                    if heads.len() < 2 {
-                        heads.push(b.to_vec());
-                    } else if b[0] == 0 {
-                        got.extend_from_slice(&b[1..]);
+        let (heads, got) = loop {
+            let url = port_forward_url(&mut d, &pod, port).await;
+            let mut req = format!("{}?port={port}", url.replacen("http://", "ws://", 1)).into_client_request().unwrap();
+            req.headers_mut().insert("sec-websocket-protocol", "v4.channel.k8s.io".parse().unwrap());
+            let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+            assert_eq!(resp.headers()["sec-websocket-protocol"], "v4.channel.k8s.io");
+            let mut got = Vec::new();
+            let mut heads = Vec::new();
+            ws.send(Message::binary([&[0u8][..], b"over-ws\n"].concat())).await.unwrap();
+            while !got.ends_with(b"\n") {
+                match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                    Ok(Some(Ok(Message::Binary(b)))) => {
+                        if heads.len() < 2 {
+                            heads.push(b.to_vec());
+                        } else if b[0] == 0 {
+                            got.extend_from_slice(&b[1..]);
+                        }
                     }
+                    Ok(Some(Ok(_))) => {}
+                    _ => break,
                 }
-                Ok(Some(Ok(_))) => {}
-                other => panic!("WebSocket ended: {other:?}"),
             }
-        }
+            if got.ends_with(b"\n") {
+                break (heads, got);
+            }
+            assert!(Instant::now() < deadline, "no answer over the WebSocket: {heads:?} {got:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         assert_eq!(heads, vec![vec![0, le[0], le[1]], vec![1, le[0], le[1]]]);
         assert_eq!(got, b"pod-answer\n");
     }
