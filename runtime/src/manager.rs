@@ -145,6 +145,27 @@ pub struct ContainerMeta {
     pub phase: Phase,
 }
 
+/// What one pod's shim says of its containers.
+enum ShimView {
+    /// It answered: its containers' states.
+    Listed(HashMap<String, RuntimeState>),
+    /// It runs but does not answer (the error it gave).
+    Silent(String),
+    /// It is gone (since then, unix nanoseconds).
+    Gone(i64),
+}
+
+impl ShimView {
+    /// A container's state; None when the shim answered without it.
+    fn state_of(&self, sandbox_id: &str, id: &str) -> Option<RuntimeState> {
+        match self {
+            ShimView::Listed(m) => m.get(id).cloned(),
+            ShimView::Silent(why) => Some(RuntimeState::not_answering(sandbox_id, why)),
+            ShimView::Gone(at) => Some(RuntimeState::shim_gone(*at)),
+        }
+    }
+}
+
 /// Runtime facts of a container, from its shim.
 #[derive(Clone, Debug, Default)]
 pub struct RuntimeState {
@@ -190,6 +211,16 @@ impl RuntimeState {
             log_bytes: (s.log_bytes_written, s.log_bytes_dropped),
             reason: reason.to_string(),
             message: s.message.clone(),
+        }
+    }
+
+    /// The state of a container its shim does not know.
+    fn unknown_to_shim() -> Self {
+        RuntimeState {
+            state: cri::ContainerState::ContainerUnknown as i32,
+            reason: "Unknown".into(),
+            message: "the shim does not know this container".into(),
+            ..Default::default()
         }
     }
 
@@ -616,37 +647,24 @@ impl Manager {
     }
 
     /// The node's pods and containers by state, the shims that answer and
-    /// every container's log bytes, for a metrics scrape (one List call per
-    /// pod, as ListContainers makes).
+    /// every container's log bytes, for a metrics scrape (asked of the shims
+    /// as ListContainers asks them).
     pub async fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
-        let sandboxes: Vec<Arc<Sandbox>> = lock(&self.sandboxes).values().cloned().collect();
+        let sandboxes: Vec<SandboxMeta> = lock(&self.sandboxes)
+            .values()
+            .map(|sb| lock(&sb.meta).clone())
+            .filter(|m| m.phase != Phase::Creating)
+            .collect();
         let metas: Vec<ContainerMeta> =
             lock(&self.containers).values().filter(|c| c.phase != Phase::Creating).cloned().collect();
+        let sids: Vec<String> = sandboxes.iter().map(|m| m.id.clone()).collect();
+        let views = self.shim_views(&sids).await;
         let mut snap = crate::metrics::Snapshot::default();
         let (mut ready, mut notready) = (0, 0);
-        let mut states: HashMap<String, RuntimeState> = HashMap::new();
-        for sb in sandboxes {
-            let meta = lock(&sb.meta).clone();
-            if meta.phase == Phase::Creating {
-                continue;
-            }
-            let alive = if sb.lost_at().is_some() {
-                None
-            } else if let Ok(shim) = self.shim_of(&sb).await {
-                shim.list().await.ok()
-            } else {
-                None
-            };
-            match &alive {
-                Some(list) => {
-                    snap.shims_alive += 1;
-                    for s in list {
-                        states.insert(s.id.clone(), RuntimeState::from_shim(s));
-                    }
-                }
-                None => {}
-            }
-            if meta.stopped || alive.is_none() {
+        for meta in &sandboxes {
+            let listed = matches!(views.get(&meta.id), Some(ShimView::Listed(_)));
+            snap.shims_alive += i64::from(listed);
+            if meta.stopped || !listed {
                 notready += 1;
             } else {
                 ready += 1;
@@ -656,7 +674,10 @@ impl Manager {
         let mut by_state: BTreeMap<&str, i64> =
             ["created", "running", "exited", "unknown"].into_iter().map(|s| (s, 0)).collect();
         for m in &metas {
-            let st = states.get(&m.id);
+            let st = match views.get(&m.sandbox_id) {
+                Some(ShimView::Listed(states)) => states.get(&m.id),
+                _ => None,
+            };
             let name = match st.map(|s| s.state) {
                 Some(s) if s == cri::ContainerState::ContainerCreated as i32 => "created",
                 Some(s) if s == cri::ContainerState::ContainerRunning as i32 => "running",
@@ -1047,14 +1068,21 @@ impl Manager {
     pub async fn pod_container_statuses(&self, sandbox_id: &str) -> Vec<cri::ContainerStatus> {
         let mut metas: Vec<ContainerMeta> =
             self.containers_of(sandbox_id).into_iter().filter(|c| c.phase != Phase::Creating).collect();
-        metas.sort_by_key(|c| c.created_at);
-        let mut out = Vec::new();
-        for c in metas {
-            if let Ok((st, _)) = self.container_status(&c.id, false).await {
-                out.push(st);
-            }
+        if metas.is_empty() {
+            return Vec::new();
         }
-        out
+        metas.sort_by_key(|c| c.created_at);
+        // One List call for the pod, not a State call per container: kubelet
+        // asks for this with every pod status.
+        let views = self.shim_views(&[sandbox_id.to_string()]).await;
+        let view = views.get(sandbox_id);
+        metas
+            .iter()
+            .map(|m| {
+                let st = view.and_then(|v| v.state_of(sandbox_id, &m.id)).unwrap_or_else(RuntimeState::unknown_to_shim);
+                Self::to_status(m, &st)
+            })
+            .collect()
     }
 
     fn containers_of(&self, sandbox_id: &str) -> Vec<ContainerMeta> {
@@ -1311,12 +1339,7 @@ impl Manager {
                 self.note_log_error(&meta.id, &s.message);
                 RuntimeState::from_shim(&s)
             }
-            Err(e) if e.kind == Kind::NotFound => RuntimeState {
-                state: cri::ContainerState::ContainerUnknown as i32,
-                reason: "Unknown".into(),
-                message: "the shim does not know this container".into(),
-                ..Default::default()
-            },
+            Err(e) if e.kind == Kind::NotFound => RuntimeState::unknown_to_shim(),
             Err(e) => {
                 let (pid, sid) = {
                     let m = lock(&sb.meta);
@@ -1500,6 +1523,40 @@ impl Manager {
         Ok((Self::to_status(&meta, &st), info))
     }
 
+    /// What the shims of `sandbox_ids` say of their containers: one List
+    /// call per pod rather than one State call per container, every shim
+    /// asked at once (a hung one costs its QUICK_TIMEOUT once, not once per
+    /// pod after it).
+    async fn shim_views(&self, sandbox_ids: &[String]) -> HashMap<String, ShimView> {
+        let views = sandbox_ids.iter().map(|sid| async move {
+            let view = match self.sandbox(sid) {
+                Err(_) => ShimView::Gone(now_nanos()),
+                Ok(sb) => match sb.lost_at() {
+                    Some(at) => ShimView::Gone(at),
+                    None => match self.shim_of(&sb).await {
+                        Err(_) => ShimView::Gone(now_nanos()),
+                        Ok(shim) => match shim.list().await {
+                            Ok(list) => ShimView::Listed(
+                                list.iter().map(|s| (s.id.clone(), RuntimeState::from_shim(s))).collect(),
+                            ),
+                            Err(e) => {
+                                let pid = lock(&sb.meta).shim_pid;
+                                if crate::pidfd::is_shim_of(pid as i32, sid) && running(pid) {
+                                    ShimView::Silent(e.message)
+                                } else {
+                                    *sb.shim.lock().await = None;
+                                    ShimView::Gone(now_nanos())
+                                }
+                            }
+                        },
+                    },
+                },
+            };
+            (sid.clone(), view)
+        });
+        futures::future::join_all(views).await.into_iter().collect()
+    }
+
     /// ListContainers.
     pub async fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Result<Vec<cri::Container>> {
         let f = filter.unwrap_or_default();
@@ -1511,50 +1568,14 @@ impl Manager {
             .filter(|c| f.label_selector.iter().all(|(k, v)| c.config.labels.get(k) == Some(v)))
             .cloned()
             .collect();
-        // One List call per sandbox rather than one State call per
-        // container, all at once: a hung shim costs its QUICK_TIMEOUT once,
-        // not once per pod after it.
         let sids: Vec<String> =
             metas.iter().map(|m| m.sandbox_id.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-        let metas_ref = &metas;
-        let lists = sids.iter().map(|sid| async move {
-            let metas = metas_ref;
-            let mut m = HashMap::new();
-            if let Ok(sb) = self.sandbox(sid) {
-                if let Some(at) = sb.lost_at() {
-                    for c in metas.iter().filter(|c| &c.sandbox_id == sid) {
-                        m.insert(c.id.clone(), RuntimeState::shim_gone(at));
-                    }
-                } else if let Ok(shim) = self.shim_of(&sb).await {
-                    match shim.list().await {
-                        Ok(list) => {
-                            for s in list {
-                                m.insert(s.id.clone(), RuntimeState::from_shim(&s));
-                            }
-                        }
-                        Err(e) => {
-                            let pid = lock(&sb.meta).shim_pid;
-                            if crate::pidfd::is_shim_of(pid as i32, sid) && running(pid) {
-                                for c in metas.iter().filter(|c| &c.sandbox_id == sid) {
-                                    m.insert(c.id.clone(), RuntimeState::not_answering(sid, &e.message));
-                                }
-                            } else {
-                                *sb.shim.lock().await = None;
-                            }
-                        }
-                    }
-                }
-            }
-            (sid.clone(), m)
-        });
-        let states: HashMap<String, HashMap<String, RuntimeState>> =
-            futures::future::join_all(lists).await.into_iter().collect();
+        let views = self.shim_views(&sids).await;
         let mut out = Vec::new();
         for meta in metas {
-            let st = states
+            let st = views
                 .get(&meta.sandbox_id)
-                .and_then(|m| m.get(&meta.id))
-                .cloned()
+                .and_then(|v| v.state_of(&meta.sandbox_id, &meta.id))
                 .unwrap_or_else(|| RuntimeState::shim_gone(now_nanos()));
             if let Some(want) = &f.state {
                 if want.state != st.state {
