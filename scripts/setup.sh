@@ -38,7 +38,8 @@ if $test; then
   # socket path as its :authority.
   [ -d /usr/share/gocode/src/google.golang.org/grpc ] || need+=(golang-google-grpc-dev)
   # The Prometheus project's own text-format parser, to scrape /metrics.
-  python3 -c 'import prometheus_client.parser' 2>/dev/null || need+=(python3-prometheus-client)
+  # Debian's python3 (the package installs for it), not one earlier on PATH.
+  /usr/bin/python3 -c 'import prometheus_client.parser' 2>/dev/null || need+=(python3-prometheus-client)
 fi
 # --bench adds containerd (run side by side by scripts/bench.sh in folders of
 # its own, never as a service) and gcc for the pause image it needs.

@@ -12,10 +12,18 @@ bash scripts/build-test-image.sh "$image" >/dev/null
 export BERTH_TEST_IMAGE=$PWD/$image
 
 out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+# Tests that could not check (all or part of) what they are for say so here.
+export BERTH_TEST_SKIP_LOG=$(mktemp)
+trap 'rm -f "$out" "$BERTH_TEST_SKIP_LOG"' EXIT
 status=0
 cargo test --workspace --locked --no-fail-fast --tests -- --test-threads="${BERTH_TEST_THREADS:-4}" 2>&1 | tee "$out" || status=$?
 # One closing line over every test binary.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1); if ($i ~ /^ignored;?$/) s += $(i-1) } }
-     END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, s }' "$out"
+if [ -s "$BERTH_TEST_SKIP_LOG" ]; then
+  echo "skipped, or checked in part, on this host:"
+  sort "$BERTH_TEST_SKIP_LOG" | sed 's/^/  /'
+fi
+skipped=$(grep -c ': SKIP: ' "$BERTH_TEST_SKIP_LOG" || true)
+partly=$(grep -c ': SKIP (part): ' "$BERTH_TEST_SKIP_LOG" || true)
+awk -v skipped="$skipped" -v partly="$partly" '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1); if ($i ~ /^ignored;?$/) s += $(i-1) } }
+     END { printf "summary: %d passed (%d of them skipped, %d checked in part), %d failed, %d ignored\n", p, skipped, partly, f, s }' "$out"
 exit "$status"

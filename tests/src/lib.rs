@@ -479,6 +479,22 @@ pub fn have_commands(names: &[&str]) -> bool {
     })
 }
 
+/// Says why a test (or, with `part`, a part of it) did not check what it
+/// is for. The reason goes to stderr and, when `BERTH_TEST_SKIP_LOG` names a
+/// file (scripts/test.sh sets it), into that file, so a skip is counted and
+/// listed in the run's summary instead of passing unseen.
+pub fn skip(part: bool, reason: &str) {
+    let line = format!("{}: {reason}", if part { "SKIP (part)" } else { "SKIP" });
+    eprintln!("{line}");
+    if let Some(log) = std::env::var_os("BERTH_TEST_SKIP_LOG") {
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            use std::io::Write;
+            let _ = writeln!(f, "{test}: {line}");
+        }
+    }
+}
+
 /// The parent of a process (0 when it is gone).
 pub fn parent_pid(pid: i32) -> i32 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

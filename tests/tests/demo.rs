@@ -22,13 +22,13 @@ fn pids_in(state: &std::path::Path) -> Vec<i32> {
 #[test]
 fn ctrl_c_in_the_demo_removes_everything() {
     if !berth_tests::have_commands(&["script", "setsid"]) {
-        eprintln!("SKIP: script(1) or setsid(1) missing (util-linux)");
+        berth_tests::skip(false, "script(1) or setsid(1) missing (util-linux)");
         return;
     }
     let dir = tempfile::Builder::new().prefix("demo").tempdir_in("/tmp").unwrap();
     let (root, state) = (dir.path().join("r"), dir.path().join("s"));
     let mut child = Command::new("script")
-        .args(["-qfec", "bash scripts/demo.sh", "/dev/null"])
+        .args(["-qfec", "exec bash scripts/demo.sh", "/dev/null"])
         .current_dir(workspace())
         .env("DEMO_ROOT", &root)
         .env("DEMO_STATE", &state)

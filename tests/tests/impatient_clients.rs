@@ -27,7 +27,7 @@ fn with_deadline<T>(msg: T, d: Duration) -> tonic::Request<T> {
 #[tokio::test]
 async fn a_client_that_gives_up_leaks_nothing_and_its_retry_succeeds() {
     if !cni_available() {
-        eprintln!("SKIP: containernetworking-plugins are not installed (scripts/setup.sh installs them)");
+        berth_tests::skip(false, "containernetworking-plugins are not installed (scripts/setup.sh installs them)");
         return;
     }
     let plugins =

@@ -8,7 +8,7 @@ use berth_tests::Daemon;
 async fn grpc_go_clients_with_any_authority_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let Some(peer) = berth_tests::go_peer("grpc_version", dir.path()) else {
-        eprintln!("SKIP: go or golang-google-grpc-dev missing (scripts/setup.sh --test installs them)");
+        berth_tests::skip(false, "go or golang-google-grpc-dev missing (scripts/setup.sh --test installs them)");
         return;
     };
     let d = Daemon::start().await;
@@ -316,7 +316,7 @@ async fn cgroup_drivers() {
         let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
         assert!(cg.contains(&format!("{slice}/berth-{c}.scope")), "{cg}");
     } else {
-        eprintln!("SKIP (part): systemd is not running on this host, so containers in systemd slices were not started; checked that runc was asked for its systemd driver");
+        berth_tests::skip(true, "systemd is not running on this host, so containers in systemd slices were not started; checked that runc was asked for its systemd driver");
         let e = created.unwrap_err();
         assert!(e.message().to_lowercase().contains("systemd") || e.message().to_lowercase().contains("dbus"), "{e}");
         let list = d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner();

@@ -22,7 +22,7 @@ for f in text_string_to_metric_families(sys.stdin.read()):
         out["samples"].append([s.name, sorted(s.labels.items()), s.value])
 print(json.dumps(out))
 "#;
-    let mut child = Command::new("python3")
+    let mut child = Command::new("/usr/bin/python3")
         .args(["-c", script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -67,13 +67,13 @@ async fn scrape(addr: &str) -> String {
 
 #[tokio::test]
 async fn metrics_are_served_and_parse() {
-    if Command::new("python3")
+    if Command::new("/usr/bin/python3")
         .args(["-c", "import prometheus_client.parser"])
         .status()
         .map(|s| !s.success())
         .unwrap_or(true)
     {
-        eprintln!("SKIP: python3-prometheus-client missing (scripts/setup.sh --test installs it)");
+        berth_tests::skip(false, "python3-prometheus-client missing (scripts/setup.sh --test installs it)");
         return;
     }
     let port = berth_tests::registry::free_port();

@@ -18,7 +18,7 @@ fn skip() -> bool {
     if registry_available() {
         return false;
     }
-    eprintln!("SKIP: docker-registry, openssl or htpasswd missing (scripts/test.sh installs them)");
+    berth_tests::skip(false, "docker-registry, openssl or htpasswd missing (scripts/test.sh installs them)");
     true
 }
 

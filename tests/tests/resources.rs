@@ -231,7 +231,7 @@ async fn unified_and_hugepage_limits_reach_the_runtime() {
         );
         d.start_container(&c).await;
     } else {
-        eprintln!("SKIP (part): runc has no hugetlb controller on this host; hugepage limits reaching a cgroup were not checked, only that a real limit is refused and kubelet's zero limits are dropped");
+        berth_tests::skip(true, "runc has no hugetlb controller on this host; hugepage limits reaching a cgroup were not checked, only that a real limit is refused and kubelet's zero limits are dropped");
         let e = created.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
         assert!(e.message().contains("hugetlb"), "{e}");
@@ -264,7 +264,7 @@ async fn unified_and_hugepage_limits_reach_the_runtime() {
         let got = d.exec_out(&c, &["cat", "/sys/fs/cgroup/memory.swap.max"]).await;
         assert_eq!(got, "0");
     } else {
-        eprintln!("SKIP (part): this host's /sys/fs/cgroup is cgroup v1; unified resources reaching a v2 cgroup were not checked, only their refusal");
+        berth_tests::skip(true, "this host's /sys/fs/cgroup is cgroup v1; unified resources reaching a v2 cgroup were not checked, only their refusal");
         let e = created.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
         assert!(e.message().contains("cgroup v2"), "{e}");

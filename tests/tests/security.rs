@@ -354,7 +354,7 @@ async fn capability_sets_are_what_was_asked() {
 async fn local_users_reach_no_container_content() {
     use std::os::unix::fs::PermissionsExt;
     if !berth_tests::have_commands(&["setpriv"]) {
-        eprintln!("SKIP: setpriv (util-linux) missing");
+        berth_tests::skip(false, "setpriv (util-linux) missing");
         return;
     }
     let mut d = Daemon::start().await;
@@ -432,7 +432,7 @@ async fn local_users_reach_no_container_content() {
 #[tokio::test]
 async fn runtime_default_seccomp_refuses_what_containerd_refuses() {
     if !std::path::Path::new("/usr/bin/python3").exists() {
-        eprintln!("SKIP: /usr/bin/python3 missing (the probe runs the host's Python in the container)");
+        berth_tests::skip(false, "/usr/bin/python3 missing (the probe runs the host's Python in the container)");
         return;
     }
     let mut d = Daemon::start().await;

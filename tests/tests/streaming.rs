@@ -204,7 +204,7 @@ fn run_peer(peer: &std::path::Path, url: &str, protocol: &str, mode: &str, stdin
 async fn go_spdystream_client_execs() {
     let dir = tempfile::tempdir().unwrap();
     let Some(peer) = go_peer(dir.path()) else {
-        eprintln!("SKIP: go or golang-github-docker-spdystream-dev missing (scripts/setup.sh --test installs them)");
+        berth_tests::skip(false, "go or golang-github-docker-spdystream-dev missing (scripts/setup.sh --test installs them)");
         return;
     };
     let mut d = Daemon::start().await;
@@ -560,7 +560,7 @@ async fn exec_over_websocket_v5_and_v4() {
 #[tokio::test]
 async fn streams_over_tls() {
     if std::process::Command::new("openssl").arg("version").output().is_err() {
-        eprintln!("SKIP: openssl missing (scripts/setup.sh --test installs it)");
+        berth_tests::skip(false, "openssl missing (scripts/setup.sh --test installs it)");
         return;
     }
     let certs = tempfile::tempdir().unwrap();
@@ -811,7 +811,7 @@ async fn connection_and_stream_caps_hold() {
 async fn big_stdin_and_big_output_flow_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let Some(peer) = go_peer(dir.path()) else {
-        eprintln!("SKIP: go or golang-github-docker-spdystream-dev missing (scripts/setup.sh --test installs them)");
+        berth_tests::skip(false, "go or golang-github-docker-spdystream-dev missing (scripts/setup.sh --test installs them)");
         return;
     };
     let mut d = Daemon::start().await;

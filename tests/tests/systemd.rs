@@ -109,7 +109,7 @@ fn reloaded(sock: &UnixDatagram) {
 #[tokio::test]
 async fn reload_rereads_registries_and_the_log_level() {
     if !registry_available() {
-        eprintln!("SKIP: docker-registry missing (scripts/test.sh installs it)");
+        berth_tests::skip(false, "docker-registry missing (scripts/test.sh installs it)");
         return;
     }
     let reg = Registry::start(Auth::None, false);
