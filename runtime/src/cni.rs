@@ -14,9 +14,6 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
 
-/// How long one plugin may run.
-const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Where configurations and plugins are.
 #[derive(Clone, Debug)]
 pub struct Cni {
@@ -24,6 +21,8 @@ pub struct Cni {
     pub conf_dir: PathBuf,
     /// Folders searched for plugin binaries.
     pub bin_dirs: Vec<PathBuf>,
+    /// How long one plugin may run before it is killed (cni.plugin_timeout).
+    pub timeout: Duration,
 }
 
 /// A loaded network configuration list. A pod keeps the one its ADD ran
@@ -144,10 +143,13 @@ impl Cni {
             let data = serde_json::to_vec(&conf).unwrap_or_default();
             let _ = stdin.write_all(&data).await;
         }
-        let out = tokio::time::timeout(PLUGIN_TIMEOUT, child.wait_with_output())
+        let out = tokio::time::timeout(self.timeout, child.wait_with_output())
             .await
             .map_err(|_| {
-                Error::internal(format!("CNI plugin {kind} {command} timed out after {}s", PLUGIN_TIMEOUT.as_secs()))
+                Error::internal(format!(
+                    "CNI plugin {kind} {command} timed out after {:?} (cni.plugin_timeout)",
+                    self.timeout
+                ))
             })?
             .map_err(|e| Error::internal(format!("CNI plugin {kind}: {e}")))?;
         if !out.status.success() {
@@ -215,7 +217,7 @@ mod tests {
     #[test]
     fn loads_lists_and_single_plugins() {
         let d = tempfile::tempdir().unwrap();
-        let cni = Cni { conf_dir: d.path().to_path_buf(), bin_dirs: vec![] };
+        let cni = Cni { conf_dir: d.path().to_path_buf(), bin_dirs: vec![], timeout: Duration::from_secs(1) };
         assert!(cni.load().unwrap().is_none());
         std::fs::write(d.path().join("20-b.conf"), r#"{"cniVersion":"0.4.0","name":"single","type":"bridge"}"#)
             .unwrap();

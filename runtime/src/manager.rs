@@ -43,6 +43,8 @@ pub struct Config {
     pub shim_binary: PathBuf,
     /// OCI runtime binary.
     pub runtime: PathBuf,
+    /// Longest one OCI runtime call may take (the shim enforces it).
+    pub runtime_timeout: Duration,
     /// Longest log line before the shim splits it.
     pub max_log_line: usize,
     /// berthd-side log rotation (None: leave it to kubelet).
@@ -515,7 +517,9 @@ impl Manager {
     /// Undoes a container a crash left half-created.
     async fn rollback_container(&self, meta: &ContainerMeta) {
         warn!(self.log, "rolling back half-created container"; "container_id" => &meta.id, "sandbox_id" => &meta.sandbox_id);
-        self.delete_in_shim(meta).await;
+        if let Err(e) = self.delete_in_shim(meta).await {
+            warn!(self.log, "shim delete failed"; "container_id" => &meta.id, "error" => %e);
+        }
         let _ = rootfs::unmount(&meta.bundle.join("rootfs"));
         let _ = std::fs::remove_dir_all(&meta.bundle);
         let _ = std::fs::remove_dir_all(self.cfg.root.join("containers").join(&meta.id));
@@ -525,23 +529,21 @@ impl Manager {
     }
 
     /// Removes a container from its shim, or from the OCI runtime directly
-    /// when the shim is gone. Errors are logged: used where the caller
-    /// cleans up regardless.
-    async fn delete_in_shim(&self, meta: &ContainerMeta) {
+    /// when the shim is gone. The shim's error (the runtime's, when its
+    /// delete failed or hung) is returned: until the runtime has let the
+    /// container go, its cgroup and state are still there.
+    async fn delete_in_shim(&self, meta: &ContainerMeta) -> Result<()> {
         let shim = match self.sandbox(&meta.sandbox_id) {
             Ok(sb) if sb.lost_at().is_none() => self.shim_of(&sb).await.ok(),
             _ => None,
         };
         match shim {
             Some(shim) => {
-                if let Err(e) =
-                    shim.api().delete(shim_client::ctx(Some(CALL_TIMEOUT)), &shim_client::req(&meta.id)).await
-                {
-                    warn!(self.log, "shim delete failed"; "container_id" => &meta.id, "error" => %e);
-                }
+                shim.api().delete(shim.runtime_ctx(), &shim_client::req(&meta.id)).await?;
             }
             None => self.force_delete_in_runtime(&meta.id).await,
         }
+        Ok(())
     }
 
     /// Watches for dead shims: a shim that is gone is noticed within a
@@ -893,6 +895,7 @@ impl Manager {
                 pod_pid,
                 systemd_cgroup: self.cfg.cgroup_driver == crate::settings::CgroupDriver::Systemd,
                 max_log_line: self.cfg.max_log_line,
+                runtime_timeout: self.cfg.runtime_timeout,
             };
             meta.shim_pid = shim_client::start(&launch).await?;
             failpoint::hit("run-pod-sandbox/shim-started");
@@ -1296,7 +1299,7 @@ impl Manager {
             req.terminal = config.tty;
             req.stdin = config.stdin;
             req.stdin_once = config.stdin_once;
-            shim.api().create(shim_client::ctx(Some(CALL_TIMEOUT)), &req).await?;
+            shim.api().create(shim.runtime_ctx(), &req).await?;
             failpoint::hit("create-container/shim-created");
             meta.phase = Phase::Ready;
             self.container_store.put(&id, &meta)?;
@@ -1320,7 +1323,7 @@ impl Manager {
         let sb = self.sandbox(&meta.sandbox_id)?;
         let shim = self.shim_of(&sb).await?;
         failpoint::hit("start-container/before-start");
-        shim.api().start(shim_client::ctx(Some(CALL_TIMEOUT)), &shim_client::req(id)).await?;
+        shim.api().start(shim.runtime_ctx(), &shim_client::req(id)).await?;
         self.watch_exit(&meta.sandbox_id, id);
         info!(self.log, "container started"; "container_id" => id, "sandbox_id" => &meta.sandbox_id);
         self.emit(&meta.sandbox_id, id, cri::ContainerEventType::ContainerStartedEvent).await;
@@ -1418,7 +1421,8 @@ impl Manager {
         failpoint::hit("remove-container/recorded");
         self.stop_container(id, 0).await?;
         failpoint::hit("remove-container/stopped");
-        self.delete_in_shim(&meta).await;
+        // A failed delete keeps the record (Removing): the retry finishes it.
+        self.delete_in_shim(&meta).await.map_err(|e| e.context(format!("removing container {id}")))?;
         failpoint::hit("remove-container/deleted");
         rootfs::unmount(&meta.bundle.join("rootfs"))?;
         let _ = std::fs::remove_dir_all(&meta.bundle);
@@ -1819,7 +1823,7 @@ impl Manager {
         let mut req = api::UpdateRequest::new();
         req.id = id.to_string();
         req.resources = json;
-        shim.api().update(shim_client::ctx(Some(CALL_TIMEOUT)), &req).await?;
+        shim.api().update(shim.runtime_ctx(), &req).await?;
         meta.config.linux.get_or_insert_with(Default::default).resources = Some(res);
         self.container_store.put(id, &meta)?;
         lock(&self.containers).insert(id.to_string(), meta);

@@ -81,6 +81,9 @@ pub struct RuntimeSettings {
     pub oci_runtime: String,
     /// berth-shim binary; empty: next to berthd, else on PATH.
     pub shim: String,
+    /// Longest one OCI runtime call (create, start, kill, delete, exec,
+    /// update) may take before the shim kills it and fails the CRI call.
+    pub oci_timeout: String,
 }
 
 /// `[logs]`.
@@ -106,6 +109,8 @@ pub struct CniSettings {
     pub conf_dir: PathBuf,
     /// Folders with plugin binaries.
     pub bin_dirs: Vec<PathBuf>,
+    /// Longest one plugin run (ADD, DEL) may take before it is killed.
+    pub plugin_timeout: String,
 }
 
 /// `[stream]`.
@@ -156,7 +161,7 @@ impl Default for Settings {
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
-        RuntimeSettings { oci_runtime: "runc".into(), shim: String::new() }
+        RuntimeSettings { oci_runtime: "runc".into(), shim: String::new(), oci_timeout: "30s".into() }
     }
 }
 
@@ -168,7 +173,11 @@ impl Default for LogSettings {
 
 impl Default for CniSettings {
     fn default() -> Self {
-        CniSettings { conf_dir: "/etc/cni/net.d".into(), bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()] }
+        CniSettings {
+            conf_dir: "/etc/cni/net.d".into(),
+            bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            plugin_timeout: "60s".into(),
+        }
     }
 }
 
@@ -258,6 +267,8 @@ impl Settings {
         }
         for (key, value) in [
             ("logs.check_interval", &self.logs.check_interval),
+            ("runtime.oci_timeout", &self.runtime.oci_timeout),
+            ("cni.plugin_timeout", &self.cni.plugin_timeout),
             ("stream.token_ttl", &self.stream.token_ttl),
             ("stream.idle_timeout", &self.stream.idle_timeout),
         ] {

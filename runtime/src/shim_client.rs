@@ -8,9 +8,10 @@ use crate::error::{Error, Kind, Result};
 
 /// How long a shim may take to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// Deadline of ordinary shim calls (Wait and ExecSync set their own).
+/// Deadline of ordinary shim calls that do not run the OCI runtime (Wait and
+/// ExecSync set their own; calls that run it use [`Shim::runtime_ctx`]).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Deadline of the calls that only read or signal (State, List, Kill): a
+/// Deadline of the calls that only read (State, List): a
 /// shim that does not answer them in this time is hung, not busy.
 pub const QUICK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -39,6 +40,8 @@ pub struct ShimLaunch {
     pub systemd_cgroup: bool,
     /// Longest log line before splitting.
     pub max_log_line: usize,
+    /// Longest one OCI runtime call may take.
+    pub runtime_timeout: Duration,
 }
 
 /// Socket of a sandbox's shim.
@@ -52,6 +55,7 @@ pub async fn start(l: &ShimLaunch) -> Result<u32> {
     cmd.arg("--id").arg(&l.id).arg("--dir").arg(&l.dir);
     cmd.arg("--runtime").arg(&l.runtime).arg("--runtime-root").arg(&l.runtime_root);
     cmd.arg("--max-log-line").arg(l.max_log_line.to_string());
+    cmd.arg("--runtime-timeout-ms").arg(l.runtime_timeout.as_millis().max(1).to_string());
     if let Some(h) = &l.hostname {
         cmd.arg("--hostname").arg(h);
     }
@@ -128,6 +132,23 @@ impl Shim {
         &self.client
     }
 
+    /// How long one OCI runtime call may take in this shim (what it said at
+    /// Connect; a shim that said nothing has runc's old fixed 30 s).
+    pub fn runtime_timeout(&self) -> Duration {
+        match self.info.runtime_timeout_ms {
+            0 => Duration::from_secs(30),
+            ms => Duration::from_millis(ms),
+        }
+    }
+
+    /// The context of a call that runs the OCI runtime: up to two runs (a
+    /// failed create deletes what it made) and the answer. A runtime that
+    /// hangs is then reported by the shim, with its stderr, before this
+    /// deadline would call the shim itself silent.
+    pub fn runtime_ctx(&self) -> ttrpc::context::Context {
+        ctx(Some(self.runtime_timeout() * 2 + QUICK_TIMEOUT))
+    }
+
     /// State of one container.
     pub async fn state(&self, id: &str) -> Result<api::ContainerState> {
         Ok(self.client.state(ctx(Some(QUICK_TIMEOUT)), &req(id)).await?)
@@ -144,7 +165,7 @@ impl Shim {
         r.id = id.to_string();
         r.signal = signal as u32;
         r.all = all;
-        self.client.kill(ctx(Some(QUICK_TIMEOUT)), &r).await?;
+        self.client.kill(ctx(Some(self.runtime_timeout() + QUICK_TIMEOUT)), &r).await?;
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::container::Container;
 use crate::reaper::Reaper;
-use crate::runc::{Output, Runc, RuncError, DEFAULT_TIMEOUT};
+use crate::runc::{Output, Runc, RuncError};
 
 /// Output kept per stream; the rest is read and dropped (as containerd and
 /// CRI-O do, after CVE-2022-1708).
@@ -158,7 +158,6 @@ async fn run(
     runc.run(
         &["exec", "--detach", "--pid-file", &pidf, "--process", &spec, &c.id],
         Output::PassThrough { stdin: None, stdout: out_w, stderr: err_w, log: log_path.to_path_buf() },
-        DEFAULT_TIMEOUT,
     )
     .await?;
     let pid =

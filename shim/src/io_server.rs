@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::exec::{kill_tree, pipe_pair, write_process_spec};
-use crate::runc::{Output, DEFAULT_TIMEOUT};
+use crate::runc::Output;
 use crate::service::ShimService;
 
 /// After the process exits, how long to keep relaying output a grandchild
@@ -158,11 +158,7 @@ async fn exec(
     };
     args.push(&c.id);
     svc.runc
-        .run(
-            &args,
-            Output::PassThrough { stdin: stdin_r, stdout: out_w, stderr: err_w, log: files.log.clone() },
-            DEFAULT_TIMEOUT,
-        )
+        .run(&args, Output::PassThrough { stdin: stdin_r, stdout: out_w, stderr: err_w, log: files.log.clone() })
         .await
         .map_err(|e| e.to_string())?;
     if let Some(console) = console {

@@ -38,6 +38,8 @@ struct Args {
     runtime_root: PathBuf,
     /// runc's systemd cgroup driver (`--systemd-cgroup`).
     systemd_cgroup: bool,
+    /// Longest one OCI runtime call may take.
+    runtime_timeout: std::time::Duration,
     ns: NamespaceOptions,
     max_log_line: usize,
 }
@@ -50,6 +52,7 @@ fn parse_args() -> Result<Args> {
     let mut ns = NamespaceOptions { network: true, ipc: true, hostname: None, pod_pid: false };
     let mut max_log_line = cri_log::DEFAULT_MAX_LINE;
     let mut systemd_cgroup = false;
+    let mut runtime_timeout = crate::runc::DEFAULT_TIMEOUT;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || it.next().with_context(|| format!("{a} needs a value"));
@@ -63,6 +66,13 @@ fn parse_args() -> Result<Args> {
             "--host-ipc" => ns.ipc = false,
             "--pod-pid" => ns.pod_pid = true,
             "--systemd-cgroup" => systemd_cgroup = true,
+            "--runtime-timeout-ms" => {
+                let ms: u64 = val()?.parse().context("--runtime-timeout-ms")?;
+                if ms == 0 {
+                    bail!("--runtime-timeout-ms must be more than 0");
+                }
+                runtime_timeout = std::time::Duration::from_millis(ms);
+            }
             "--max-log-line" => max_log_line = val()?.parse().context("--max-log-line")?,
             "--version" => {
                 println!("berth-shim {} (shim API {})", env!("CARGO_PKG_VERSION"), protocol::shim::API_VERSION);
@@ -77,6 +87,7 @@ fn parse_args() -> Result<Args> {
         runtime,
         runtime_root,
         systemd_cgroup,
+        runtime_timeout,
         ns,
         max_log_line,
     })
@@ -200,7 +211,13 @@ async fn serve(args: Args, pinned: namespaces::Pinned, log: Logger, ready: &mut 
     // Children may have exited before the handler existed.
     reaper.reap();
 
-    let runc = Runc::new(args.runtime.clone(), args.runtime_root.clone(), args.systemd_cgroup, reaper.clone());
+    let runc = Runc::new(
+        args.runtime.clone(),
+        args.runtime_root.clone(),
+        args.systemd_cgroup,
+        args.runtime_timeout,
+        reaper.clone(),
+    );
     let pod_init = pinned.pod_init;
     let svc = Arc::new(ShimService::new(args.id.clone(), runc, reaper, pinned, args.max_log_line, log.clone()));
     let shutdown = Arc::clone(&svc.shutdown);

@@ -12,7 +12,9 @@ use tokio::io::AsyncReadExt;
 
 use crate::reaper::{ExitStatus, Reaper};
 
-/// How long an OCI runtime call may take before it is killed.
+/// How long an OCI runtime call may take before it is killed, unless the
+/// shim is told otherwise (`--runtime-timeout-ms`, from berthd's
+/// `runtime.oci_timeout`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An OCI runtime call failed.
@@ -27,14 +29,14 @@ pub enum RuncError {
         source: std::io::Error,
     },
     /// It ran longer than allowed and was killed.
-    #[error("{bin} {cmd} timed out after {secs}s: {stderr}")]
+    #[error("{bin} {cmd} timed out after {secs}s (runtime.oci_timeout): {stderr}")]
     Timeout {
         /// The runtime binary.
         bin: String,
         /// Which subcommand.
         cmd: String,
         /// The limit.
-        secs: u64,
+        secs: f64,
         /// What it printed.
         stderr: String,
     },
@@ -91,18 +93,26 @@ pub struct Runc {
     bin: PathBuf,
     root: PathBuf,
     systemd_cgroup: bool,
+    timeout: Duration,
     reaper: Reaper,
 }
 
 impl Runc {
     /// `bin` is the runtime binary, `root` its state folder (`runc --root`);
-    /// `systemd_cgroup` makes every call use runc's systemd cgroup driver.
-    pub fn new(bin: PathBuf, root: PathBuf, systemd_cgroup: bool, reaper: Reaper) -> Self {
-        Runc { bin, root, systemd_cgroup, reaper }
+    /// `systemd_cgroup` makes every call use runc's systemd cgroup driver;
+    /// a call running longer than `timeout` is killed.
+    pub fn new(bin: PathBuf, root: PathBuf, systemd_cgroup: bool, timeout: Duration, reaper: Reaper) -> Self {
+        Runc { bin, root, systemd_cgroup, timeout, reaper }
+    }
+
+    /// How long one call may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Runs `runc --root ROOT args...` and returns its stdout.
-    pub async fn run(&self, args: &[&str], output: Output, timeout: Duration) -> Result<Vec<u8>, RuncError> {
+    pub async fn run(&self, args: &[&str], output: Output) -> Result<Vec<u8>, RuncError> {
+        let timeout = self.timeout;
         let bin = self.bin.display().to_string();
         let cmd_name = args.first().copied().unwrap_or("").to_string();
         let mut cmd = Command::new(&self.bin);
@@ -148,7 +158,7 @@ impl Runc {
                 return Err(RuncError::Timeout {
                     bin,
                     cmd: cmd_name,
-                    secs: timeout.as_secs(),
+                    secs: timeout.as_secs_f64(),
                     stderr: log_path.map(|p| read_log(&p)).unwrap_or_default(),
                 });
             }
@@ -176,18 +186,18 @@ impl Runc {
             args.push("--all");
         }
         args.extend([id, sig.as_str()]);
-        self.run(&args, Output::Capture, DEFAULT_TIMEOUT).await.map(|_| ())
+        self.run(&args, Output::Capture).await.map(|_| ())
     }
 
     /// Starts a created container.
     pub async fn start(&self, id: &str) -> Result<(), RuncError> {
-        self.run(&["start", id], Output::Capture, DEFAULT_TIMEOUT).await.map(|_| ())
+        self.run(&["start", id], Output::Capture).await.map(|_| ())
     }
 
     /// Removes a container from the runtime; a container it does not know is
     /// already deleted.
     pub async fn delete(&self, id: &str) -> Result<(), RuncError> {
-        match self.run(&["delete", "--force", id], Output::Capture, DEFAULT_TIMEOUT).await {
+        match self.run(&["delete", "--force", id], Output::Capture).await {
             Ok(_) => Ok(()),
             Err(e) if is_not_found(e.stderr()) => Ok(()),
             Err(e) => Err(e),

@@ -153,7 +153,6 @@ impl ShimService {
             .run(
                 &argv,
                 Output::PassThrough { stdin: stdin_r, stdout: out_w, stderr: err_w, log: bundle.join("runc.log") },
-                runc::DEFAULT_TIMEOUT,
             )
             .await;
         // A failed create drops the console socket, which stops its wait.
@@ -185,6 +184,7 @@ impl Shim for ShimService {
         r.api_version = API_VERSION;
         r.shim_pid = std::process::id();
         r.sandbox_id = self.sandbox_id.clone();
+        r.runtime_timeout_ms = self.runc.timeout().as_millis() as u64;
         r.pod_init_pid = self.pinned.lock().unwrap_or_else(|e| e.into_inner()).pod_init.unwrap_or(0) as u32;
         Ok(r)
     }
@@ -340,8 +340,7 @@ impl Shim for ShimService {
         std::fs::write(&file, &req.resources)
             .map_err(|e| status(Code::INTERNAL, format!("writing {}: {e}", file.display())))?;
         let f = file.to_string_lossy().to_string();
-        let result =
-            self.runc.run(&["update", "--resources", &f, &req.id], Output::Capture, runc::DEFAULT_TIMEOUT).await;
+        let result = self.runc.run(&["update", "--resources", &f, &req.id], Output::Capture).await;
         let _ = std::fs::remove_file(&file);
         result.map_err(|e| status(Code::INTERNAL, e))?;
         info!(self.log, "container resources updated"; "container_id" => &req.id);

@@ -3,6 +3,7 @@
 //! imported. Dropping a [`Daemon`] removes every pod through CRI, ends the
 //! daemon by pid, unmounts whatever is left under its folder and deletes it.
 pub mod containerd;
+pub mod faults;
 pub mod registry;
 
 use std::path::{Path, PathBuf};

@@ -204,7 +204,10 @@ fn run_peer(peer: &std::path::Path, url: &str, protocol: &str, mode: &str, stdin
 async fn go_spdystream_client_execs() {
     let dir = tempfile::tempdir().unwrap();
     let Some(peer) = go_peer(dir.path()) else {
-        berth_tests::skip(false, "go or golang-github-docker-spdystream-dev missing (scripts/setup.sh --test installs them)");
+        berth_tests::skip(
+            false,
+            "go or golang-github-docker-spdystream-dev missing (scripts/setup.sh --test installs them)",
+        );
         return;
     };
     let mut d = Daemon::start().await;
@@ -811,7 +814,10 @@ async fn connection_and_stream_caps_hold() {
 async fn big_stdin_and_big_output_flow_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let Some(peer) = go_peer(dir.path()) else {
-        berth_tests::skip(false, "go or golang-github-docker-spdystream-dev missing (scripts/setup.sh --test installs them)");
+        berth_tests::skip(
+            false,
+            "go or golang-github-docker-spdystream-dev missing (scripts/setup.sh --test installs them)",
+        );
         return;
     };
     let mut d = Daemon::start().await;

@@ -32,6 +32,9 @@ struct Args {
     /// OCI runtime binary (name on PATH or path) [runtime.oci_runtime].
     #[arg(long)]
     oci_runtime: Option<String>,
+    /// Longest one OCI runtime call may take (30s) [runtime.oci_timeout].
+    #[arg(long)]
+    oci_runtime_timeout: Option<String>,
     /// berth-shim binary; default: next to berthd, else on PATH [runtime.shim].
     #[arg(long)]
     shim: Option<PathBuf>,
@@ -58,6 +61,9 @@ struct Args {
     /// Folders with CNI plugin binaries, ':'-separated [cni.bin_dirs].
     #[arg(long)]
     cni_bin_dir: Option<String>,
+    /// Longest one CNI plugin run may take (60s) [cni.plugin_timeout].
+    #[arg(long)]
+    cni_plugin_timeout: Option<String>,
     /// Address of the streaming server; port 0 picks a free one [stream.address].
     #[arg(long)]
     stream_address: Option<String>,
@@ -131,6 +137,9 @@ impl Args {
         if let Some(v) = &self.oci_runtime {
             s.runtime.oci_runtime = v.clone();
         }
+        if let Some(v) = &self.oci_runtime_timeout {
+            s.runtime.oci_timeout = v.clone();
+        }
         if let Some(v) = &self.shim {
             s.runtime.shim = v.display().to_string();
         }
@@ -158,6 +167,9 @@ impl Args {
         }
         if let Some(v) = &self.cni_bin_dir {
             s.cni.bin_dirs = std::env::split_paths(v).collect();
+        }
+        if let Some(v) = &self.cni_plugin_timeout {
+            s.cni.plugin_timeout = v.clone();
         }
         if let Some(v) = &self.stream_address {
             s.stream.address = v.clone();
@@ -232,10 +244,15 @@ fn manager_config(s: &Settings) -> Result<Config> {
         state: absolute(&s.state)?,
         shim_binary: shim_binary(&s.runtime.shim)?,
         runtime,
+        runtime_timeout: berth::settings::duration(&s.runtime.oci_timeout).context("runtime.oci_timeout")?,
         max_log_line: s.logs.max_line_size,
         log_rotation,
         log_check_interval: berth::settings::duration(&s.logs.check_interval).context("logs.check_interval")?,
-        cni: berth::cni::Cni { conf_dir: s.cni.conf_dir.clone(), bin_dirs: s.cni.bin_dirs.clone() },
+        cni: berth::cni::Cni {
+            conf_dir: s.cni.conf_dir.clone(),
+            bin_dirs: s.cni.bin_dirs.clone(),
+            timeout: berth::settings::duration(&s.cni.plugin_timeout).context("cni.plugin_timeout")?,
+        },
         file: s.registry_config(),
         cgroup_driver: s.cgroup_driver,
     })
