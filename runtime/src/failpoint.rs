@@ -16,13 +16,21 @@ pub const STEPS: &[&str] = &[
     "start-container/before-start",
     "stop-container/signalled",
     "stop-pod-sandbox/containers-stopped",
+    "stop-pod-sandbox/network-released",
     "remove-container/recorded",
     "remove-container/stopped",
     "remove-container/deleted",
     "remove-container/files-removed",
     "remove-pod-sandbox/recorded",
     "remove-pod-sandbox/containers-removed",
+    "remove-pod-sandbox/dir-removed",
     "remove-pod-sandbox/shim-stopped",
+    "update-container/applied",
+    "rotate-log/renamed",
+    "pull-image/blob-stored",
+    "pull-image/layers-unpacked",
+    "remove-image/recorded",
+    "remove-image/collecting",
 ];
 
 fn configured() -> Option<&'static str> {

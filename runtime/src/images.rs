@@ -390,9 +390,12 @@ impl ImageStore {
         if !rec.repo_digests.contains(&digested) {
             rec.repo_digests.push(digested);
         }
-        self.records.put(&hex_id(&id), &rec)?;
+        // One transaction: a tag moved to this image is never on both, or
+        // on neither, whatever stops berthd.
+        let mut writes: Vec<(String, &ImageRecord)> = vec![(hex_id(&id), &rec)];
+        writes.extend(changed.iter().map(|o| (hex_id(&o.id), o)));
+        self.records.put_all(&writes)?;
         for o in changed {
-            self.records.put(&hex_id(&o.id), &o)?;
             self.images.insert(o.id.clone(), o);
         }
         self.images.insert(id, rec.clone());
@@ -434,6 +437,7 @@ impl ImageStore {
             return Ok(());
         }
         self.records.delete(&hex_id(id))?;
+        crate::failpoint::hit("remove-image/recorded");
         self.collect(in_use);
         Ok(())
     }
@@ -470,6 +474,21 @@ impl ImageStore {
                 }
                 let p = e.path();
                 let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                crate::failpoint::hit("remove-image/collecting");
+            }
+        }
+    }
+
+    /// Removes the temp entries of imports and pulls (only at start, when
+    /// none is running: at any other time they are in use).
+    pub fn clean_temp(&self) {
+        for dir in [&self.content.snapshots, &self.content.blobs] {
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                    let p = e.path();
+                    let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                }
             }
         }
     }

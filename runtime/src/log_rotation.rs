@@ -127,6 +127,7 @@ where
         return Ok(None);
     }
     std::fs::rename(log, &target).map_err(|e| Error::internal(format!("renaming {}: {e}", log.display())))?;
+    crate::failpoint::hit("rotate-log/renamed");
     if let Err(e) = reopen().await {
         let _ = std::fs::rename(&target, log);
         return Err(e.context(format!("reopening {}", log.display())));

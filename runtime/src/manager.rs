@@ -460,6 +460,14 @@ impl Manager {
             }
         }
         r.orphans = self.clean_orphans().await;
+        self.resume_interrupted_rotations().await;
+        {
+            // A pull or import cut short leaves temp entries, and a removal
+            // cut short leaves blobs and snapshots no image owns.
+            let store = self.images.lock().await;
+            store.clean_temp();
+            store.collect(&self.layers_in_use());
+        }
         for c in lock(&self.containers).values() {
             self.watch_exit(&c.sandbox_id, &c.id);
         }
@@ -468,6 +476,28 @@ impl Manager {
             Arc::clone(self).spawn_log_rotation(policy);
         }
         Ok(r)
+    }
+
+    /// A running container whose log file is gone had its log renamed by a
+    /// rotation that berthd died in before the shim reopened it: the shim
+    /// still writes to the rotated file, so it is told to reopen now.
+    async fn resume_interrupted_rotations(&self) {
+        let missing: Vec<ContainerMeta> = lock(&self.containers)
+            .values()
+            .filter(|c| c.phase == Phase::Ready && c.log_path.as_deref().is_some_and(|p| !p.exists()))
+            .cloned()
+            .collect();
+        for c in missing {
+            if self.runtime_state(&c).await.state != cri::ContainerState::ContainerRunning as i32 {
+                continue;
+            }
+            match self.reopen_container_log(&c.id).await {
+                Ok(()) => {
+                    info!(self.log, "container log reopened after an interrupted rotation"; "container_id" => &c.id)
+                }
+                Err(e) => warn!(self.log, "reopening a container log failed"; "container_id" => &c.id, "error" => %e),
+            }
+        }
     }
 
     /// Folders under the state and root dirs that no record owns: left by
@@ -973,6 +1003,7 @@ impl Manager {
         let current = lock(&sb.meta).clone();
         if !current.network_released {
             self.release_network(&current).await?;
+            failpoint::hit("stop-pod-sandbox/network-released");
         }
         let (was_stopped, meta) = {
             let mut m = lock(&sb.meta);
@@ -1052,6 +1083,7 @@ impl Manager {
         };
         *sb.shim.lock().await = None;
         self.teardown_sandbox_dir(&meta.dir, meta.pod_init_pid).await;
+        failpoint::hit("remove-pod-sandbox/dir-removed");
         crate::pod_cgroup::remove(
             meta.config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).unwrap_or(""),
             id,
@@ -1824,6 +1856,7 @@ impl Manager {
         req.id = id.to_string();
         req.resources = json;
         shim.api().update(shim.runtime_ctx(), &req).await?;
+        failpoint::hit("update-container/applied");
         meta.config.linux.get_or_insert_with(Default::default).resources = Some(res);
         self.container_store.put(id, &meta)?;
         lock(&self.containers).insert(id.to_string(), meta);

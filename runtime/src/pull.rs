@@ -324,6 +324,7 @@ impl Puller {
         let fetches: Vec<LayerFuture> =
             layers.iter().map(|(d, size)| self.layer(session.clone(), d.clone(), *size)).collect();
         futures::stream::iter(fetches).buffer_unordered(PARALLEL_LAYERS).try_collect::<Vec<()>>().await?;
+        crate::failpoint::hit("pull-image/layers-unpacked");
         let rec = self.store.lock().await.commit(reference, &top.digest, &manifest_digest, &manifest)?;
         drop(leases);
         Ok(rec)
@@ -373,6 +374,7 @@ impl Puller {
             out.flush().await.map_err(write_err)?;
             out.into_inner().sync_all().await.map_err(write_err)?;
             self.content.store_temp(tmp, digest)?;
+            crate::failpoint::hit("pull-image/blob-stored");
         }
         progress.update(|p| {
             p.done = p.size;

@@ -68,11 +68,19 @@ impl Store {
 
     /// Writes a record; committed when this returns.
     pub fn put<T: Serialize>(&self, id: &str, value: &T) -> Result<()> {
-        let data = serde_json::to_vec(value).map_err(|e| Error::internal(format!("encoding {id}: {e}")))?;
+        self.put_all(&[(id.to_string(), value)])
+    }
+
+    /// Writes several records in one transaction: all of them are committed
+    /// when this returns, or none.
+    pub fn put_all<T: Serialize>(&self, records: &[(String, &T)]) -> Result<()> {
         let w = self.db.db.begin_write().map_err(|e| self.fail("begin", e))?;
         {
             let mut t = w.open_table(self.table).map_err(|e| self.fail("open table", e))?;
-            t.insert(id, data.as_slice()).map_err(|e| self.fail("insert", e))?;
+            for (id, value) in records {
+                let data = serde_json::to_vec(value).map_err(|e| Error::internal(format!("encoding {id}: {e}")))?;
+                t.insert(id.as_str(), data.as_slice()).map_err(|e| self.fail("insert", e))?;
+            }
         }
         w.commit().map_err(|e| self.fail("commit", e))
     }
