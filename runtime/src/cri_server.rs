@@ -529,22 +529,25 @@ impl ImageService for CriServer {
             return Err(Status::invalid_argument("RemoveImage needs an image"));
         }
         let in_use = self.mgr.layers_in_use();
-        let mut store = self.mgr.images.lock().await;
-        let Some(id) = store.resolve(&name).map(|r| r.id.clone()) else {
-            return Ok(Response::new(cri::RemoveImageResponse {}));
-        };
-        store.remove(&id, &in_use)?;
+        let trash = self
+            .mgr
+            .with_image_store(move |store| match store.resolve(&name).map(|r| r.id.clone()) {
+                Some(id) => store.remove(&id, &in_use),
+                None => Ok(Default::default()),
+            })
+            .await?;
+        // Deleted after the store lock is let go: other image calls go on.
+        trash.discard().await;
         Ok(Response::new(cri::RemoveImageResponse {}))
     }
 
     async fn image_fs_info(&self, _req: Request<cri::ImageFsInfoRequest>) -> Reply<cri::ImageFsInfoResponse> {
-        let store = self.mgr.images.lock().await;
-        let (bytes, inodes) = store.usage();
+        let used = self.mgr.image_fs_usage().await;
         let usage = cri::FilesystemUsage {
-            timestamp: now_nanos(),
-            fs_id: Some(cri::FilesystemIdentifier { mountpoint: store.mountpoint().display().to_string() }),
-            used_bytes: Some(cri::UInt64Value { value: bytes }),
-            inodes_used: Some(cri::UInt64Value { value: inodes }),
+            timestamp: used.map(|u| u.at).unwrap_or_else(now_nanos),
+            fs_id: Some(cri::FilesystemIdentifier { mountpoint: self.mgr.image_fs_mountpoint().display().to_string() }),
+            used_bytes: used.map(|u| cri::UInt64Value { value: u.bytes }),
+            inodes_used: used.map(|u| cri::UInt64Value { value: u.inodes }),
         };
         Ok(Response::new(cri::ImageFsInfoResponse { image_filesystems: vec![usage], container_filesystems: vec![] }))
     }
@@ -596,10 +599,8 @@ impl Images for CriServer {
             return Err(Status::invalid_argument(format!("import path {:?} must be absolute", r.path)));
         }
         let name = (!r.name.is_empty()).then_some(r.name);
-        let mut store = self.mgr.images.lock().await;
-        // Copying and unpacking are blocking file work; keep them off the
-        // async workers while holding the store lock.
-        let rec = tokio::task::block_in_place(|| store.import_layout(&path, name.as_deref()))?;
+        // Copying and unpacking are blocking file work: on a blocking thread.
+        let rec = self.mgr.with_image_store(move |store| store.import_layout(&path, name.as_deref())).await?;
         slog::info!(self.log, "image imported"; "image_id" => &rec.id, "tags" => rec.repo_tags.join(","));
         Ok(Response::new(ImportResponse { id: rec.id, repo_tags: rec.repo_tags }))
     }

@@ -197,6 +197,41 @@ impl Content {
     }
 }
 
+/// Runs blocking work on a shared image store on a blocking thread, holding
+/// the store's lock only for that work.
+pub async fn with_store<T: Send + 'static>(
+    store: &Arc<tokio::sync::Mutex<ImageStore>>,
+    work: impl FnOnce(&mut ImageStore) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let mut guard = store.clone().lock_owned().await;
+    tokio::task::spawn_blocking(move || work(&mut guard))
+        .await
+        .map_err(|e| Error::internal(format!("image store work: {e}")))?
+}
+
+/// Blobs and snapshots taken out of the store by a collection, to delete
+/// (a crash before that leaves `.tmp-` names, removed at the next start).
+#[derive(Debug, Default)]
+#[must_use = "collected entries stay on disk until the trash is emptied"]
+pub struct Trash(Vec<PathBuf>);
+
+impl Trash {
+    /// Deletes everything in it. Blocks: a snapshot can be many files.
+    pub fn empty(self) {
+        for p in self.0 {
+            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            crate::failpoint::hit("remove-image/collecting");
+        }
+    }
+
+    /// Deletes everything in it on a blocking thread.
+    pub async fn discard(self) {
+        if !self.0.is_empty() {
+            let _ = tokio::task::spawn_blocking(move || self.empty()).await;
+        }
+    }
+}
+
 /// A temp file in the blob folder, removed when dropped unless stored.
 pub struct TempBlob(pub PathBuf);
 
@@ -394,7 +429,7 @@ impl ImageStore {
         // on neither, whatever stops berthd.
         let mut writes: Vec<(String, &ImageRecord)> = vec![(hex_id(&id), &rec)];
         writes.extend(changed.iter().map(|o| (hex_id(&o.id), o)));
-        self.records.put_all(&writes)?;
+        self.records.put_all_blocking(&writes)?;
         for o in changed {
             self.images.insert(o.id.clone(), o);
         }
@@ -430,16 +465,16 @@ impl ImageStore {
         v
     }
 
-    /// Removes an image with all its names, then its blobs and snapshots
-    /// that no other image and no container (`in_use` layer digests) needs.
-    pub fn remove(&mut self, id: &str, in_use: &BTreeSet<String>) -> Result<()> {
+    /// Removes an image with all its names, and moves its blobs and
+    /// snapshots that no other image and no container (`in_use` layer
+    /// digests) needs to the returned [`Trash`]. Blocks (a commit).
+    pub fn remove(&mut self, id: &str, in_use: &BTreeSet<String>) -> Result<Trash> {
         if self.images.remove(id).is_none() {
-            return Ok(());
+            return Ok(Trash::default());
         }
-        self.records.delete(&hex_id(id))?;
+        self.records.delete_blocking(&hex_id(id))?;
         crate::failpoint::hit("remove-image/recorded");
-        self.collect(in_use);
-        Ok(())
+        Ok(self.collect(in_use))
     }
 
     /// Whether every one of `layers` belongs to some image.
@@ -447,9 +482,12 @@ impl ImageStore {
         layers.iter().all(|l| self.images.values().any(|r| r.layers.contains(l)))
     }
 
-    /// Deletes blobs and snapshots that no image, no container (`in_use`
-    /// layer digests) and no pull in flight needs.
-    pub fn collect(&self, in_use: &BTreeSet<String>) {
+    /// Moves blobs and snapshots that no image, no container (`in_use`
+    /// layer digests) and no pull in flight needs out of the way (a rename
+    /// each, to a `.tmp-gc-` name): from here a pull that needs one again
+    /// fetches it anew. Deleting them is the returned [`Trash`]'s work, done
+    /// without the store lock.
+    pub fn collect(&self, in_use: &BTreeSet<String>) -> Trash {
         let mut keep: BTreeSet<String> = in_use.clone();
         keep.extend(self.content.leased());
         for r in self.images.values() {
@@ -463,6 +501,7 @@ impl ImageStore {
             }
         }
         let keep_hex: BTreeSet<String> = keep.iter().map(|d| hex_id(d)).collect();
+        let mut trash = Trash::default();
         for dir in [&self.content.snapshots, &self.content.blobs] {
             let Ok(entries) = std::fs::read_dir(dir) else { continue };
             for e in entries.flatten() {
@@ -472,11 +511,13 @@ impl ImageStore {
                 if name.starts_with(".tmp-") || keep_hex.contains(&name) {
                     continue;
                 }
-                let p = e.path();
-                let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-                crate::failpoint::hit("remove-image/collecting");
+                let gone = dir.join(format!(".tmp-gc-{}", crate::ids::new_id()));
+                if std::fs::rename(e.path(), &gone).is_ok() {
+                    trash.0.push(gone);
+                }
             }
         }
+        trash
     }
 
     /// Removes the temp entries of imports and pulls (only at start, when
@@ -493,16 +534,9 @@ impl ImageStore {
         }
     }
 
-    /// Bytes and inodes used by blobs and snapshots.
-    pub fn usage(&self) -> (u64, u64) {
-        let (b1, i1) = crate::stats::disk_usage(&self.content.blobs);
-        let (b2, i2) = crate::stats::disk_usage(&self.content.snapshots);
-        (b1 + b2, i1 + i2)
-    }
-
-    /// Folder holding the image store, for ImageFsInfo.
-    pub fn mountpoint(&self) -> PathBuf {
-        self.content.snapshots.parent().map(Path::to_path_buf).unwrap_or_default()
+    /// The folders whose usage ImageFsInfo reports: blobs and snapshots.
+    pub fn usage_dirs(&self) -> Vec<PathBuf> {
+        vec![self.content.blobs.clone(), self.content.snapshots.clone()]
     }
 }
 

@@ -45,4 +45,5 @@ pub mod stream_client;
 pub mod streaming;
 pub mod terminal;
 pub mod unpack;
+pub mod usage_cache;
 pub mod users;

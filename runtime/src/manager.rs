@@ -29,6 +29,10 @@ const EVENT_BACKLOG: usize = 1024;
 /// How often berthd checks that every shim is alive.
 const SHIM_CHECK: Duration = Duration::from_millis(200);
 
+/// How old a disk usage figure may get before it is walked again (kubelet
+/// asks for stats every 10 s or so).
+const USAGE_MAX_AGE: Duration = Duration::from_secs(10);
+
 /// How long StopContainer waits for SIGKILL to take effect.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -315,7 +319,19 @@ pub struct Manager {
     features: crate::runtime_features::Features,
     /// berthd's metrics (CRI calls, pulls, recovery).
     metrics: Arc<crate::metrics::Metrics>,
+    /// Disk usage of writable layers and the image store, walked in the
+    /// background.
+    usage: Arc<crate::usage_cache::UsageCache>,
+    /// The image store's blob and snapshot folders, for ImageFsInfo.
+    image_dirs: Vec<PathBuf>,
+    /// Admission: RunPodSandbox calls doing their work at once; more wait
+    /// their turn, so a burst of pods cannot start hundreds of shims and
+    /// CNI plugins together.
+    pod_starts: tokio::sync::Semaphore,
 }
+
+/// RunPodSandbox calls past validation at once.
+pub const MAX_CONCURRENT_POD_STARTS: usize = 8;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -361,6 +377,7 @@ impl Manager {
         let sandbox_store = Store::open(&db, "sandboxes")?;
         let container_store = Store::open(&db, "containers")?;
         let images = ImageStore::open(&cfg.root, &db)?;
+        let image_dirs = images.usage_dirs();
         let content = images.content().clone();
         let images = Arc::new(tokio::sync::Mutex::new(images));
         let metrics = Arc::new(crate::metrics::Metrics::default());
@@ -387,6 +404,9 @@ impl Manager {
             cpu_rates: Default::default(),
             features,
             metrics,
+            usage: crate::usage_cache::UsageCache::new(USAGE_MAX_AGE),
+            image_dirs,
+            pod_starts: tokio::sync::Semaphore::new(MAX_CONCURRENT_POD_STARTS),
         };
         for s in m.sandbox_store.load_all::<SandboxMeta>()? {
             lock(&m.names).insert(sandbox_key(&s.config.metadata.clone().unwrap_or_default()));
@@ -461,13 +481,16 @@ impl Manager {
         }
         r.orphans = self.clean_orphans().await;
         self.resume_interrupted_rotations().await;
-        {
-            // A pull or import cut short leaves temp entries, and a removal
-            // cut short leaves blobs and snapshots no image owns.
-            let store = self.images.lock().await;
+        // A pull or import cut short leaves temp entries, and a removal cut
+        // short leaves blobs and snapshots no image owns.
+        let in_use = self.layers_in_use();
+        self.with_image_store(move |store| {
             store.clean_temp();
-            store.collect(&self.layers_in_use());
-        }
+            Ok(store.collect(&in_use))
+        })
+        .await?
+        .discard()
+        .await;
         for c in lock(&self.containers).values() {
             self.watch_exit(&c.sandbox_id, &c.id);
         }
@@ -539,7 +562,7 @@ impl Manager {
             warn!(self.log, "CNI DEL failed"; "sandbox_id" => &meta.id, "error" => %e);
         }
         self.teardown_sandbox_dir(&meta.dir, meta.pod_init_pid).await;
-        let _ = self.sandbox_store.delete(&meta.id);
+        let _ = self.sandbox_store.delete(&meta.id).await;
         lock(&self.sandboxes).remove(&meta.id);
         self.release(&sandbox_key(&meta.config.metadata.clone().unwrap_or_default()));
     }
@@ -553,7 +576,7 @@ impl Manager {
         let _ = rootfs::unmount(&meta.bundle.join("rootfs"));
         let _ = std::fs::remove_dir_all(&meta.bundle);
         let _ = std::fs::remove_dir_all(self.cfg.root.join("containers").join(&meta.id));
-        let _ = self.container_store.delete(&meta.id);
+        let _ = self.container_store.delete(&meta.id).await;
         lock(&self.containers).remove(&meta.id);
         self.release(&container_key(&meta.sandbox_id, &meta.config.metadata.clone().unwrap_or_default()));
     }
@@ -882,6 +905,13 @@ impl Manager {
             key.clone(),
             &format!("pod sandbox name {:?} (namespace {:?}, attempt {})", md.name, md.namespace, md.attempt),
         )?;
+        let _admitted = match self.pod_starts.acquire().await {
+            Ok(p) => p,
+            Err(_) => {
+                self.release(&key);
+                return Err(Error::new(Kind::Unavailable, "berthd is shutting down"));
+            }
+        };
         let id = ids::new_id();
         let dir = self.cfg.state.join("sandboxes").join(&id);
         let mut pinned = Vec::new();
@@ -908,7 +938,7 @@ impl Manager {
             network_released: false,
         };
         let result = async {
-            self.sandbox_store.put(&id, &meta)?;
+            self.sandbox_store.put(&id, &meta).await?;
             failpoint::hit("run-pod-sandbox/recorded");
             std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
             pod_files::write(&dir, &hostname, host_network, config.dns_config.as_ref())?;
@@ -945,7 +975,7 @@ impl Manager {
                 }
             }
             meta.phase = Phase::Ready;
-            self.sandbox_store.put(&id, &meta)?;
+            self.sandbox_store.put(&id, &meta).await?;
             lock(&self.sandboxes).insert(id.clone(), Sandbox::new(meta.clone(), Some(shim)));
             Ok::<_, Error>(())
         }
@@ -956,7 +986,7 @@ impl Manager {
                 warn!(self.log, "CNI DEL failed"; "sandbox_id" => &id, "error" => %e);
             }
             self.teardown_sandbox_dir(&dir, meta.pod_init_pid).await;
-            let _ = self.sandbox_store.delete(&id);
+            let _ = self.sandbox_store.delete(&id).await;
             self.release(&key);
             return Err(e);
         }
@@ -1012,7 +1042,7 @@ impl Manager {
             m.network_released = true;
             (was, m.clone())
         };
-        self.sandbox_store.put(id, &meta)?;
+        self.sandbox_store.put(id, &meta).await?;
         info!(self.log, "pod sandbox stopped"; "sandbox_id" => id);
         if !was_stopped {
             self.emit(id, id, cri::ContainerEventType::ContainerStoppedEvent).await;
@@ -1068,7 +1098,7 @@ impl Manager {
             m.phase = Phase::Removing;
             m.clone()
         };
-        self.sandbox_store.put(id, &meta)?;
+        self.sandbox_store.put(id, &meta).await?;
         failpoint::hit("remove-pod-sandbox/recorded");
         self.stop_pod_sandbox(id).await?;
         let _op = sb.op.lock().await;
@@ -1090,7 +1120,7 @@ impl Manager {
             self.cfg.cgroup_driver,
         );
         failpoint::hit("remove-pod-sandbox/shim-stopped");
-        self.sandbox_store.delete(id)?;
+        self.sandbox_store.delete(id).await?;
         lock(&self.sandboxes).remove(id);
         self.release(&sandbox_key(&meta.config.metadata.clone().unwrap_or_default()));
         info!(self.log, "pod sandbox removed"; "sandbox_id" => id);
@@ -1277,7 +1307,7 @@ impl Manager {
             phase: Phase::Creating,
         };
         let result = async {
-            self.container_store.put(&id, &meta)?;
+            self.container_store.put(&id, &meta).await?;
             lock(&self.containers).insert(id.clone(), meta.clone());
             failpoint::hit("create-container/recorded");
             let lowers = {
@@ -1334,7 +1364,7 @@ impl Manager {
             shim.api().create(shim.runtime_ctx(), &req).await?;
             failpoint::hit("create-container/shim-created");
             meta.phase = Phase::Ready;
-            self.container_store.put(&id, &meta)?;
+            self.container_store.put(&id, &meta).await?;
             lock(&self.containers).insert(id.clone(), meta.clone());
             Ok::<_, Error>(())
         }
@@ -1447,7 +1477,7 @@ impl Manager {
         if meta.phase != Phase::Removing {
             let mut m = meta.clone();
             m.phase = Phase::Removing;
-            self.container_store.put(id, &m)?;
+            self.container_store.put(id, &m).await?;
             lock(&self.containers).insert(id.to_string(), m);
         }
         failpoint::hit("remove-container/recorded");
@@ -1460,17 +1490,19 @@ impl Manager {
         let _ = std::fs::remove_dir_all(&meta.bundle);
         let _ = std::fs::remove_dir_all(self.cfg.root.join("containers").join(id));
         failpoint::hit("remove-container/files-removed");
-        self.container_store.delete(id)?;
+        self.container_store.delete(id).await?;
         lock(&self.containers).remove(id);
         self.cpu_rates.forget(id);
+        self.usage.forget(&self.cfg.root.join("containers").join(id).join("upper"));
         self.release(&container_key(&meta.sandbox_id, &meta.config.metadata.clone().unwrap_or_default()));
         // Layers of an image removed while this container ran go now (only
         // then: a collection walks the whole store).
-        let store = self.images.lock().await;
-        if !store.holds_layers(&meta.layers) {
-            store.collect(&self.layers_in_use());
+        if !self.images.lock().await.holds_layers(&meta.layers) {
+            let in_use = self.layers_in_use();
+            if let Ok(trash) = self.with_image_store(move |store| Ok(store.collect(&in_use))).await {
+                trash.discard().await;
+            }
         }
-        drop(store);
         info!(self.log, "container removed"; "container_id" => id, "sandbox_id" => &meta.sandbox_id);
         self.emit(&meta.sandbox_id, id, cri::ContainerEventType::ContainerDeletedEvent).await;
         Ok(())
@@ -1677,6 +1709,30 @@ impl Manager {
         Ok(())
     }
 
+    /// ImageFsInfo's figures: the image store's blobs and snapshots, from
+    /// the background walks (never under the image-store lock). None while
+    /// the first walk of a big store runs.
+    pub async fn image_fs_usage(&self) -> Option<crate::usage_cache::Usage> {
+        let mut total: Option<crate::usage_cache::Usage> = None;
+        for d in &self.image_dirs {
+            let u = self.usage.get(d).await?;
+            total = Some(match total {
+                None => u,
+                Some(t) => crate::usage_cache::Usage {
+                    bytes: t.bytes + u.bytes,
+                    inodes: t.inodes + u.inodes,
+                    at: t.at.min(u.at),
+                },
+            });
+        }
+        total
+    }
+
+    /// The folder ImageFsInfo names.
+    pub fn image_fs_mountpoint(&self) -> PathBuf {
+        self.cfg.root.join("images")
+    }
+
     /// Stats of one container: CPU and memory from its cgroups (through the
     /// shim) while it runs, and its writable layer's disk usage.
     pub async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
@@ -1690,12 +1746,12 @@ impl Manager {
             annotations: meta.config.annotations.clone(),
         };
         let upper = self.cfg.root.join("containers").join(id).join("upper");
-        let (bytes, inodes) = crate::stats::disk_usage(&upper);
+        let usage = self.usage.get(&upper).await;
         let writable_layer = cri::FilesystemUsage {
-            timestamp: now,
+            timestamp: usage.map(|u| u.at).unwrap_or(now),
             fs_id: Some(cri::FilesystemIdentifier { mountpoint: upper.display().to_string() }),
-            used_bytes: Some(cri::UInt64Value { value: bytes }),
-            inodes_used: Some(cri::UInt64Value { value: inodes }),
+            used_bytes: usage.map(|u| cri::UInt64Value { value: u.bytes }),
+            inodes_used: usage.map(|u| cri::UInt64Value { value: u.inodes }),
         };
         let mut stats = cri::ContainerStats {
             attributes: Some(attributes),
@@ -1858,7 +1914,7 @@ impl Manager {
         shim.api().update(shim.runtime_ctx(), &req).await?;
         failpoint::hit("update-container/applied");
         meta.config.linux.get_or_insert_with(Default::default).resources = Some(res);
-        self.container_store.put(id, &meta)?;
+        self.container_store.put(id, &meta).await?;
         lock(&self.containers).insert(id.to_string(), meta);
         Ok(())
     }
@@ -1917,6 +1973,15 @@ impl Manager {
     /// Layer digests the containers use (kept when their images go).
     pub fn layers_in_use(&self) -> BTreeSet<String> {
         lock(&self.containers).values().flat_map(|c| c.layers.iter().cloned()).collect()
+    }
+
+    /// Runs blocking work on the image store (commits, renames, walks) on a
+    /// blocking thread, holding the store's lock only for that work.
+    pub async fn with_image_store<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut ImageStore) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        crate::images::with_store(&self.images, work).await
     }
 }
 

@@ -100,8 +100,15 @@ pub struct Puller {
     layers: Mutex<HashMap<String, WeakShared<BoxFuture<'static, Result<()>>>>>,
     progress: Mutex<HashMap<String, LayerProgress>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Admission: images pulled at once; more wait their turn (a node that
+    /// starts many pods must not open hundreds of downloads).
+    admitted: tokio::sync::Semaphore,
     log: Logger,
 }
+
+/// Images pulled at once (containerd downloads 3 layers at a time; kubelet
+/// pulls one image at a time unless told otherwise).
+pub const MAX_CONCURRENT_PULLS: usize = 3;
 
 /// A pull in flight, shared with every other caller of the same pull.
 pub struct PullHandle {
@@ -177,6 +184,7 @@ impl Puller {
             layers: Mutex::new(HashMap::new()),
             progress: Mutex::new(HashMap::new()),
             metrics,
+            admitted: tokio::sync::Semaphore::new(MAX_CONCURRENT_PULLS),
             log,
         }
     }
@@ -227,6 +235,8 @@ impl Puller {
         layers_out: Arc<Mutex<Vec<(String, u64)>>>,
     ) -> Result<ImageRecord> {
         let name = reference.digested().or_else(|| reference.tagged()).unwrap_or_else(|| reference.repository());
+        let _admitted =
+            self.admitted.acquire().await.map_err(|_| Error::new(Kind::Unavailable, "berthd is shutting down"))?;
         let started = Instant::now();
         let wanted = reference.digest.clone().or_else(|| reference.tag.clone()).unwrap_or_else(|| "latest".into());
         let endpoints = self.config.read().unwrap_or_else(|e| e.into_inner()).endpoints(&reference.domain);
@@ -268,7 +278,7 @@ impl Puller {
     ) -> Result<ImageRecord> {
         let top = session.manifest(wanted).await?;
         let mut leases: Vec<Lease> = vec![self.content.lease(&top.digest)];
-        self.put_small(&top.digest, &top.bytes)?;
+        self.put_small(&top.digest, &top.bytes).await?;
         let (manifest_digest, manifest_bytes) = if INDEX_TYPES.contains(&top.media_type.as_str()) {
             let index = parse_json(&top.bytes, "index")?;
             let desc = select_platform(&index).ok_or_else(|| {
@@ -302,7 +312,7 @@ impl Puller {
             if INDEX_TYPES.contains(&m.media_type.as_str()) {
                 return Err(Error::invalid(format!("index entry {digest} is another index")));
             }
-            self.put_small(&m.digest, &m.bytes)?;
+            self.put_small(&m.digest, &m.bytes).await?;
             (m.digest, m.bytes)
         } else {
             (top.digest.clone(), top.bytes.clone())
@@ -315,7 +325,7 @@ impl Puller {
         }
         if !self.content.blob_path(&config.0)?.exists() {
             let bytes = self.fetch_small(session, &config.0, config.1).await?;
-            self.put_small(&config.0, &bytes)?;
+            self.put_small(&config.0, &bytes).await?;
         }
         for d in &layers {
             leases.push(self.content.lease(&d.0));
@@ -325,7 +335,11 @@ impl Puller {
             layers.iter().map(|(d, size)| self.layer(session.clone(), d.clone(), *size)).collect();
         futures::stream::iter(fetches).buffer_unordered(PARALLEL_LAYERS).try_collect::<Vec<()>>().await?;
         crate::failpoint::hit("pull-image/layers-unpacked");
-        let rec = self.store.lock().await.commit(reference, &top.digest, &manifest_digest, &manifest)?;
+        let (reference, top_digest) = (reference.clone(), top.digest.clone());
+        let rec = crate::images::with_store(&self.store, move |store| {
+            store.commit(&reference, &top_digest, &manifest_digest, &manifest)
+        })
+        .await?;
         drop(leases);
         Ok(rec)
     }
@@ -402,8 +416,15 @@ impl Puller {
         Ok(out)
     }
 
-    fn put_small(&self, digest: &str, bytes: &[u8]) -> Result<()> {
-        self.content.put_blob(digest, Some(bytes.len() as u64), &mut &bytes[..]).map(|_| ())
+    /// Stores a manifest, index or config (written and fsynced on a
+    /// blocking thread).
+    async fn put_small(&self, digest: &str, bytes: &[u8]) -> Result<()> {
+        let (content, digest, bytes) = (self.content.clone(), digest.to_string(), bytes.to_vec());
+        tokio::task::spawn_blocking(move || {
+            content.put_blob(&digest, Some(bytes.len() as u64), &mut &bytes[..]).map(|_| ())
+        })
+        .await
+        .map_err(|e| Error::internal(format!("storing a blob: {e}")))?
     }
 }
 

@@ -66,27 +66,41 @@ impl Store {
         Error::internal(format!("metadata store {}: {what}: {e}", self.db.path.display()))
     }
 
-    /// Writes a record; committed when this returns.
-    pub fn put<T: Serialize>(&self, id: &str, value: &T) -> Result<()> {
-        self.put_all(&[(id.to_string(), value)])
+    /// Writes a record; committed when this returns. The commit (an fsync)
+    /// runs on a blocking thread.
+    pub async fn put<T: Serialize>(&self, id: &str, value: &T) -> Result<()> {
+        let data = encode(id, value)?;
+        let (me, id) = (self.clone(), id.to_string());
+        blocking(move || me.write(&[(id, data)])).await
+    }
+
+    /// Removes a record (a missing one is fine), on a blocking thread.
+    pub async fn delete(&self, id: &str) -> Result<()> {
+        let (me, id) = (self.clone(), id.to_string());
+        blocking(move || me.delete_blocking(&id)).await
     }
 
     /// Writes several records in one transaction: all of them are committed
-    /// when this returns, or none.
-    pub fn put_all<T: Serialize>(&self, records: &[(String, &T)]) -> Result<()> {
+    /// when this returns, or none. Blocks: for callers on a blocking thread.
+    pub fn put_all_blocking<T: Serialize>(&self, records: &[(String, &T)]) -> Result<()> {
+        let encoded = records.iter().map(|(id, v)| Ok((id.clone(), encode(id, v)?))).collect::<Result<Vec<_>>>()?;
+        self.write(&encoded)
+    }
+
+    fn write(&self, records: &[(String, Vec<u8>)]) -> Result<()> {
         let w = self.db.db.begin_write().map_err(|e| self.fail("begin", e))?;
         {
             let mut t = w.open_table(self.table).map_err(|e| self.fail("open table", e))?;
-            for (id, value) in records {
-                let data = serde_json::to_vec(value).map_err(|e| Error::internal(format!("encoding {id}: {e}")))?;
+            for (id, data) in records {
                 t.insert(id.as_str(), data.as_slice()).map_err(|e| self.fail("insert", e))?;
             }
         }
         w.commit().map_err(|e| self.fail("commit", e))
     }
 
-    /// Removes a record; a missing one is fine.
-    pub fn delete(&self, id: &str) -> Result<()> {
+    /// Removes a record; a missing one is fine. Blocks: for callers on a
+    /// blocking thread.
+    pub fn delete_blocking(&self, id: &str) -> Result<()> {
         let w = self.db.db.begin_write().map_err(|e| self.fail("begin", e))?;
         {
             let mut t = w.open_table(self.table).map_err(|e| self.fail("open table", e))?;
@@ -111,21 +125,30 @@ impl Store {
     }
 }
 
+fn encode<T: Serialize>(id: &str, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::internal(format!("encoding {id}: {e}")))
+}
+
+/// Runs a database write on a blocking thread.
+async fn blocking(f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("metadata store write: {e}")))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn put_load_delete_survive_reopen() {
+    #[tokio::test]
+    async fn put_load_delete_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.redb");
         {
             let db = Db::open(&path).unwrap();
             let s = Store::open(&db, "x").unwrap();
-            s.put("a", &vec![1, 2]).unwrap();
-            s.put("b", &vec![3]).unwrap();
-            s.delete("a").unwrap();
-            s.delete("a").unwrap();
+            s.put("a", &vec![1, 2]).await.unwrap();
+            s.put("b", &vec![3]).await.unwrap();
+            s.delete("a").await.unwrap();
+            s.delete("a").await.unwrap();
         }
         let db = Db::open(&path).unwrap();
         let s = Store::open(&db, "x").unwrap();

@@ -156,3 +156,54 @@ async fn a_shim_that_does_not_answer_is_never_taken_for_stopped() {
     d.rt.stop_container(cri::StopContainerRequest { container_id: ca.clone(), timeout: 2 }).await.unwrap();
     assert_eq!(d.status(&ca).await.state, cri::ContainerState::ContainerExited as i32);
 }
+
+/// A burst of RunPodSandbox calls is admitted a few at a time: never more
+/// than berthd's limit run their CNI plugins at once, and each gets its pod.
+#[tokio::test]
+async fn a_burst_of_pods_is_admitted_a_few_at_a_time() {
+    let Some(plugins) = berth_tests::faults::cni_plugins() else {
+        berth_tests::skip(false, "containernetworking-plugins are not installed (scripts/setup.sh installs them)");
+        return;
+    };
+    let tools = tempfile::Builder::new().prefix("burst").tempdir_in("/tmp").unwrap();
+    let t = tools.path().display().to_string();
+    std::fs::create_dir(tools.path().join("active")).unwrap();
+    // Counts the ADDs running at once (a folder each), then does the real one.
+    script(
+        &tools.path().join("countingbridge"),
+        &format!(
+            "if [ \"$CNI_COMMAND\" = ADD ]; then\n  mkdir {t}/active/$CNI_CONTAINERID\n  ls {t}/active | wc -l >> {t}/seen\n  sleep 0.3\n  rmdir {t}/active/$CNI_CONTAINERID\nfi\nexec {}/bridge",
+            plugins.display()
+        ),
+    );
+    let bins = format!("{t}:{}", plugins.display());
+    let mut d = Daemon::start_full(&[], &["--cni-bin-dir", &bins]).await;
+    let _net = TestNet::new(&d);
+    let conf = d.dir.path().join("cni/10-test.conflist");
+    let text =
+        std::fs::read_to_string(&conf).unwrap().replacen("\"type\": \"bridge\"", "\"type\": \"countingbridge\"", 1);
+    std::fs::write(&conf, text).unwrap();
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let mut rt = d.rt.clone();
+            let cfg = d.pod_config(&format!("burst-{i}"));
+            tokio::spawn(async move {
+                rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cfg), runtime_handler: String::new() })
+                    .await
+            })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap().expect("every pod of the burst runs");
+    }
+    let seen: Vec<usize> = std::fs::read_to_string(tools.path().join("seen"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(seen.len(), 20);
+    let most = seen.iter().copied().max().unwrap_or(0);
+    assert!(most <= berth::manager::MAX_CONCURRENT_POD_STARTS, "{most} pods were started at once");
+    assert!(most >= 2, "the burst was never concurrent, so it proves nothing: {seen:?}");
+    assert_eq!(d.pods().await.len(), 20);
+}
