@@ -427,6 +427,64 @@ async fn push_pull_images(reg: &Registry, count: usize) -> Vec<String> {
 }
 
 /// One line of the table.
+/// Version round trips (ms), 50 a second for 10 s, while four clients
+/// poll ContainerStats of a container whose writable layer holds `files`
+/// files (kubelet and a metrics agent ask for stats all the time).
+async fn version_under_stats(t: &Target, files: usize) -> (Vec<f64>, u64) {
+    let mut rt = t.rt();
+    let cfg = t.pod_config("bigfs");
+    let pod = run_pod(&mut rt, &cfg).await;
+    let dirs = files.div_ceil(1000);
+    let script = format!(
+        "i=0; while [ $i -lt {dirs} ]; do mkdir -p /many/$i && cd /many/$i && seq 1 1000 | xargs touch; i=$((i+1)); done; touch /made; exec sleep 100000"
+    );
+    let c = create(&mut rt, &pod, &cfg, &["sh", "-c", &script]).await;
+    start_running(&mut rt, &c).await;
+    let made = Instant::now();
+    loop {
+        let r = rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: c.clone(),
+                cmd: vec!["test".into(), "-f".into(), "/made".into()],
+                timeout: 10,
+            })
+            .await
+            .expect("ExecSync");
+        if r.into_inner().exit_code == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!("  {}: {files} files made in {:.0} s", t.name, made.elapsed().as_secs_f64());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let pollers: Vec<_> = (0..4)
+        .map(|_| {
+            let (mut rt, c, stop, calls) = (t.rt(), c.clone(), stop.clone(), calls.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = rt.container_stats(cri::ContainerStatsRequest { container_id: c.clone() }).await;
+                    calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        let t0 = Instant::now();
+        rt.version(cri::VersionRequest::default()).await.expect("Version");
+        samples.push(ms(t0.elapsed()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for p in pollers {
+        let _ = p.await;
+    }
+    remove_pod(&mut rt, &pod).await;
+    (samples, calls.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 struct Row {
     metric: String,
     unit: &'static str,
@@ -531,6 +589,15 @@ async fn main() {
         logs_out.push(log_throughput(t, log_bytes).await);
     }
 
+    let files = env_num("BENCH_FILES", 1_000_000);
+    let mut under_stats = Vec::new();
+    if files > 0 {
+        eprintln!("Version while ContainerStats polls a container with {files} files");
+        for t in &targets {
+            under_stats.push(version_under_stats(t, files).await);
+        }
+    }
+
     let mut pull_out: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
     if registry_available() && pull_rounds > 0 {
         eprintln!("pulls: {pull_rounds} cold + cached per runtime");
@@ -595,6 +662,17 @@ async fn main() {
         vec![logs_out[0].1],
         other.then(|| vec![logs_out[1].1]),
     ));
+    if !under_stats.is_empty() {
+        let lat: Vec<Vec<f64>> = under_stats.iter().map(|u| u.0.clone()).collect();
+        let (b, c) = pick(&lat);
+        rows.push(row(format!("Version while ContainerStats polls {files} files"), "ms", b, c));
+        let worst: Vec<Vec<f64>> = under_stats.iter().map(|u| vec![u.0.iter().copied().fold(0.0, f64::max)]).collect();
+        let (b, c) = pick(&worst);
+        rows.push(row("  the slowest of those Version calls", "ms", b, c));
+        let polls: Vec<Vec<f64>> = under_stats.iter().map(|u| vec![u.1 as f64 / 10.0]).collect();
+        let (b, c) = pick(&polls);
+        rows.push(row("  ContainerStats answered meanwhile", "calls/s", b, c));
+    }
     if !pull_out.is_empty() {
         let cold: Vec<Vec<f64>> = pull_out.iter().map(|p| p.0.clone()).collect();
         let cached: Vec<Vec<f64>> = pull_out.iter().map(|p| p.1.clone()).collect();
