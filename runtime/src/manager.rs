@@ -333,6 +333,17 @@ pub struct Manager {
 /// RunPodSandbox calls past validation at once.
 pub const MAX_CONCURRENT_POD_STARTS: usize = 8;
 
+/// Removes folders on a blocking thread: a writable layer can hold
+/// millions of files.
+async fn remove_trees(dirs: Vec<PathBuf>) {
+    let _ = tokio::task::spawn_blocking(move || {
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    })
+    .await;
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -574,8 +585,7 @@ impl Manager {
             warn!(self.log, "shim delete failed"; "container_id" => &meta.id, "error" => %e);
         }
         let _ = rootfs::unmount(&meta.bundle.join("rootfs"));
-        let _ = std::fs::remove_dir_all(&meta.bundle);
-        let _ = std::fs::remove_dir_all(self.cfg.root.join("containers").join(&meta.id));
+        remove_trees(vec![meta.bundle.clone(), self.cfg.root.join("containers").join(&meta.id)]).await;
         let _ = self.container_store.delete(&meta.id).await;
         lock(&self.containers).remove(&meta.id);
         self.release(&container_key(&meta.sandbox_id, &meta.config.metadata.clone().unwrap_or_default()));
@@ -1487,8 +1497,7 @@ impl Manager {
         self.delete_in_shim(&meta).await.map_err(|e| e.context(format!("removing container {id}")))?;
         failpoint::hit("remove-container/deleted");
         rootfs::unmount(&meta.bundle.join("rootfs"))?;
-        let _ = std::fs::remove_dir_all(&meta.bundle);
-        let _ = std::fs::remove_dir_all(self.cfg.root.join("containers").join(id));
+        remove_trees(vec![meta.bundle.clone(), self.cfg.root.join("containers").join(id)]).await;
         failpoint::hit("remove-container/files-removed");
         self.container_store.delete(id).await?;
         lock(&self.containers).remove(id);

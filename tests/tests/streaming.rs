@@ -151,19 +151,34 @@ async fn a_client_that_vanishes_leaves_no_process_or_fd() {
     ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap().collect().await;
     let before = fds();
 
-    let ch = Channels { stdin: true, stdout: true, ..Default::default() };
-    let url = exec_url(&mut d, &c, &["sh", "-c", "echo started; sleep 4343"], ch).await.unwrap();
-    let mut s = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap();
-    assert_eq!(s.next().await, Some(Event::Stdout(b"started\n".to_vec())));
-    drop(s);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ps = d.exec_out(&c, &["ps", "-o", "args"]).await;
-        if !ps.contains("sleep 4343") && fds() <= before {
-            break;
+    // With stdin, and without: a process that reads nothing and writes
+    // nothing more must still go with its client.
+    for (ch, ws, sleep) in [
+        (Channels { stdin: true, stdout: true, ..Default::default() }, false, "sleep 4343"),
+        (Channels { stdout: true, ..Default::default() }, false, "sleep 4344"),
+        (Channels { stdout: true, ..Default::default() }, true, "sleep 4345"),
+    ] {
+        let url = exec_url(&mut d, &c, &["sh", "-c", &format!("echo started; {sleep}")], ch).await.unwrap();
+        let mut s = if ws {
+            ExecStream::connect_ws(&url, berth::streaming::WS_EXEC_PROTOCOLS).await.unwrap()
+        } else {
+            ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap()
+        };
+        assert_eq!(s.next().await, Some(Event::Stdout(b"started\n".to_vec())));
+        drop(s);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ps = d.exec_out(&c, &["ps", "-o", "args"]).await;
+            if !ps.contains(sleep) && fds() <= before {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{ch:?}: left behind: fds {} (before {before}), processes:\n{ps}",
+                fds()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(Instant::now() < deadline, "left behind: fds {} (before {before}), processes:\n{ps}", fds());
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
