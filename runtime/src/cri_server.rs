@@ -528,16 +528,7 @@ impl ImageService for CriServer {
         if name.is_empty() {
             return Err(Status::invalid_argument("RemoveImage needs an image"));
         }
-        let in_use = self.mgr.layers_in_use();
-        let trash = self
-            .mgr
-            .with_image_store(move |store| match store.resolve(&name).map(|r| r.id.clone()) {
-                Some(id) => store.remove(&id, &in_use),
-                None => Ok(Default::default()),
-            })
-            .await?;
-        // Deleted after the store lock is let go: other image calls go on.
-        trash.discard().await;
+        self.mgr.remove_image(&name).await?;
         Ok(Response::new(cri::RemoveImageResponse {}))
     }
 

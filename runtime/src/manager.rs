@@ -494,10 +494,9 @@ impl Manager {
         self.resume_interrupted_rotations().await;
         // A pull or import cut short leaves temp entries, and a removal cut
         // short leaves blobs and snapshots no image owns.
-        let in_use = self.layers_in_use();
-        self.with_image_store(move |store| {
+        self.with_image_store_in_use(|store, in_use| {
             store.clean_temp();
-            Ok(store.collect(&in_use))
+            Ok(store.collect(in_use))
         })
         .await?
         .discard()
@@ -1318,11 +1317,21 @@ impl Manager {
         };
         let result = async {
             self.container_store.put(&id, &meta).await?;
-            lock(&self.containers).insert(id.clone(), meta.clone());
             failpoint::hit("create-container/recorded");
             let lowers = {
+                // Under the store lock: from here the container's layers
+                // count as in use for every collection, and one that ran
+                // since the image was resolved (RemoveImage) shows as a
+                // missing snapshot, not as a failed mount.
                 let store = self.images.lock().await;
-                image.layers.iter().map(|l| store.snapshot_path(l)).collect::<Result<Vec<_>>>()?
+                lock(&self.containers).insert(id.clone(), meta.clone());
+                let lowers = image.layers.iter().map(|l| store.snapshot_path(l)).collect::<Result<Vec<_>>>()?;
+                if lowers.iter().any(|p| !p.is_dir()) {
+                    return Err(Error::not_found(format!(
+                        "image {image_name:?} was removed while the container was being created; pull it again"
+                    )));
+                }
+                lowers
             };
             let layer_root = self.cfg.root.join("containers").join(&id);
             let rootfs_dir = bundle.join("rootfs");
@@ -1507,8 +1516,7 @@ impl Manager {
         // Layers of an image removed while this container ran go now (only
         // then: a collection walks the whole store).
         if !self.images.lock().await.holds_layers(&meta.layers) {
-            let in_use = self.layers_in_use();
-            if let Ok(trash) = self.with_image_store(move |store| Ok(store.collect(&in_use))).await {
+            if let Ok(trash) = self.with_image_store_in_use(|store, in_use| Ok(store.collect(in_use))).await {
                 trash.discard().await;
             }
         }
@@ -1991,6 +1999,36 @@ impl Manager {
         work: impl FnOnce(&mut ImageStore) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         crate::images::with_store(&self.images, work).await
+    }
+
+    /// As [`Self::with_image_store`], with the layers containers use taken
+    /// under the store's lock: CreateContainer marks its layers in use
+    /// under that lock, so a collection never takes a layer from a
+    /// container being created.
+    async fn with_image_store_in_use<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut ImageStore, &BTreeSet<String>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let mut guard = self.images.clone().lock_owned().await;
+        let in_use = self.layers_in_use();
+        tokio::task::spawn_blocking(move || work(&mut guard, &in_use))
+            .await
+            .map_err(|e| Error::internal(format!("image store work: {e}")))?
+    }
+
+    /// RemoveImage: the image and its names go; its blobs and snapshots
+    /// that no other image and no container needs are deleted after the
+    /// store lock is let go, so other image calls go on meanwhile.
+    pub async fn remove_image(&self, name: &str) -> Result<()> {
+        let name = name.to_string();
+        let trash = self
+            .with_image_store_in_use(move |store, in_use| match store.resolve(&name).map(|r| r.id.clone()) {
+                Some(id) => store.remove(&id, in_use),
+                None => Ok(Default::default()),
+            })
+            .await?;
+        trash.discard().await;
+        Ok(())
     }
 }
 

@@ -655,3 +655,62 @@ async fn an_image_of_130_layers_runs() {
     let out = run_in(&mut d, "deep", &name, &["sh", "-c", "cat /l0 /l128"]).await;
     assert_eq!(out, "layer 0\nlayer 128");
 }
+
+/// RemoveImage racing CreateContainer of the same image (kubelet's image GC
+/// against a pod start): the create either gets the image, whose layers then
+/// stay for the container, or is told the image is gone; it never fails
+/// half-way at the overlay mount, and a created container runs.
+#[tokio::test]
+async fn removing_an_image_while_a_container_is_created_from_it() {
+    if skip() {
+        return;
+    }
+    let reg = Registry::start(Auth::None, false);
+    let img =
+        build_image(vec![busybox_layer(), file_layer("race.txt", b"raced\n", Compression::Gzip)], "amd64", "RACE=1");
+    reg.push("race/app", "v1", &img).await;
+    let name = format!("{}/race/app:v1", reg.host);
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("race");
+    let pod = d.run_pod(&cfg).await;
+    let (mut created, mut refused) = (0, 0);
+    for round in 0..40u64 {
+        pull(&mut d, &name, None).await.expect("pull");
+        let mut cc = container_config(&format!("c{round}"), &["cat", "/race.txt"]);
+        cc.image = Some(cri::ImageSpec { image: name.clone(), ..Default::default() });
+        let (mut rt, mut img_client) = (d.rt.clone(), d.img.clone());
+        let create = rt.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cc),
+            sandbox_config: Some(cfg.clone()),
+        });
+        // Later and later: the first rounds race the create's first steps,
+        // the last ones its mount.
+        let spec = cri::ImageSpec { image: name.clone(), ..Default::default() };
+        let remove = async move {
+            tokio::time::sleep(Duration::from_millis(round % 10 * 2)).await;
+            img_client.remove_image(cri::RemoveImageRequest { image: Some(spec) }).await
+        };
+        let (c, r) = tokio::join!(create, remove);
+        r.expect("RemoveImage");
+        match c {
+            Ok(c) => {
+                let id = c.into_inner().container_id;
+                d.start_container(&id).await;
+                d.wait_state(&id, cri::ContainerState::ContainerExited, Duration::from_secs(10)).await;
+                let log =
+                    std::fs::read_to_string(d.logs.join("race").join(format!("c{round}.log"))).unwrap_or_default();
+                assert!(log.contains("raced"), "round {round}: the container did not see its image: {log:?}");
+                d.rt.remove_container(cri::RemoveContainerRequest { container_id: id }).await.unwrap();
+                created += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::NotFound, "round {round}: {e:?}");
+                refused += 1;
+            }
+        }
+        assert!(d.leftovers().iter().all(|p| !p.starts_with(d.dir.path().join("s/containers"))), "round {round}");
+    }
+    eprintln!("created {created}, refused {refused}");
+    assert!(created > 0, "no create ever won the race, so the created path was not checked");
+}
