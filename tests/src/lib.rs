@@ -584,12 +584,42 @@ impl Drop for TestNet {
     }
 }
 
+/// Every cgroup (v1 and v2) mount point.
+pub fn cgroup_mount_points() -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            matches!(right.split(' ').next(), Some("cgroup" | "cgroup2")).then_some(())?;
+            Some(PathBuf::from(left.split(' ').nth(4)?))
+        })
+        .collect()
+}
+
+/// The cgroup folders of a pod without a cgroup parent (Berth's own
+/// `berth/<pod>`), in every cgroup hierarchy that has one.
+pub fn pod_cgroups(pod: &str) -> Vec<PathBuf> {
+    cgroup_mount_points().into_iter().map(|m| m.join("berth").join(pod)).filter(|p| p.exists()).collect()
+}
+
 /// Whether Debian's CNI plugins are installed.
 pub fn cni_available() -> bool {
     Path::new("/usr/lib/cni/bridge").exists() || Path::new("/opt/cni/bin/bridge").exists()
 }
 
 impl TestNet {
+    /// The addresses host-local has leased on this network.
+    pub fn leases(&self) -> Vec<String> {
+        std::fs::read_dir(self.ipam.join(&self.name))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+            .collect()
+    }
+
     /// Writes a bridge + host-local + portmap configuration unique to this daemon.
     pub fn new(d: &Daemon) -> TestNet {
         let tag: String =

@@ -8,25 +8,11 @@ use std::time::Duration;
 use berth_tests::registry::{
     build_image, busybox_layer, layer_from_tar, registry_available, tar_of, Compression, Registry,
 };
-use berth_tests::{container_config, Daemon};
+use berth_tests::{container_config, pod_cgroups, Daemon};
 use protocol::cri;
 
 /// The steps that run CNI plugins, and so need a network.
 const NETWORK_STEPS: [&str; 2] = ["run-pod-sandbox/network-added", "stop-pod-sandbox/network-released"];
-
-/// A pod's own cgroup, in every hierarchy that has it.
-fn pod_cgroups(pod: &str) -> Vec<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            matches!(right.split(' ').next(), Some("cgroup" | "cgroup2")).then_some(())?;
-            Some(PathBuf::from(left.split(' ').nth(4)?).join("berth").join(pod))
-        })
-        .filter(|p| p.exists())
-        .collect()
-}
 
 /// The calls of a pod's life, in order; each failpoint sits in one of them.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -152,14 +138,7 @@ async fn crash_at(step: &str) {
         assert!(pod_cgroups(pod).is_empty(), "{step}: pod cgroups left: {:?}", pod_cgroups(pod));
     }
     if let Some(net) = net {
-        let leases: Vec<_> = std::fs::read_dir(net.ipam.join(&net.name))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().parse::<std::net::IpAddr>().is_ok())
-            .map(|e| e.path())
-            .collect();
-        assert!(leases.is_empty(), "{step}: IP leases left: {leases:?}");
+        assert!(net.leases().is_empty(), "{step}: IP leases left: {:?}", net.leases());
     }
 }
 

@@ -4,7 +4,6 @@
 //! succeeds. The runtime and plugin are the real ones behind wrappers that
 //! fail or hang at one chosen call (tests/src/faults.rs).
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use berth_tests::faults::{cni_plugins, Faults, How};
@@ -54,22 +53,12 @@ async fn settle(shim: i32, want: &BTreeSet<i32>, what: &str) {
 
 /// The container cgroups under a pod's own cgroup, in every hierarchy.
 fn container_cgroups(pod: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for l in mounts.lines() {
-        let Some((left, right)) = l.split_once(" - ") else { continue };
-        if !matches!(right.split(' ').next(), Some("cgroup" | "cgroup2")) {
-            continue;
-        }
-        let Some(mp) = left.split(' ').nth(4) else { continue };
-        let dir = PathBuf::from(mp).join("berth").join(pod);
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if e.path().is_dir() {
-                out.insert(e.file_name().to_string_lossy().to_string());
-            }
-        }
-    }
-    out
+    berth_tests::pod_cgroups(pod)
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect()
 }
 
 /// The CRI call failed, in time, saying what failed.
@@ -196,15 +185,7 @@ async fn every_cni_call_that_fails_or_hangs_is_reported_and_undone() {
         std::fs::read_to_string(&conf).unwrap().replacen("\"type\": \"bridge\"", "\"type\": \"faulty-bridge\"", 1);
     assert!(text.contains("faulty-bridge"));
     std::fs::write(&conf, text).unwrap();
-    let leases = || -> Vec<String> {
-        std::fs::read_dir(net.ipam.join(&net.name))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-            .collect()
-    };
+    let leases = || net.leases();
     let req = |cfg: &cri::PodSandboxConfig| cri::RunPodSandboxRequest {
         config: Some(cfg.clone()),
         runtime_handler: String::new(),

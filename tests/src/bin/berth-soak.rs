@@ -107,16 +107,8 @@ fn count_dir(p: &Path) -> usize {
 
 /// Cgroup folders of the soak's pods (their own pod cgroups), in every hierarchy.
 fn cgroups(pods: &BTreeSet<String>) -> usize {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let points: Vec<PathBuf> = mounts
-        .lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            matches!(right.split(' ').next(), Some("cgroup" | "cgroup2")).then_some(())?;
-            Some(PathBuf::from(left.split(' ').nth(4)?).join("berth"))
-        })
-        .collect();
-    points.iter().map(|p| pods.iter().filter(|id| p.join(id).exists()).count()).sum()
+    let points = berth_tests::cgroup_mount_points();
+    pods.iter().map(|id| points.iter().filter(|p| p.join("berth").join(id).exists()).count()).sum()
 }
 
 fn sample(a: &Args, pods: &BTreeSet<String>) -> Sample {
