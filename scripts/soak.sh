@@ -33,7 +33,7 @@ cleanup() {
   # Whatever a failed run left: pods through berthd, then berthd by pid,
   # then mounts under the soak's own folder.
   if kill -0 "$berthd" 2>/dev/null; then
-    for p in $(ctl pods -q 2>/dev/null); do ctl rmp -f "$p" >/dev/null 2>&1 || true; done
+    for p in $(ctl pods -q 2>/dev/null); do ctl rmp "$p" >/dev/null 2>&1 || true; done
     kill "$berthd" 2>/dev/null || true
     wait "$berthd" 2>/dev/null || true
   fi

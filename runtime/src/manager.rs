@@ -26,7 +26,8 @@ use crate::store::{Db, Store};
 /// (it must then resync by listing, as kubelet does).
 const EVENT_BACKLOG: usize = 1024;
 
-/// How often berthd checks that every shim is alive.
+/// How often berthd checks that a shim is alive where it cannot watch it
+/// through a pidfd (Linux before 5.3).
 const SHIM_CHECK: Duration = Duration::from_millis(200);
 
 /// How old a disk usage figure may get before it is walked again (kubelet
@@ -324,6 +325,10 @@ pub struct Manager {
     usage: Arc<crate::usage_cache::UsageCache>,
     /// The image store's blob and snapshot folders, for ImageFsInfo.
     image_dirs: Vec<PathBuf>,
+    /// Sandboxes whose shim the monitor is to watch (new pods); the
+    /// monitor takes the receiver when it starts.
+    watch_tx: tokio::sync::mpsc::UnboundedSender<Arc<Sandbox>>,
+    watch_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Arc<Sandbox>>>>,
     /// Admission: RunPodSandbox calls doing their work at once; more wait
     /// their turn, so a burst of pods cannot start hundreds of shims and
     /// CNI plugins together.
@@ -332,6 +337,39 @@ pub struct Manager {
 
 /// RunPodSandbox calls past validation at once.
 pub const MAX_CONCURRENT_POD_STARTS: usize = 8;
+
+/// Watches one sandbox's shim: through a pidfd, whose exit wakes this task
+/// at once (no polling; a pid reused by any other process, another pod's
+/// shim too, is never taken for this shim), or, where pidfds are missing
+/// (Linux before 5.3), by looking every [`SHIM_CHECK`]. A shim that ends
+/// while its pod is Ready is lost; one ended by RemovePodSandbox is not.
+fn watch_shim(manager: std::sync::Weak<Manager>, sb: Arc<Sandbox>) {
+    tokio::spawn(async move {
+        let (pid, id) = {
+            let meta = lock(&sb.meta);
+            (meta.shim_pid as i32, meta.id.clone())
+        };
+        let is_this_shim = || running(pid as u32) && crate::pidfd::is_shim_of(pid, &id);
+        match crate::pidfd::Pidfd::open(pid) {
+            // Pinned first, checked second: the pidfd is this shim's.
+            Ok(fd) if is_this_shim() => {
+                let _ = fd.exited().await;
+            }
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(_) => {
+                while is_this_shim() {
+                    tokio::time::sleep(SHIM_CHECK).await;
+                }
+            }
+        }
+        let Some(m) = manager.upgrade() else { return };
+        let current = lock(&m.sandboxes).get(&id).is_some_and(|s| Arc::ptr_eq(s, &sb));
+        if current && lock(&sb.meta).phase == Phase::Ready && sb.lost_at().is_none() {
+            m.shim_lost(&sb).await;
+        }
+    });
+}
 
 /// Removes folders on a blocking thread: a writable layer can hold
 /// millions of files.
@@ -389,6 +427,7 @@ impl Manager {
         let container_store = Store::open(&db, "containers")?;
         let images = ImageStore::open(&cfg.root, &db)?;
         let image_dirs = images.usage_dirs();
+        let (watch_tx, watch_rx) = tokio::sync::mpsc::unbounded_channel();
         let content = images.content().clone();
         let images = Arc::new(tokio::sync::Mutex::new(images));
         let metrics = Arc::new(crate::metrics::Metrics::default());
@@ -418,6 +457,8 @@ impl Manager {
             usage: crate::usage_cache::UsageCache::new(USAGE_MAX_AGE),
             image_dirs,
             pod_starts: tokio::sync::Semaphore::new(MAX_CONCURRENT_POD_STARTS),
+            watch_tx,
+            watch_rx: Mutex::new(Some(watch_rx)),
         };
         for s in m.sandbox_store.load_all::<SandboxMeta>()? {
             lock(&m.names).insert(sandbox_key(&s.config.metadata.clone().unwrap_or_default()));
@@ -612,27 +653,16 @@ impl Manager {
     /// fraction of a second, not at the next call.
     fn spawn_shim_monitor(self: Arc<Self>) {
         let weak = Arc::downgrade(&self);
+        let existing: Vec<Arc<Sandbox>> = lock(&self.sandboxes).values().cloned().collect();
+        let rx = lock(&self.watch_rx).take();
         drop(self);
+        for sb in existing {
+            watch_shim(weak.clone(), sb);
+        }
+        let Some(mut rx) = rx else { return };
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SHIM_CHECK);
-            loop {
-                tick.tick().await;
-                let Some(m) = weak.upgrade() else { return };
-                let sandboxes: Vec<_> = lock(&m.sandboxes).values().cloned().collect();
-                for sb in sandboxes {
-                    let (pid, phase, id) = {
-                        let meta = lock(&sb.meta);
-                        (meta.shim_pid, meta.phase, meta.id.clone())
-                    };
-                    // A pid reused by any other process (another pod's shim
-                    // too) is not this pod's shim.
-                    if phase == Phase::Ready
-                        && sb.lost_at().is_none()
-                        && !(running(pid) && crate::pidfd::is_shim_of(pid as i32, &id))
-                    {
-                        m.shim_lost(&sb).await;
-                    }
-                }
+            while let Some(sb) = rx.recv().await {
+                watch_shim(weak.clone(), sb);
             }
         });
     }
@@ -985,7 +1015,9 @@ impl Manager {
             }
             meta.phase = Phase::Ready;
             self.sandbox_store.put(&id, &meta).await?;
-            lock(&self.sandboxes).insert(id.clone(), Sandbox::new(meta.clone(), Some(shim)));
+            let sb = Sandbox::new(meta.clone(), Some(shim));
+            lock(&self.sandboxes).insert(id.clone(), sb.clone());
+            let _ = self.watch_tx.send(sb);
             Ok::<_, Error>(())
         }
         .await;

@@ -46,6 +46,19 @@ impl Pidfd {
     }
 }
 
+impl Pidfd {
+    /// Waits until the pinned process has exited: a pidfd turns readable
+    /// then, whoever its parent is. Nothing polls meanwhile.
+    pub async fn exited(self) -> io::Result<()> {
+        // SAFETY: the OwnedFd is an open pidfd that the AsyncFd owns for its
+        // whole life, and an OwnedFd always gives the same raw fd.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(self.0, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        let _ready = fd.readable().await?;
+        Ok(())
+    }
+}
+
 /// Whether `pid` is the berth-shim of `sandbox_id` (or its pod init).
 pub fn is_shim_of(pid: i32, sandbox_id: &str) -> bool {
     if pid <= 0 || sandbox_id.is_empty() {
