@@ -365,7 +365,7 @@ impl RuntimeService for CriServer {
                     }),
                 })
                 .collect(),
-            features: Some(cri::RuntimeFeatures::default()),
+            features: Some(cri::RuntimeFeatures { supplemental_groups_policy: true, ..Default::default() }),
         }))
     }
 

@@ -150,6 +150,10 @@ pub struct ContainerMeta {
     /// Life phase.
     #[serde(default)]
     pub phase: Phase,
+    /// The identity its process runs with (uid, gid, every group), as the
+    /// spec was built; None in records from before it was kept.
+    #[serde(default)]
+    pub user: Option<(u32, u32, Vec<u32>)>,
 }
 
 /// What one pod's shim says of its containers.
@@ -1346,6 +1350,7 @@ impl Manager {
             bundle: bundle.clone(),
             stop_signal: stop_signal(&config, &image.config),
             phase: Phase::Creating,
+            user: None,
         };
         let result = async {
             self.container_store.put(&id, &meta).await?;
@@ -1397,6 +1402,13 @@ impl Manager {
                     .await
                     .map_err(|e| Error::internal(format!("building the OCI spec: {e}")))??
             };
+            meta.user = spec.process().as_ref().map(|p| {
+                let u = p.user();
+                // As kubelet shows them: the primary group among the groups.
+                let mut groups = vec![u.gid()];
+                groups.extend(u.additional_gids().iter().flatten().filter(|g| **g != u.gid()));
+                (u.uid(), u.gid(), groups)
+            });
             crate::dir_modes::write_private(
                 &bundle.join("config.json"),
                 &serde_json::to_vec(&spec).map_err(|e| Error::internal(format!("encoding config.json: {e}")))?,
@@ -1613,7 +1625,13 @@ impl Manager {
                 .and_then(|l| l.resources.clone())
                 .map(|r| cri::ContainerResources { linux: Some(r), windows: None }),
             image_id: meta.image_id.clone(),
-            user: None,
+            user: meta.user.as_ref().map(|(uid, gid, groups)| cri::ContainerUser {
+                linux: Some(cri::LinuxContainerUser {
+                    uid: *uid as i64,
+                    gid: *gid as i64,
+                    supplemental_groups: groups.iter().map(|g| *g as i64).collect(),
+                }),
+            }),
             stop_signal: meta.config.stop_signal,
         }
     }

@@ -362,7 +362,10 @@ pub fn build(
         image.user.clone()
     };
     let ident = users::resolve(rootfs, &user_spec)?;
-    let mut gids: Vec<u32> = ident.additional_gids.clone();
+    // SupplementalGroupsPolicy (KEP-3619): Merge adds the image's
+    // /etc/group memberships of the user, Strict only what was asked.
+    let strict = sc.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32;
+    let mut gids: Vec<u32> = if strict { Vec::new() } else { ident.additional_gids.clone() };
     for g in &sc.supplemental_groups {
         let g = u32::try_from(*g).map_err(|_| Error::invalid(format!("supplemental group {g} is out of range")))?;
         if !gids.contains(&g) {

@@ -503,3 +503,41 @@ call('getpid', 39)
     let ps = d.exec_out(&c, &["sh", "-c", "mkdir -p /tmp/w && echo ok > /tmp/w/f && cat /tmp/w/f && ps | head -1 && date +%Y >/dev/null && echo done"]).await;
     assert!(ps.ends_with("done") && ps.starts_with("ok"), "{ps}");
 }
+
+/// SupplementalGroupsPolicy (KEP-3619): Merge keeps the image's /etc/group
+/// memberships beside the requested groups, Strict drops them; the status
+/// reports the identity the process runs with, and the feature is advertised.
+#[tokio::test]
+async fn supplemental_groups_policy_merge_and_strict() {
+    let mut d = Daemon::start().await;
+    let status = d.rt.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+    assert!(status.features.is_some_and(|f| f.supplemental_groups_policy), "the feature is not advertised");
+    let cfg = d.pod_config("groups");
+    let pod = d.run_pod(&cfg).await;
+    for (name, policy, want) in [
+        ("merge", cri::SupplementalGroupsPolicy::Merge, vec![1000, 2000, 3000]),
+        ("strict", cri::SupplementalGroupsPolicy::Strict, vec![1000, 3000]),
+    ] {
+        let mut cc = berth_tests::container_config(name, &["sleep", "100000"]);
+        // uid 1000 is "app" in the test image, a member of group 2000 there.
+        cc.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                run_as_user: Some(cri::Int64Value { value: 1000 }),
+                supplemental_groups: vec![3000],
+                supplemental_groups_policy: policy as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let c = running(&mut d, &pod, &cfg, cc).await;
+        let mut groups: Vec<i64> =
+            d.exec_out(&c, &["id", "-G"]).await.split_whitespace().map(|g| g.parse().unwrap()).collect();
+        groups.sort_unstable();
+        assert_eq!(groups, want, "{name}: the process's groups");
+        let user = d.status(&c).await.user.and_then(|u| u.linux).expect("ContainerStatus.user");
+        assert_eq!((user.uid, user.gid), (1000, 1000), "{name}");
+        let mut reported = user.supplemental_groups.clone();
+        reported.sort_unstable();
+        assert_eq!(reported, want, "{name}: ContainerStatus.user's groups");
+    }
+}
