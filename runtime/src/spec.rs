@@ -315,6 +315,66 @@ fn merge_env(image: &[String], cri_envs: &[cri::KeyValue], hostname: &str) -> Ve
     env
 }
 
+/// How the mount holding a path propagates (from a mountinfo text).
+#[derive(Debug, PartialEq, Eq)]
+struct SourceMount {
+    mount_point: PathBuf,
+    shared: bool,
+    slave: bool,
+}
+
+/// The mount of `path` in `mountinfo`: the last mounted of the deepest
+/// mount points containing it.
+fn source_mount(mountinfo: &str, path: &Path) -> Option<SourceMount> {
+    let mut best: Option<SourceMount> = None;
+    for l in mountinfo.lines() {
+        let Some((left, _)) = l.split_once(" - ") else { continue };
+        let fields: Vec<&str> = left.split(' ').collect();
+        let Some(mp) = fields.get(4).map(|m| PathBuf::from(unescape_mountinfo(m))) else { continue };
+        if !path.starts_with(&mp)
+            || best.as_ref().is_some_and(|b| b.mount_point.components().count() > mp.components().count())
+        {
+            continue;
+        }
+        let optional = fields.get(6..).unwrap_or_default();
+        best = Some(SourceMount {
+            shared: optional.iter().any(|f| f.starts_with("shared:")),
+            slave: optional.iter().any(|f| f.starts_with("master:")),
+            mount_point: mp,
+        });
+    }
+    best
+}
+
+/// mountinfo writes space, tab, newline and backslash as octal escapes.
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+/// A bidirectional mount needs a shared host source, a host-to-container
+/// one a shared or slave source: otherwise nothing would propagate and the
+/// pod would silently not see (or not publish) mounts, so it is refused as
+/// containerd refuses it.
+fn check_source_propagation(container_path: &str, src: &Path, bidirectional: bool) -> Result<()> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::internal(format!("reading /proc/self/mountinfo: {e}")))?;
+    let Some(m) = source_mount(&info, src) else { return Ok(()) };
+    let (ok, want, mode) = if bidirectional {
+        (m.shared, "shared", "bidirectional")
+    } else {
+        (m.shared || m.slave, "shared or a slave", "host-to-container")
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "mount at {container_path}: host_path {} is on mount {}, which is not {want}; {mode} propagation needs that (mount --make-rshared {})",
+        src.display(),
+        m.mount_point.display(),
+        m.mount_point.display()
+    )))
+}
+
 fn bind(dest: &str, source: &Path, readonly: bool, extra: &[&str]) -> Result<Mount> {
     let mut options = vec!["rbind".to_string(), if readonly { "ro" } else { "rw" }.to_string()];
     options.extend(extra.iter().map(|s| s.to_string()));
@@ -471,6 +531,9 @@ pub fn build(
             2 => "rshared",
             _ => "rprivate",
         };
+        if m.propagation == 1 || m.propagation == 2 {
+            check_source_propagation(&m.container_path, &src, m.propagation == 2)?;
+        }
         if m.recursive_read_only && (!m.readonly || m.propagation != 0) {
             return Err(Error::invalid(format!(
                 "mount at {}: recursive_read_only needs readonly and private propagation",
@@ -630,6 +693,24 @@ fn all_caps() -> HashSet<Capability> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_source_mount_is_the_deepest_and_its_propagation_read() {
+        let info = "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n\
+                    30 22 8:1 /a /srv/shared rw shared:5 - ext4 /dev/sda1 rw\n\
+                    31 30 8:1 /b /srv/shared/slave rw master:5 - ext4 /dev/sda1 rw\n\
+                    32 22 0:40 / /srv/with\\040space rw - tmpfs tmpfs rw\n";
+        let at = |p: &str| source_mount(info, Path::new(p)).unwrap();
+        assert_eq!(at("/srv/other"), SourceMount { mount_point: "/".into(), shared: false, slave: false });
+        assert_eq!(at("/srv/shared/x"), SourceMount { mount_point: "/srv/shared".into(), shared: true, slave: false });
+        assert_eq!(
+            at("/srv/shared/slave/y"),
+            SourceMount { mount_point: "/srv/shared/slave".into(), shared: false, slave: true }
+        );
+        // A prefix that is not a path component is not the mount.
+        assert_eq!(at("/srv/sharedness").mount_point, PathBuf::from("/"));
+        assert_eq!(at("/srv/with space/z").mount_point, PathBuf::from("/srv/with space"));
+    }
 
     fn cfg(command: &[&str], args: &[&str]) -> cri::ContainerConfig {
         cri::ContainerConfig {

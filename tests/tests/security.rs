@@ -541,3 +541,45 @@ async fn supplemental_groups_policy_merge_and_strict() {
         assert_eq!(reported, want, "{name}: ContainerStatus.user's groups");
     }
 }
+
+/// A bidirectional mount needs a shared host source and a host-to-container
+/// one a shared or slave source: on a private one nothing would propagate,
+/// so it is refused with what to do (as containerd refuses it). The test
+/// makes its own private and shared mounts (whatever `/` is on this host).
+#[tokio::test]
+async fn propagating_mounts_need_a_propagating_source() {
+    use nix::mount::{mount, MsFlags};
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("needs-shared");
+    let pod = d.run_pod(&cfg).await;
+    let private = d.dir.path().join("private-src");
+    std::fs::create_dir_all(&private).unwrap();
+    mount(Some(&private), &private, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+    mount(None::<&str>, &private, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).unwrap();
+    let with = |name: &str, src: &std::path::Path, p: cri::MountPropagation| {
+        let mut cc = container_config(name, &["sleep", "1000"]);
+        cc.mounts = vec![cri::Mount {
+            container_path: "/shared".into(),
+            host_path: src.display().to_string(),
+            propagation: p as i32,
+            ..Default::default()
+        }];
+        cc
+    };
+    for (p, want) in [
+        (cri::MountPropagation::PropagationBidirectional, "which is not shared"),
+        (cri::MountPropagation::PropagationHostToContainer, "which is not shared or a slave"),
+    ] {
+        let e = d.create_with(&pod, &cfg, with("refused", &private, p)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{p:?}: {e:?}");
+        assert!(e.message().contains(want) && e.message().contains("--make-rshared"), "{p:?}: {e:?}");
+    }
+    assert!(
+        d.leftovers().iter().all(|p| !p.starts_with(d.dir.path().join("s/containers"))),
+        "a refused create left state"
+    );
+    mount(None::<&str>, &private, None::<&str>, MsFlags::MS_SHARED, None::<&str>).unwrap();
+    let c =
+        d.create_with(&pod, &cfg, with("accepted", &private, cri::MountPropagation::PropagationBidirectional)).await;
+    c.expect("a shared source is accepted for bidirectional propagation");
+}
