@@ -597,6 +597,15 @@ pub fn build(
         .cgroups_path(cgroups_path)
         .build()
         .map_err(oci)?;
+    // runc makes the container's / rslave unless told otherwise, and a
+    // bind of a slave copy never reaches the host's peer group: a
+    // bidirectional mount needs the rootfs rshared, a host-to-container one
+    // rslave (as containerd sets them).
+    if config.mounts.iter().any(|m| m.propagation == cri::MountPropagation::PropagationBidirectional as i32) {
+        linux.set_rootfs_propagation(Some("rshared".into()));
+    } else if config.mounts.iter().any(|m| m.propagation == cri::MountPropagation::PropagationHostToContainer as i32) {
+        linux.set_rootfs_propagation(Some("rslave".into()));
+    }
     linux.set_seccomp(crate::seccomp::for_container(&sc, &bounding)?);
     if sc.privileged {
         linux.set_masked_paths(Some(Vec::new()));

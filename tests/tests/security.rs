@@ -583,3 +583,49 @@ async fn propagating_mounts_need_a_propagating_source() {
         d.create_with(&pod, &cfg, with("accepted", &private, cri::MountPropagation::PropagationBidirectional)).await;
     c.expect("a shared source is accepted for bidirectional propagation");
 }
+
+/// Bidirectional propagation both ways: a mount the host makes under the
+/// shared source shows in the container, and one the (privileged)
+/// container makes under its mount point shows on the host.
+#[tokio::test]
+async fn bidirectional_mounts_propagate_both_ways() {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("bidirectional");
+    let pod = d.run_pod(&cfg).await;
+    // This host mounts / private: the test makes its own shared mount.
+    let host = d.dir.path().join("bidi");
+    std::fs::create_dir_all(host.join("from-host")).unwrap();
+    std::fs::create_dir_all(host.join("from-pod")).unwrap();
+    mount(Some(&host), &host, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+    mount(None::<&str>, &host, None::<&str>, MsFlags::MS_SHARED, None::<&str>).unwrap();
+    let mut cc = container_config("publisher", &["sleep", "1000"]);
+    cc.mounts = vec![cri::Mount {
+        container_path: "/bidi".into(),
+        host_path: host.display().to_string(),
+        propagation: cri::MountPropagation::PropagationBidirectional as i32,
+        ..Default::default()
+    }];
+    cc.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext { privileged: true, ..Default::default() }),
+        ..Default::default()
+    });
+    let c = running(&mut d, &pod, &cfg, cc).await;
+    // Host to container.
+    mount(Some("tmpfs"), &host.join("from-host"), Some("tmpfs"), MsFlags::empty(), Some("size=1m")).unwrap();
+    std::fs::write(host.join("from-host/marker"), b"h").unwrap();
+    assert_eq!(
+        d.exec(&c, &["test", "-e", "/bidi/from-host/marker"], 10).await.unwrap().exit_code,
+        0,
+        "the container did not receive the host's mount"
+    );
+    // Container to host.
+    let r =
+        d.exec(&c, &["sh", "-c", "mount -t tmpfs tmpfs /bidi/from-pod && echo p > /bidi/from-pod/marker"], 10).await;
+    assert_eq!(r.as_ref().map(|r| r.exit_code).ok(), Some(0), "mounting in the container failed: {r:?}");
+    let seen = std::fs::read_to_string(host.join("from-pod/marker"));
+    // Unmount what propagated before asserting, so a failure leaves nothing.
+    let _ = umount2(&host.join("from-pod"), MntFlags::MNT_DETACH);
+    let _ = umount2(&host.join("from-host"), MntFlags::MNT_DETACH);
+    assert_eq!(seen.ok().as_deref(), Some("p\n"), "the host did not receive the container's mount");
+}
