@@ -32,8 +32,10 @@ pub fn bin_dir() -> PathBuf {
     target.join("debug")
 }
 
-/// The test image's OCI layout: `$BERTH_TEST_IMAGE`, or built once per test
-/// process with scripts/build-test-image.sh.
+/// The test image's OCI layout: `$BERTH_TEST_IMAGE`, else
+/// `target/test-image` (what scripts/test.sh builds), built there with
+/// scripts/build-test-image.sh when missing: one image for every test
+/// process, nothing left in /tmp.
 pub fn test_image() -> PathBuf {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE
@@ -41,14 +43,24 @@ pub fn test_image() -> PathBuf {
             if let Some(p) = std::env::var_os("BERTH_TEST_IMAGE") {
                 return PathBuf::from(p);
             }
-            let dir = std::env::temp_dir().join(format!("berth-test-image-{}", std::process::id()));
+            let dir = workspace().join("target/test-image");
+            if dir.join("index.json").exists() {
+                return dir;
+            }
+            // Built aside and renamed, so a test process running at the same
+            // time never sees half an image.
+            let tmp = workspace().join(format!("target/test-image.tmp-{}", std::process::id()));
             let st = Command::new("bash")
                 .arg(workspace().join("scripts/build-test-image.sh"))
-                .arg(&dir)
+                .arg(&tmp)
                 .stdout(Stdio::null())
                 .status()
                 .expect("run build-test-image.sh");
             assert!(st.success(), "building the test image failed");
+            if std::fs::rename(&tmp, &dir).is_err() {
+                // Another process put its image there first.
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
             dir
         })
         .clone()

@@ -430,10 +430,13 @@ impl TokenService {
         let port = listener.local_addr().expect("addr").port();
         let svc = Arc::new(TokenService { key, cert, port, _dir: dir, issued: AtomicUsize::new(0) });
         let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
-        let me = svc.clone();
+        // Weak: the service (and its key folder) goes with the test's last
+        // handle; a request after that ends the thread.
+        let weak = Arc::downgrade(&svc);
         let refresh = svc.refresh_token();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
+                let Some(me) = weak.upgrade() else { return };
                 let Ok(mut conn) = conn else { continue };
                 let mut reader = BufReader::new(conn.try_clone().expect("clone"));
                 let mut request = String::new();

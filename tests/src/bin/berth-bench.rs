@@ -236,6 +236,8 @@ async fn lifecycle_round(t: &Target, i: usize, out: &mut Lifecycle) {
 struct Memory {
     per_level: Vec<(usize, f64, f64)>,
     daemon_rss_kb: u64,
+    /// The daemon's CPU use (percent of a core) over 10 s with every pod idle.
+    daemon_idle_cpu: f64,
 }
 
 async fn memory(t: &mut Target, levels: &[usize]) -> Memory {
@@ -256,7 +258,10 @@ async fn memory(t: &mut Target, levels: &[usize]) -> Memory {
         let rss: u64 = all.iter().map(|p| proc_kb(*p, "VmRSS:", "status")).sum();
         per_level.push((level, pss as f64 / level as f64, rss as f64 / level as f64));
     }
-    Memory { per_level, daemon_rss_kb: proc_kb(t.daemon_pid(), "VmRSS:", "status") }
+    let before = cpu_seconds(t.daemon_pid());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let daemon_idle_cpu = (cpu_seconds(t.daemon_pid()) - before) / 10.0 * 100.0;
+    Memory { per_level, daemon_rss_kb: proc_kb(t.daemon_pid(), "VmRSS:", "status"), daemon_idle_cpu }
 }
 
 /// Kills the daemon and times a new one from spawn until ListContainers
@@ -652,6 +657,12 @@ async fn main() {
         "KiB",
         vec![mems[0].daemon_rss_kb as f64],
         other.then(|| vec![mems[1].daemon_rss_kb as f64]),
+    ));
+    rows.push(row(
+        format!("daemon CPU over 10 s, {pods} idle pods"),
+        "% core",
+        vec![mems[0].daemon_idle_cpu],
+        other.then(|| vec![mems[1].daemon_idle_cpu]),
     ));
     let (b, c) = pick(&restarts);
     rows.push(row(format!("daemon restart until all {pods} containers listed"), "ms", b, c));
