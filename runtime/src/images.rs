@@ -203,10 +203,23 @@ pub async fn with_store<T: Send + 'static>(
     store: &Arc<tokio::sync::Mutex<ImageStore>>,
     work: impl FnOnce(&mut ImageStore) -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    let mut guard = store.clone().lock_owned().await;
+    run_locked(store.clone().lock_owned().await, work).await
+}
+
+/// Runs blocking work on a store whose lock the caller already holds, on a
+/// blocking thread; the lock goes when the work ends.
+pub async fn run_locked<T: Send + 'static>(
+    mut guard: tokio::sync::OwnedMutexGuard<ImageStore>,
+    work: impl FnOnce(&mut ImageStore) -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(move || work(&mut guard))
         .await
         .map_err(|e| Error::internal(format!("image store work: {e}")))?
+}
+
+/// Deletes a blob (a file) or a snapshot (a folder).
+fn remove_entry(p: &Path) {
+    let _ = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
 }
 
 /// Blobs and snapshots taken out of the store by a collection, to delete
@@ -219,7 +232,7 @@ impl Trash {
     /// Deletes everything in it. Blocks: a snapshot can be many files.
     pub fn empty(self) {
         for p in self.0 {
-            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            remove_entry(&p);
             crate::failpoint::hit("remove-image/collecting");
         }
     }
@@ -527,8 +540,7 @@ impl ImageStore {
             let Ok(entries) = std::fs::read_dir(dir) else { continue };
             for e in entries.flatten() {
                 if e.file_name().to_string_lossy().starts_with(".tmp-") {
-                    let p = e.path();
-                    let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                    remove_entry(&e.path());
                 }
             }
         }

@@ -284,6 +284,27 @@ impl Sandbox {
     fn lost_at(&self) -> Option<i64> {
         *lock(&self.lost)
     }
+
+    /// Whether its shim still runs: by pid, checked to be this sandbox's
+    /// berth-shim (a reused pid, another pod's shim too, is not).
+    fn shim_running(&self) -> bool {
+        let (pid, id) = {
+            let m = lock(&self.meta);
+            (m.shim_pid, m.id.clone())
+        };
+        running(pid) && crate::pidfd::is_shim_of(pid as i32, &id)
+    }
+
+    /// What a failed call to its shim means: a shim that still runs is
+    /// silent (stopped, overloaded: nothing may be taken for exited); one
+    /// that is gone is forgotten.
+    async fn after_failed_call(&self, why: String) -> ShimView {
+        if self.shim_running() {
+            return ShimView::Silent(why);
+        }
+        *self.shim.lock().await = None;
+        ShimView::Gone(now_nanos())
+    }
 }
 
 /// What startup reconciliation found.
@@ -329,10 +350,9 @@ pub struct Manager {
     usage: Arc<crate::usage_cache::UsageCache>,
     /// The image store's blob and snapshot folders, for ImageFsInfo.
     image_dirs: Vec<PathBuf>,
-    /// Sandboxes whose shim the monitor is to watch (new pods); the
-    /// monitor takes the receiver when it starts.
-    watch_tx: tokio::sync::mpsc::UnboundedSender<Arc<Sandbox>>,
-    watch_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Arc<Sandbox>>>>,
+    /// This manager, for the shim watchers of new pods; set when the shim
+    /// monitor starts (at the end of recovery, before any call is served).
+    me: std::sync::OnceLock<std::sync::Weak<Manager>>,
     /// Admission: RunPodSandbox calls doing their work at once; more wait
     /// their turn, so a burst of pods cannot start hundreds of shims and
     /// CNI plugins together.
@@ -353,16 +373,15 @@ fn watch_shim(manager: std::sync::Weak<Manager>, sb: Arc<Sandbox>) {
             let meta = lock(&sb.meta);
             (meta.shim_pid as i32, meta.id.clone())
         };
-        let is_this_shim = || running(pid as u32) && crate::pidfd::is_shim_of(pid, &id);
         match crate::pidfd::Pidfd::open(pid) {
             // Pinned first, checked second: the pidfd is this shim's.
-            Ok(fd) if is_this_shim() => {
+            Ok(fd) if sb.shim_running() => {
                 let _ = fd.exited().await;
             }
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
             Err(_) => {
-                while is_this_shim() {
+                while sb.shim_running() {
                     tokio::time::sleep(SHIM_CHECK).await;
                 }
             }
@@ -431,7 +450,6 @@ impl Manager {
         let container_store = Store::open(&db, "containers")?;
         let images = ImageStore::open(&cfg.root, &db)?;
         let image_dirs = images.usage_dirs();
-        let (watch_tx, watch_rx) = tokio::sync::mpsc::unbounded_channel();
         let content = images.content().clone();
         let images = Arc::new(tokio::sync::Mutex::new(images));
         let metrics = Arc::new(crate::metrics::Metrics::default());
@@ -461,8 +479,7 @@ impl Manager {
             usage: crate::usage_cache::UsageCache::new(USAGE_MAX_AGE),
             image_dirs,
             pod_starts: tokio::sync::Semaphore::new(MAX_CONCURRENT_POD_STARTS),
-            watch_tx,
-            watch_rx: Mutex::new(Some(watch_rx)),
+            me: std::sync::OnceLock::new(),
         };
         for s in m.sandbox_store.load_all::<SandboxMeta>()? {
             lock(&m.names).insert(sandbox_key(&s.config.metadata.clone().unwrap_or_default()));
@@ -657,18 +674,10 @@ impl Manager {
     /// fraction of a second, not at the next call.
     fn spawn_shim_monitor(self: Arc<Self>) {
         let weak = Arc::downgrade(&self);
-        let existing: Vec<Arc<Sandbox>> = lock(&self.sandboxes).values().cloned().collect();
-        let rx = lock(&self.watch_rx).take();
-        drop(self);
-        for sb in existing {
-            watch_shim(weak.clone(), sb);
+        let _ = self.me.set(weak.clone());
+        for sb in lock(&self.sandboxes).values() {
+            watch_shim(weak.clone(), sb.clone());
         }
-        let Some(mut rx) = rx else { return };
-        tokio::spawn(async move {
-            while let Some(sb) = rx.recv().await {
-                watch_shim(weak.clone(), sb);
-            }
-        });
     }
 
     /// A sandbox's shim is gone: its containers have lost their monitor and
@@ -1021,7 +1030,9 @@ impl Manager {
             self.sandbox_store.put(&id, &meta).await?;
             let sb = Sandbox::new(meta.clone(), Some(shim));
             lock(&self.sandboxes).insert(id.clone(), sb.clone());
-            let _ = self.watch_tx.send(sb);
+            if let Some(me) = self.me.get() {
+                watch_shim(me.clone(), sb);
+            }
             Ok::<_, Error>(())
         }
         .await;
@@ -1468,19 +1479,11 @@ impl Manager {
                 RuntimeState::from_shim(&s)
             }
             Err(e) if e.kind == Kind::NotFound => RuntimeState::unknown_to_shim(),
-            Err(e) => {
-                let (pid, sid) = {
-                    let m = lock(&sb.meta);
-                    (m.shim_pid, m.id.clone())
-                };
-                if crate::pidfd::is_shim_of(pid as i32, &sid) && running(pid) {
-                    // Alive but silent (stopped, overloaded): nothing is known,
-                    // and nothing may be taken for exited.
-                    return RuntimeState::not_answering(&sid, &e.message);
-                }
-                *sb.shim.lock().await = None;
-                RuntimeState::shim_gone(now_nanos())
-            }
+            Err(e) => sb
+                .after_failed_call(e.message)
+                .await
+                .state_of(&meta.sandbox_id, &meta.id)
+                .unwrap_or_else(RuntimeState::unknown_to_shim),
         }
     }
 
@@ -1555,7 +1558,7 @@ impl Manager {
         self.container_store.delete(id).await?;
         lock(&self.containers).remove(id);
         self.cpu_rates.forget(id);
-        self.usage.forget(&self.cfg.root.join("containers").join(id).join("upper"));
+        self.usage.forget(&self.upper_dir(id));
         self.release(&container_key(&meta.sandbox_id, &meta.config.metadata.clone().unwrap_or_default()));
         // Layers of an image removed while this container ran go now (only
         // then: a collection walks the whole store).
@@ -1674,15 +1677,7 @@ impl Manager {
                             Ok(list) => ShimView::Listed(
                                 list.iter().map(|s| (s.id.clone(), RuntimeState::from_shim(s))).collect(),
                             ),
-                            Err(e) => {
-                                let pid = lock(&sb.meta).shim_pid;
-                                if crate::pidfd::is_shim_of(pid as i32, sid) && running(pid) {
-                                    ShimView::Silent(e.message)
-                                } else {
-                                    *sb.shim.lock().await = None;
-                                    ShimView::Gone(now_nanos())
-                                }
-                            }
+                            Err(e) => sb.after_failed_call(e.message).await,
                         },
                     },
                 },
@@ -1780,19 +1775,21 @@ impl Manager {
     /// the background walks (never under the image-store lock). None while
     /// the first walk of a big store runs.
     pub async fn image_fs_usage(&self) -> Option<crate::usage_cache::Usage> {
-        let mut total: Option<crate::usage_cache::Usage> = None;
+        let mut total = crate::usage_cache::Usage { bytes: 0, inodes: 0, at: i64::MAX };
         for d in &self.image_dirs {
             let u = self.usage.get(d).await?;
-            total = Some(match total {
-                None => u,
-                Some(t) => crate::usage_cache::Usage {
-                    bytes: t.bytes + u.bytes,
-                    inodes: t.inodes + u.inodes,
-                    at: t.at.min(u.at),
-                },
-            });
+            total = crate::usage_cache::Usage {
+                bytes: total.bytes + u.bytes,
+                inodes: total.inodes + u.inodes,
+                at: total.at.min(u.at),
+            };
         }
-        total
+        Some(total)
+    }
+
+    /// A container's writable layer.
+    fn upper_dir(&self, id: &str) -> PathBuf {
+        self.cfg.root.join("containers").join(id).join("upper")
     }
 
     /// The folder ImageFsInfo names.
@@ -1812,7 +1809,7 @@ impl Manager {
             labels: meta.config.labels.clone(),
             annotations: meta.config.annotations.clone(),
         };
-        let upper = self.cfg.root.join("containers").join(id).join("upper");
+        let upper = self.upper_dir(id);
         let usage = self.usage.get(&upper).await;
         let writable_layer = cri::FilesystemUsage {
             timestamp: usage.map(|u| u.at).unwrap_or(now),
@@ -2059,11 +2056,9 @@ impl Manager {
         &self,
         work: impl FnOnce(&mut ImageStore, &BTreeSet<String>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let mut guard = self.images.clone().lock_owned().await;
+        let guard = self.images.clone().lock_owned().await;
         let in_use = self.layers_in_use();
-        tokio::task::spawn_blocking(move || work(&mut guard, &in_use))
-            .await
-            .map_err(|e| Error::internal(format!("image store work: {e}")))?
+        crate::images::run_locked(guard, move |store| work(store, &in_use)).await
     }
 
     /// RemoveImage: the image and its names go; its blobs and snapshots

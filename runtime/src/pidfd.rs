@@ -44,9 +44,7 @@ impl Pidfd {
         }
         Ok(())
     }
-}
 
-impl Pidfd {
     /// Waits until the pinned process has exited: a pidfd turns readable
     /// then, whoever its parent is. Nothing polls meanwhile.
     pub async fn exited(self) -> io::Result<()> {

@@ -53,34 +53,30 @@ impl UsageCache {
     /// when old), or, the first time, the walk's result if it ends soon.
     /// None only while a first walk of a big folder is running.
     pub async fn get(self: &Arc<Self>, dir: &Path) -> Option<Usage> {
-        let (cached, started) = self.refresh(dir);
-        if cached.is_some() || !started {
-            return cached;
-        }
-        let deadline = Instant::now() + FIRST_WAIT;
-        while Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            if let Some(u) = self.lock().get(dir).and_then(|e| e.usage) {
-                return Some(u);
+        match self.refresh(dir) {
+            (None, Some(walk)) => {
+                // The walk goes on in the background if it takes longer.
+                let _ = tokio::time::timeout(FIRST_WAIT, walk).await;
+                self.lock().get(dir).and_then(|e| e.usage)
             }
+            (cached, _) => cached,
         }
-        None
     }
 
-    /// The cached figure, and whether a walk was started now.
-    fn refresh(self: &Arc<Self>, dir: &Path) -> (Option<Usage>, bool) {
+    /// The cached figure, and the walk started now (when it was old).
+    fn refresh(self: &Arc<Self>, dir: &Path) -> (Option<Usage>, Option<tokio::task::JoinHandle<()>>) {
         let mut entries = self.lock();
         let e = entries.entry(dir.to_path_buf()).or_default();
         let stale = e.measured.is_none_or(|t| t.elapsed() >= self.max_age);
         if !stale || e.walking {
-            return (e.usage, false);
+            return (e.usage, None);
         }
         e.walking = true;
         let cached = e.usage;
         drop(entries);
         let me = self.clone();
         let dir = dir.to_path_buf();
-        tokio::spawn(async move {
+        let walk = tokio::spawn(async move {
             let measured = match me.walks.acquire().await {
                 Ok(_permit) => {
                     let d = dir.clone();
@@ -98,7 +94,7 @@ impl UsageCache {
                 }
             }
         });
-        (cached, true)
+        (cached, Some(walk))
     }
 
     /// Drops a folder that is gone (a removed container's layer).

@@ -566,6 +566,24 @@ pub async fn wait_gone(pid: i32, limit: Duration) -> bool {
     true
 }
 
+/// The plain pod users run: named `name` in `namespace`, its own hostname,
+/// its logs in `log_root/<name>`, default Linux settings (a network when
+/// the node has one).
+pub fn plain_pod_config(name: &str, namespace: &str, log_root: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            namespace: namespace.into(),
+            uid: format!("uid-{name}"),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_root.join(name).display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
 /// A container config running `cmd` from the test image, logging to `<name>.log`.
 pub fn container_config(name: &str, cmd: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {

@@ -606,7 +606,9 @@ async fn hostile_registry_bodies_are_bounded() {
                 let head = if req.contains("/token") {
                     format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {huge}\r\n\r\n")
                 } else if req.contains("/v2/tok/") {
-                    format!("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"x\"\r\nContent-Length: 0\r\n\r\n")
+                    // It closes the connection after the 401: say so, or the
+                    // client may send the token request on the closed one.
+                    format!("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"x\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 } else {
                     format!("HTTP/1.1 500 Internal Server Error\r\nContent-Length: {huge}\r\n\r\n")
                 };

@@ -108,18 +108,7 @@ impl Target {
     }
 
     fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
-        cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: name.into(),
-                namespace: "bench".into(),
-                uid: format!("uid-{name}"),
-                attempt: 0,
-            }),
-            hostname: name.into(),
-            log_directory: self.logs.join(name).display().to_string(),
-            linux: Some(cri::LinuxPodSandboxConfig::default()),
-            ..Default::default()
-        }
+        berth_tests::plain_pod_config(name, "bench", &self.logs)
     }
 }
 

@@ -157,19 +157,7 @@ struct Counters {
 }
 
 fn pod_config(logs: &Path, slot: usize, round: u64) -> cri::PodSandboxConfig {
-    let name = format!("soak-{slot}-{round}");
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.clone(),
-            namespace: "soak".into(),
-            uid: format!("uid-{name}"),
-            attempt: 0,
-        }),
-        hostname: name.clone(),
-        log_directory: logs.join(&name).display().to_string(),
-        linux: Some(Default::default()),
-        ..Default::default()
-    }
+    berth_tests::plain_pod_config(&format!("soak-{slot}-{round}"), "soak", logs)
 }
 
 fn flood_container() -> cri::ContainerConfig {
