@@ -9,6 +9,9 @@ bash scripts/setup.sh --test
 # A clean checkout gains nothing from incremental state but its size on disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo build --workspace --locked
+# Workspace lints (unsafe only where a module allows it, every unsafe block
+# with its SAFETY note) and clippy's defaults, as errors.
+cargo clippy --workspace --all-targets --locked -- -D warnings
 image=target/test-image
 bash scripts/build-test-image.sh "$image" >/dev/null
 export BERTH_TEST_IMAGE=$PWD/$image

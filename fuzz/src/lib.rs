@@ -65,7 +65,7 @@ fn spdy_input() -> BoxedStrategy<Vec<u8>> {
 
 fn spdy_frames(data: &[u8]) {
     rt().block_on(async {
-        let mut r = berth::spdy::Reader::new(data);
+        let mut r = berth_streaming::spdy::Reader::new(data);
         // Each frame consumes at least its 8-byte head: the loop ends.
         for _ in 0..=data.len() / 8 + 1 {
             match r.next().await {
@@ -78,7 +78,7 @@ fn spdy_frames(data: &[u8]) {
 }
 
 fn websocket_splitter(data: &[u8]) {
-    use berth::streaming::{ws_frame, WsFrame};
+    use berth_streaming::server::{ws_frame, WsFrame};
     use tokio_tungstenite_message as msg;
     match ws_frame(msg::binary(data)) {
         WsFrame::Data(ch, rest) => {
@@ -94,8 +94,8 @@ fn websocket_splitter(data: &[u8]) {
 /// dependencies twice.
 mod tokio_tungstenite_message {
     /// A binary message.
-    pub fn binary(data: &[u8]) -> berth::streaming::WsMessage {
-        berth::streaming::WsMessage::Binary(data.to_vec().into())
+    pub fn binary(data: &[u8]) -> berth_streaming::server::WsMessage {
+        berth_streaming::server::WsMessage::Binary(data.to_vec().into())
     }
 }
 
@@ -119,11 +119,11 @@ fn cri_log_round_trip(data: &[u8]) {
         i += n;
     }
     splitter.finish(ts, &mut out);
-    let (stdout, stderr) = berth::cri_log_reader::split_streams(&out);
+    let (stdout, stderr) = protocol::cri_log::split_streams(&out);
     assert_eq!(stdout, rest, "the log does not give back what was written");
     assert!(stderr.is_empty());
     for line in out.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        assert!(berth::cri_log_reader::parse_line(line).is_some(), "an unparseable record");
+        assert!(protocol::cri_log::parse_line(line).is_some(), "an unparseable record");
     }
 }
 
@@ -227,7 +227,7 @@ fn layer_unpack(data: &[u8]) {
     if std::fs::write(&blob, tarball).is_err() {
         return;
     }
-    let _ = berth::unpack::unpack_layer(&blob, &dest);
+    let _ = berth_images::unpack::unpack_layer(&blob, &dest);
     let mut after = snapshot(tmp.path(), &dest);
     after.retain(|(p, _)| !p.ends_with("layer.tar") && !p.contains("/a/b/c/.tmp-") && !p.ends_with("/a/b/c"));
     let mut before = before;
@@ -247,9 +247,9 @@ fn reference_input() -> BoxedStrategy<Vec<u8>> {
 
 fn image_reference(data: &[u8]) {
     let s = String::from_utf8_lossy(data);
-    if let Ok(r) = berth::reference::Reference::parse(&s) {
+    if let Ok(r) = berth_images::reference::Reference::parse(&s) {
         let again = r.digested().or_else(|| r.tagged()).unwrap_or_else(|| r.repository());
-        let r2 = berth::reference::Reference::parse(&again)
+        let r2 = berth_images::reference::Reference::parse(&again)
             .unwrap_or_else(|e| panic!("{again:?} (from {s:?}) does not parse again: {e}"));
         assert_eq!(r2.repository(), r.repository(), "{s:?}");
     }
@@ -291,20 +291,20 @@ fn config_file(data: &[u8]) {
     if std::fs::write(&path, data).is_err() {
         return;
     }
-    if let Ok(s) = berth::settings::Settings::load(&[path]) {
+    if let Ok(s) = berthd::settings::Settings::load(&[path]) {
         // What loads is valid, and its dump loads back to the same.
         s.validate().unwrap_or_else(|e| panic!("loaded but invalid: {e}"));
-        let again: berth::settings::Settings =
+        let again: berthd::settings::Settings =
             proptest_toml(&s.to_toml()).unwrap_or_else(|e| panic!("the dump does not load: {e}"));
         assert_eq!(again, s);
     }
 }
 
-fn proptest_toml(text: &str) -> Result<berth::settings::Settings, String> {
+fn proptest_toml(text: &str) -> Result<berthd::settings::Settings, String> {
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let p = tmp.path().join("again.toml");
     std::fs::write(&p, text).map_err(|e| e.to_string())?;
-    berth::settings::Settings::load(&[p]).map_err(|e| e.message)
+    berthd::settings::Settings::load(&[p]).map_err(|e| e.message)
 }
 
 fn json_input() -> BoxedStrategy<Vec<u8>> {
@@ -327,14 +327,14 @@ fn json_input() -> BoxedStrategy<Vec<u8>> {
 }
 
 fn manifest(data: &[u8]) {
-    if let Ok((json, config, layers)) = berth::pull::parse_manifest(data) {
+    if let Ok((json, config, layers)) = berth_images::pull::parse_manifest(data) {
         assert_eq!(json["schemaVersion"], 2);
         for (d, _) in std::iter::once(&config).chain(layers.iter()) {
-            assert!(berth::images::digest_hex(d).is_ok(), "{d}");
+            assert!(berth_images::images::digest_hex(d).is_ok(), "{d}");
         }
     }
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
-        let _ = berth::images::select_platform(&v);
+        let _ = berth_images::images::select_platform(&v);
     }
 }
 
@@ -348,7 +348,7 @@ fn h2_input() -> BoxedStrategy<Vec<u8>> {
 fn h2_authority(data: &[u8]) {
     use tokio::io::AsyncReadExt;
     rt().block_on(async {
-        let mut fix = berth::h2_authority::AuthorityFix::new(data);
+        let mut fix = berthd::h2_authority::AuthorityFix::new(data);
         let mut out = Vec::new();
         let read = tokio::time::timeout(std::time::Duration::from_secs(5), fix.read_to_end(&mut out)).await;
         assert!(read.is_ok(), "the authority fix did not finish its input");

@@ -19,6 +19,8 @@ pub mod images {
 /// protobuf JSON mapping (field names, enum names) clients print and read.
 pub const CRI_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cri_descriptor_set.bin"));
 
+pub mod cri_client;
+pub mod cri_log;
 pub mod io_stream;
 pub mod socket_path;
 

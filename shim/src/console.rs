@@ -2,6 +2,7 @@
 //! console socket (runc's `--console-socket`, SCM_RIGHTS). The shim reads
 //! the terminal output (logged as stdout), keeps the master for input and
 //! sets its size on resize.
+#![allow(unsafe_code)] // syscalls libc and nix do not wrap safely; each block has its SAFETY note
 use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;

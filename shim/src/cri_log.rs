@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use protocol::cri_log::{rfc3339_nano, write_record};
 use tokio::io::AsyncReadExt;
 
 /// Default longest line content written in one record (containerd's choice).
@@ -232,12 +233,12 @@ impl LineSplitter {
             let rest = &data[start..];
             let limit = rest.len().min(self.max_line);
             if let Some(nl) = memchr::memchr(b'\n', &rest[..limit]) {
-                write_record(out, stamp, self.stream, b'F', &rest[..nl]);
+                write_record(out, stamp, self.stream.name(), true, &rest[..nl]);
                 start += nl + 1;
             } else if rest.len() >= self.max_line {
                 // A full-size chunk without a newline: a partial record. When
                 // the newline comes right after it, it ends an empty F record.
-                write_record(out, stamp, self.stream, b'P', &rest[..self.max_line]);
+                write_record(out, stamp, self.stream.name(), false, &rest[..self.max_line]);
                 start += self.max_line;
             } else {
                 return start;
@@ -248,51 +249,10 @@ impl LineSplitter {
     /// Flushes an unterminated last line when the stream closes.
     pub fn finish(&mut self, ts: SystemTime, out: &mut Vec<u8>) {
         if !self.pending.is_empty() {
-            write_record(out, rfc3339_nano(ts).as_bytes(), self.stream, b'P', &self.pending);
+            write_record(out, rfc3339_nano(ts).as_bytes(), self.stream.name(), false, &self.pending);
             self.pending.clear();
         }
     }
-}
-
-fn write_record(out: &mut Vec<u8>, stamp: &[u8], stream: Stream, tag: u8, content: &[u8]) {
-    out.extend_from_slice(stamp);
-    out.push(b' ');
-    out.extend_from_slice(stream.name().as_bytes());
-    out.push(b' ');
-    out.push(tag);
-    out.push(b' ');
-    out.extend_from_slice(content);
-    out.push(b'\n');
-}
-
-/// Formats a time as RFC3339 in UTC with nine fraction digits.
-pub fn rfc3339_nano(ts: SystemTime) -> String {
-    let d = ts.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, day) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
-/// algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// Copies one stream (a pipe, or a pty master) into the sink until it closes.

@@ -60,10 +60,7 @@ pub async fn serve(listener: tokio::net::UnixListener, svc: Arc<ShimService>) {
 
 /// A container that is running, or why not.
 fn running(svc: &ShimService, id: &str) -> Result<Arc<crate::container::Container>, String> {
-    let c = svc.get(id).map_err(|e| match e {
-        ttrpc::Error::RpcStatus(s) => s.message().to_string(),
-        other => other.to_string(),
-    })?;
+    let c = svc.get(id).map_err(|e| e.to_string())?;
     if c.record().status != protocol::shim::Status::RUNNING {
         return Err(format!("container {id} is not running"));
     }

@@ -8,6 +8,7 @@ mod cgroup;
 mod console;
 mod container;
 use berth_shim::cri_log;
+mod error;
 mod exec;
 mod io_server;
 mod namespaces;
@@ -105,6 +106,7 @@ fn main() {
 }
 
 /// The launcher half: forks the daemon and relays its readiness.
+#[allow(unsafe_code)] // fork
 fn launch() -> Result<()> {
     let args = parse_args()?;
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
@@ -144,6 +146,7 @@ fn launch() -> Result<()> {
     }
 }
 
+#[allow(unsafe_code)] // prctl and signal dispositions
 fn detach(dir: &std::path::Path) -> Result<()> {
     nix::unistd::setsid().context("setsid")?;
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integers.

@@ -9,6 +9,7 @@
 //! lives. The `ns` folder is a private bind mount of itself so the pins never
 //! propagate to other mount namespaces, where they would keep the namespaces
 //! alive after removal.
+#![allow(unsafe_code)] // syscalls libc and nix do not wrap safely; each block has its SAFETY note
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -133,6 +133,7 @@ mod tests {
     /// An exit kept from an earlier process with the same pid is not handed
     /// to the subscriber of a live child: it gets the child's own exit.
     #[test]
+    #[allow(clippy::zombie_processes)] // the reaper under test reaps it
     fn a_stale_exit_of_a_reused_pid_is_not_handed_on() {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let reaper = Reaper::default();

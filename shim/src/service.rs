@@ -15,20 +15,16 @@ use protocol::shim::{
 use slog::{info, warn, Logger};
 use tokio::sync::Notify;
 use ttrpc::r#async::TtrpcContext;
-use ttrpc::{get_status, Code};
 
 use crate::container::Container;
 use crate::cri_log::{self, LogSink, Stream};
+use crate::error::ShimError;
 use crate::exec;
 use crate::namespaces::{self, Pinned};
 use crate::reaper::Reaper;
 use crate::runc::{self, Output, Runc};
 
 type TResult<T> = ttrpc::Result<T>;
-
-fn status(code: Code, msg: impl ToString) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(get_status(code, msg))
-}
 
 /// How long Shutdown waits for killed containers to be reaped.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
@@ -78,13 +74,13 @@ impl ShimService {
     }
 
     /// A container by id (NotFound otherwise).
-    pub(crate) fn get(&self, id: &str) -> TResult<Arc<Container>> {
+    pub(crate) fn get(&self, id: &str) -> Result<Arc<Container>, ShimError> {
         self.containers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .cloned()
-            .ok_or_else(|| status(Code::NOT_FOUND, format!("container {id} not found in sandbox {}", self.sandbox_id)))
+            .ok_or_else(|| ShimError::NotFound { id: id.to_string(), sandbox_id: self.sandbox_id.clone() })
     }
 
     fn all(&self) -> Vec<Arc<Container>> {
@@ -97,22 +93,22 @@ impl ShimService {
             || id.len() > 128
             || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         {
-            return Err(status(Code::INVALID_ARGUMENT, format!("invalid container id {id:?}")));
+            return Err(ShimError::Invalid(format!("invalid container id {id:?}")).into());
         }
         if self.containers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(id) {
-            return Err(status(Code::ALREADY_EXISTS, format!("container {id} already exists")));
+            return Err(ShimError::Exists(id.to_string()).into());
         }
         let bundle = PathBuf::from(&req.bundle);
         if !bundle.join("config.json").is_file() {
-            return Err(status(Code::INVALID_ARGUMENT, format!("bundle {} has no config.json", bundle.display())));
+            return Err(ShimError::Invalid(format!("bundle {} has no config.json", bundle.display())).into());
         }
         let log_path = (!req.log_path.is_empty()).then(|| PathBuf::from(&req.log_path));
         let log_root = (!req.log_root.is_empty()).then(|| PathBuf::from(&req.log_root));
         let sink = LogSink::open(log_path, log_root, self.max_log_line)
-            .map_err(|e| status(Code::INTERNAL, format!("opening log file {}: {e}", req.log_path)))?;
+            .map_err(|e| ShimError::os(format!("opening log file {}", req.log_path), e))?;
         let sink = Arc::new(sink);
-        let pipe = || -> TResult<(OwnedFd, OwnedFd)> {
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| status(Code::INTERNAL, format!("pipe: {e}")))
+        let pipe = || -> Result<(OwnedFd, OwnedFd), ShimError> {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ShimError::os("pipe", e))
         };
         let bundle_s = bundle.to_string_lossy().to_string();
         let pid_file = bundle.join("init.pid");
@@ -130,11 +126,11 @@ impl ShimService {
         }
         let (out_w, err_w, console) = if req.terminal {
             let sock = bundle.join("console.sock");
-            let console = crate::console::ConsoleSocket::listen(&sock)
-                .map_err(|e| status(Code::INTERNAL, format!("console socket: {e}")))?;
+            let console =
+                crate::console::ConsoleSocket::listen(&sock).map_err(|e| ShimError::os("console socket", e))?;
             args.push("--console-socket".into());
             args.push(console.runtime_path());
-            let (o, e) = crate::console::null_stdio().map_err(|e| status(Code::INTERNAL, format!("/dev/null: {e}")))?;
+            let (o, e) = crate::console::null_stdio().map_err(|e| ShimError::os("/dev/null", e))?;
             (o, e, Some(console))
         } else {
             let (out_r, out_w) = pipe()?;
@@ -156,17 +152,16 @@ impl ShimService {
             )
             .await;
         // A failed create drops the console socket, which stops its wait.
-        created.map_err(|e| status(Code::INTERNAL, e))?;
+        created.map_err(ShimError::Runtime)?;
         if let Some(console) = console {
-            let master = console.master().await.map_err(|e| status(Code::INTERNAL, e))?;
-            let reader_fd = master.try_clone().map_err(|e| status(Code::INTERNAL, format!("dup terminal: {e}")))?;
-            let reader = crate::console::PtyReader::new(reader_fd)
-                .map_err(|e| status(Code::INTERNAL, format!("terminal: {e}")))?;
+            let master = console.master().await.map_err(ShimError::Internal)?;
+            let reader_fd = master.try_clone().map_err(|e| ShimError::os("dup terminal", e))?;
+            let reader = crate::console::PtyReader::new(reader_fd).map_err(|e| ShimError::os("terminal", e))?;
             forwarders.push(tokio::spawn(cri_log::forward(Stream::Stdout, reader, Arc::clone(&sink))));
             io.pty = Some(master);
         }
         let pid = runc::read_pid(&pid_file)
-            .ok_or_else(|| status(Code::INTERNAL, "the OCI runtime wrote no container pid"))?;
+            .ok_or_else(|| ShimError::Internal("the OCI runtime wrote no container pid".into()))?;
         let exit = self.reaper.subscribe(pid);
         let kill_rest = (!own_pid_namespace(&bundle)).then(|| self.runc.clone());
         let c = Container::new(id.to_string(), bundle, sink, pid, io);
@@ -197,10 +192,10 @@ impl Shim for ShimService {
         let c = self.get(&req.id)?;
         let st = c.record().status;
         if st != Status::CREATED {
-            return Err(status(Code::FAILED_PRECONDITION, format!("container {} is {:?}, not created", req.id, st)));
+            return Err(ShimError::WrongState(format!("container {} is {:?}, not created", req.id, st)).into());
         }
         let at = std::time::SystemTime::now();
-        self.runc.start(&req.id).await.map_err(|e| status(Code::INTERNAL, e))?;
+        self.runc.start(&req.id).await.map_err(ShimError::Runtime)?;
         c.mark_started(at);
         info!(self.log, "container started"; "container_id" => &req.id);
         Ok(c.state())
@@ -217,7 +212,7 @@ impl Shim for ShimService {
                 || e.stderr().contains("not running")
                 || runc::is_not_found(e.stderr());
             if !gone {
-                return Err(status(Code::INTERNAL, e));
+                return Err(ShimError::Runtime(e).into());
             }
         }
         Ok(Empty::new())
@@ -245,7 +240,7 @@ impl Shim for ShimService {
             Err(_) => {
                 // Unknown to the shim (a crash between steps): make sure the
                 // runtime forgets it too.
-                self.runc.delete(&req.id).await.map_err(|e| status(Code::INTERNAL, e))?;
+                self.runc.delete(&req.id).await.map_err(ShimError::Runtime)?;
                 let mut s = ContainerState::new();
                 s.id = req.id.clone();
                 s.status = Status::STOPPED.into();
@@ -253,9 +248,9 @@ impl Shim for ShimService {
             }
         };
         if c.record().status == Status::RUNNING {
-            return Err(status(Code::FAILED_PRECONDITION, format!("container {} is running; stop it first", req.id)));
+            return Err(ShimError::WrongState(format!("container {} is running; stop it first", req.id)).into());
         }
-        self.runc.delete(&req.id).await.map_err(|e| status(Code::INTERNAL, e))?;
+        self.runc.delete(&req.id).await.map_err(ShimError::Runtime)?;
         // A created container's init is killed by the delete; wait for it so
         // its exit is recorded and its pipes are drained.
         let _ = tokio::time::timeout(SHUTDOWN_WAIT, c.wait()).await;
@@ -267,16 +262,15 @@ impl Shim for ShimService {
     async fn exec_sync(&self, _ctx: &TtrpcContext, req: ExecSyncRequest) -> TResult<ExecSyncResponse> {
         let c = self.get(&req.id)?;
         if c.record().status != Status::RUNNING {
-            return Err(status(Code::FAILED_PRECONDITION, format!("container {} is not running", req.id)));
+            return Err(ShimError::WrongState(format!("container {} is not running", req.id)).into());
         }
         if req.args.is_empty() {
-            return Err(status(Code::INVALID_ARGUMENT, "exec needs a command"));
+            return Err(ShimError::Invalid("exec needs a command".into()).into());
         }
         let seq = self.exec_seq.fetch_add(1, Ordering::Relaxed);
         let timeout = (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms as u64));
-        let r = exec::exec_sync(&self.runc, &self.reaper, &c, seq, &req.args, timeout)
-            .await
-            .map_err(|e| status(Code::INTERNAL, e))?;
+        let r =
+            exec::exec_sync(&self.runc, &self.reaper, &c, seq, &req.args, timeout).await.map_err(ShimError::Exec)?;
         let mut resp = ExecSyncResponse::new();
         resp.stdout = r.stdout;
         resp.stderr = r.stderr;
@@ -287,21 +281,19 @@ impl Shim for ShimService {
 
     async fn reopen_log(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> TResult<Empty> {
         let c = self.get(&req.id)?;
-        c.log.reopen().map_err(|e| status(Code::INTERNAL, format!("reopening log: {e}")))?;
+        c.log.reopen().map_err(|e| ShimError::os("reopening log", e))?;
         Ok(Empty::new())
     }
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: protocol::shim::ResizePtyRequest) -> TResult<Empty> {
         let c = self.get(&req.id)?;
-        let pty = c
-            .pty
-            .as_ref()
-            .ok_or_else(|| status(Code::FAILED_PRECONDITION, format!("container {} has no terminal", req.id)))?;
+        let pty =
+            c.pty.as_ref().ok_or_else(|| ShimError::WrongState(format!("container {} has no terminal", req.id)))?;
         let (w, h) = (u16::try_from(req.width), u16::try_from(req.height));
         let (Ok(w), Ok(h)) = (w, h) else {
-            return Err(status(Code::INVALID_ARGUMENT, "terminal size out of range"));
+            return Err(ShimError::Invalid("terminal size out of range".into()).into());
         };
-        crate::console::resize(pty, w, h).map_err(|e| status(Code::INTERNAL, format!("resizing terminal: {e}")))?;
+        crate::console::resize(pty, w, h).map_err(|e| ShimError::os("resizing terminal", e))?;
         Ok(Empty::new())
     }
 
@@ -318,10 +310,10 @@ impl Shim for ShimService {
             (r.pid, r.status)
         };
         if st != Status::RUNNING {
-            return Err(status(Code::FAILED_PRECONDITION, format!("container {} is not running", req.id)));
+            return Err(ShimError::WrongState(format!("container {} is not running", req.id)).into());
         }
         let cg = crate::cgroup::Cgroups::of(pid)
-            .ok_or_else(|| status(Code::NOT_FOUND, format!("no cgroups for container {}", req.id)))?;
+            .ok_or_else(|| ShimError::Missing(format!("no cgroups for container {}", req.id)))?;
         let mut r = protocol::shim::StatsResponse::new();
         r.cpu_nanos = cg.cpu_nanos().unwrap_or(0);
         if let Some((usage, working_set)) = cg.memory() {
@@ -334,15 +326,14 @@ impl Shim for ShimService {
     async fn update(&self, _ctx: &TtrpcContext, req: protocol::shim::UpdateRequest) -> TResult<Empty> {
         let c = self.get(&req.id)?;
         if c.record().status != Status::RUNNING {
-            return Err(status(Code::FAILED_PRECONDITION, format!("container {} is not running", req.id)));
+            return Err(ShimError::WrongState(format!("container {} is not running", req.id)).into());
         }
         let file = c.bundle.join("update.json");
-        std::fs::write(&file, &req.resources)
-            .map_err(|e| status(Code::INTERNAL, format!("writing {}: {e}", file.display())))?;
+        std::fs::write(&file, &req.resources).map_err(|e| ShimError::os(format!("writing {}", file.display()), e))?;
         let f = file.to_string_lossy().to_string();
         let result = self.runc.run(&["update", "--resources", &f, &req.id], Output::Capture).await;
         let _ = std::fs::remove_file(&file);
-        result.map_err(|e| status(Code::INTERNAL, e))?;
+        result.map_err(ShimError::Runtime)?;
         info!(self.log, "container resources updated"; "container_id" => &req.id);
         Ok(Empty::new())
     }

@@ -160,7 +160,7 @@ async fn connect(socket: &Path) -> Channel {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if socket.exists() {
-            if let Ok(ch) = berth::cri_client::connect(&socket.display().to_string(), Duration::from_secs(2)).await {
+            if let Ok(ch) = protocol::cri_client::connect(&socket.display().to_string(), Duration::from_secs(2)).await {
                 let mut rt = RuntimeServiceClient::new(ch.clone());
                 if rt.version(cri::VersionRequest::default()).await.is_ok() {
                     return ch;

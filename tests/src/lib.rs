@@ -5,6 +5,7 @@
 pub mod containerd;
 pub mod faults;
 pub mod registry;
+pub mod streams;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -109,7 +110,7 @@ async fn connect(socket: &Path) -> Channel {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if socket.exists() {
-            if let Ok(ch) = berth::cri_client::connect(&socket.display().to_string(), Duration::from_secs(2)).await {
+            if let Ok(ch) = protocol::cri_client::connect(&socket.display().to_string(), Duration::from_secs(2)).await {
                 return ch;
             }
         }
@@ -464,7 +465,8 @@ pub fn remove_all_pods(socket: &Path, stop_first: bool) {
     let _ = std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         rt.block_on(async {
-            let Ok(ch) = berth::cri_client::connect(&socket.display().to_string(), Duration::from_secs(2)).await else {
+            let Ok(ch) = protocol::cri_client::connect(&socket.display().to_string(), Duration::from_secs(2)).await
+            else {
                 return;
             };
             let mut c = RuntimeServiceClient::new(ch);

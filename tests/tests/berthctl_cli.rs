@@ -201,16 +201,16 @@ async fn berthctl_has_crictls_habits() {
         assert!(ok, "{args:?}: {err}");
         out.lines().map(str::to_string).collect()
     };
-    assert_eq!(ids(&["ps", "-q"]), [a.clone()]);
-    assert_eq!(ids(&["ps", "-a", "-q", "--name", "^c-b$"]), [b_ctr.clone()]);
-    assert_eq!(ids(&["ps", "-q", "--state", "exited"]), [b_ctr.clone()]);
-    assert_eq!(ids(&["ps", "-a", "-q", "--label", "app=x"]), [a.clone()]);
-    assert_eq!(ids(&["ps", "-q", "-l"]), [b_ctr.clone()], "--latest is the newest, whatever its state");
+    assert_eq!(ids(&["ps", "-q"]), vec![a.clone()]);
+    assert_eq!(ids(&["ps", "-a", "-q", "--name", "^c-b$"]), vec![b_ctr.clone()]);
+    assert_eq!(ids(&["ps", "-q", "--state", "exited"]), vec![b_ctr.clone()]);
+    assert_eq!(ids(&["ps", "-a", "-q", "--label", "app=x"]), vec![a.clone()]);
+    assert_eq!(ids(&["ps", "-q", "-l"]), vec![b_ctr.clone()], "--latest is the newest, whatever its state");
     assert_eq!(ids(&["ps", "-a", "-q", "--last", "2"]), [b_ctr.clone(), a.clone()]);
     assert_eq!(ids(&["ps", "-a", "-q", "--image", "berth-test"]).len(), 2);
     assert_eq!(ids(&["ps", "-a", "-q", "--image", "other"]).len(), 0);
     assert_eq!(ids(&["ps", "-a", "-q", "--pod", &pod[..12]]).len(), 2);
-    assert_eq!(ids(&["pods", "-q", "--name", "hab"]), [pod.clone()]);
+    assert_eq!(ids(&["pods", "-q", "--name", "hab"]), vec![pod.clone()]);
     assert!(ids(&["pods", "-q", "--label", "no=such"]).is_empty());
     assert!(ids(&["pods", "-q", "--state", "notready"]).is_empty());
 

@@ -155,7 +155,7 @@ macro_rules! failpoint_tests {
         fn every_failpoint_has_a_test() {
             let mut tested = vec![$($step),*];
             tested.extend(OTHER_STEPS);
-            assert_eq!(tested, berth::failpoint::STEPS.to_vec());
+            assert_eq!(tested, berth_core::failpoint::STEPS.to_vec());
         }
     };
 }

@@ -203,7 +203,7 @@ async fn a_burst_of_pods_is_admitted_a_few_at_a_time() {
         .collect();
     assert_eq!(seen.len(), 20);
     let most = seen.iter().copied().max().unwrap_or(0);
-    assert!(most <= berth::manager::MAX_CONCURRENT_POD_STARTS, "{most} pods were started at once");
+    assert!(most <= berthd::manager::MAX_CONCURRENT_POD_STARTS, "{most} pods were started at once");
     assert!(most >= 2, "the burst was never concurrent, so it proves nothing: {seen:?}");
     assert_eq!(d.pods().await.len(), 20);
 }

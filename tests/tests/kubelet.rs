@@ -122,7 +122,7 @@ async fn container_image_fields_are_what_kubelet_shows() {
 /// `sun_path` and still works, through a berthd restart.
 #[tokio::test]
 async fn a_200_character_state_folder_works() {
-    use berth::stream_client::{exit_code, Channels, ExecStream};
+    use berth_streaming::client::{exit_code, Channels, ExecStream};
     use protocol::cri;
     use std::time::Duration;
     let probe = tempfile::Builder::new().prefix("b").tempdir_in("/tmp").unwrap();
@@ -147,7 +147,7 @@ async fn a_200_character_state_folder_works() {
     let url = d.exec_url(&ctr, &["sh", "-c", "tty >/dev/null && echo in-tty; exit 5"], true).await;
     let ch = Channels { stdout: true, tty: true, ..Default::default() };
     let (out, _, status) =
-        ExecStream::connect(&url, berth::streaming::EXEC_PROTOCOLS, ch).await.unwrap().collect().await;
+        ExecStream::connect(&url, berth_streaming::server::EXEC_PROTOCOLS, ch).await.unwrap().collect().await;
     assert!(String::from_utf8_lossy(&out).contains("in-tty"), "{}", String::from_utf8_lossy(&out));
     assert_eq!(exit_code(&status), Some(5));
     // berthd finds its shims again.

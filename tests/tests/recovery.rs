@@ -2,9 +2,9 @@
 //! and cleaned up; damaged metadata stops berthd with a clear message.
 use std::time::{Duration, Instant, SystemTime};
 
-use berth::cri_log_reader::split_streams;
 use berth_tests::{alive, wait_gone, Daemon};
 use protocol::cri;
+use protocol::cri_log::split_streams;
 
 fn nanos_now() -> i64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as i64
@@ -207,7 +207,7 @@ async fn a_stale_shim_pid_never_signals_another_process() {
 /// record, and removing the pod leaves nothing.
 #[tokio::test]
 async fn a_shim_killed_during_an_exec_and_a_log_flood_cleans_up() {
-    use berth::stream_client::{Channels, ExecStream};
+    use berth_streaming::client::{Channels, ExecStream};
     let mut d = Daemon::start().await;
     let cfg = d.pod_config("flood");
     let pod = d.run_pod(&cfg).await;
@@ -235,14 +235,14 @@ async fn a_shim_killed_during_an_exec_and_a_log_flood_cleans_up() {
         .unwrap()
         .into_inner()
         .url;
-    let mut s = ExecStream::connect(&url, berth::streaming::EXEC_PROTOCOLS, ch).await.unwrap();
-    assert!(matches!(s.next().await, Some(berth::stream_client::Event::Stdout(_))));
+    let mut s = ExecStream::connect(&url, berth_streaming::server::EXEC_PROTOCOLS, ch).await.unwrap();
+    assert!(matches!(s.next().await, Some(berth_streaming::client::Event::Stdout(_))));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let shim = d.shim_pid(&pod).await;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), nix::sys::signal::Signal::SIGKILL).unwrap();
     // The exec's client hears the end.
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        while !matches!(s.next().await, None | Some(berth::stream_client::Event::Closed)) {}
+        while !matches!(s.next().await, None | Some(berth_streaming::client::Event::Closed)) {}
     })
     .await;
     assert!(ended.is_ok(), "the exec stream outlived its shim");
@@ -256,11 +256,7 @@ async fn a_shim_killed_during_an_exec_and_a_log_flood_cleans_up() {
     let log = std::fs::read(d.status(&c).await.log_path).unwrap();
     assert!(log.len() > 1000 && log.ends_with(b"\n"), "the log does not end on a whole record");
     for line in log.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        assert!(
-            berth::cri_log_reader::parse_line(line).is_some(),
-            "a broken record: {:?}",
-            String::from_utf8_lossy(line)
-        );
+        assert!(protocol::cri_log::parse_line(line).is_some(), "a broken record: {:?}", String::from_utf8_lossy(line));
     }
     d.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
     d.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();

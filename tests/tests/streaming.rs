@@ -2,41 +2,17 @@
 //! remotecommand protocols, from this repository's own client.
 use std::time::{Duration, Instant};
 
-use berth::stream_client::{exit_code, Channels, Event, ExecStream};
-use berth::streaming::EXEC_PROTOCOLS;
+use berth_streaming::client::{exit_code, Channels, Event, ExecStream};
+use berth_streaming::server::EXEC_PROTOCOLS;
 use berth_tests::Daemon;
 use protocol::cri;
-
-async fn running(d: &mut Daemon, name: &str) -> String {
-    let cfg = d.pod_config(name);
-    let pod = d.run_pod(&cfg).await;
-    let c = d.create(&pod, &cfg, "c", &["sleep", "100000"]).await;
-    d.start_container(&c).await;
-    d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
-    c
-}
-
-async fn exec_url(d: &mut Daemon, c: &str, cmd: &[&str], ch: Channels) -> Result<String, tonic::Status> {
-    let r =
-        d.rt.exec(cri::ExecRequest {
-            container_id: c.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            tty: ch.tty,
-            stdin: ch.stdin,
-            stdout: ch.stdout,
-            stderr: ch.stderr,
-            ..Default::default()
-        })
-        .await?;
-    Ok(r.into_inner().url)
-}
 
 #[tokio::test]
 async fn exec_separates_streams_and_reports_the_exit_code() {
     let mut d = Daemon::start().await;
-    let c = running(&mut d, "spdy-exec").await;
+    let c = d.sleeping_container("spdy-exec").await;
     let ch = Channels { stdout: true, stderr: true, ..Default::default() };
-    let url = exec_url(&mut d, &c, &["sh", "-c", "echo out; echo err >&2; exit 3"], ch).await.unwrap();
+    let url = d.exec_url_with(&c, &["sh", "-c", "echo out; echo err >&2; exit 3"], ch).await.unwrap();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     let s = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap();
     assert_eq!(s.protocol, "v4.channel.k8s.io");
@@ -47,7 +23,7 @@ async fn exec_separates_streams_and_reports_the_exit_code() {
 
     // Success is a Success status; stdin reaches the process.
     let ch = Channels { stdin: true, stdout: true, ..Default::default() };
-    let url = exec_url(&mut d, &c, &["sh", "-c", "read x; echo got:$x"], ch).await.unwrap();
+    let url = d.exec_url_with(&c, &["sh", "-c", "read x; echo got:$x"], ch).await.unwrap();
     let mut s = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap();
     s.send_stdin(b"hello\n").await.unwrap();
     s.close_stdin().await.unwrap();
@@ -57,7 +33,7 @@ async fn exec_separates_streams_and_reports_the_exit_code() {
 
     // An older protocol: the error stream carries only a failure's message.
     let ch = Channels { stdout: true, ..Default::default() };
-    let url = exec_url(&mut d, &c, &["sh", "-c", "echo v2; exit 4"], ch).await.unwrap();
+    let url = d.exec_url_with(&c, &["sh", "-c", "echo v2; exit 4"], ch).await.unwrap();
     let s = ExecStream::connect(&url, &["v2.channel.k8s.io"], ch).await.unwrap();
     assert_eq!(s.protocol, "v2.channel.k8s.io");
     let (out, _, status) = s.collect().await;
@@ -68,9 +44,9 @@ async fn exec_separates_streams_and_reports_the_exit_code() {
 #[tokio::test]
 async fn exec_with_a_terminal_echoes_and_resizes() {
     let mut d = Daemon::start().await;
-    let c = running(&mut d, "spdy-tty").await;
+    let c = d.sleeping_container("spdy-tty").await;
     let ch = Channels { stdin: true, stdout: true, tty: true, ..Default::default() };
-    let url = exec_url(&mut d, &c, &["sh"], ch).await.unwrap();
+    let url = d.exec_url_with(&c, &["sh"], ch).await.unwrap();
     let mut s = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap();
     s.resize(100, 37).await.unwrap();
     // Give the resize a moment to land before asking for it.
@@ -99,13 +75,13 @@ async fn exec_with_a_terminal_echoes_and_resizes() {
 #[tokio::test]
 async fn tokens_are_single_use_and_bad_requests_are_refused() {
     let mut d = Daemon::start_full(&[], &["--stream-token-ttl", "1s"]).await;
-    let c = running(&mut d, "spdy-tokens").await;
+    let c = d.sleeping_container("spdy-tokens").await;
     let ch = Channels { stdout: true, ..Default::default() };
     // Each run of the command leaves a line in the container's /tmp/runs.
     let cmd = ["sh", "-c", "echo ran; echo x >> /tmp/runs"];
 
     // A plain GET (no upgrade) is a clear 400 and does not spend the token.
-    let url = exec_url(&mut d, &c, &cmd, ch).await.unwrap();
+    let url = d.exec_url_with(&c, &cmd, ch).await.unwrap();
     let host = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
     let path = url.trim_start_matches("http://").trim_start_matches(&host).to_string();
     let plain = raw_get(&host, &path).await;
@@ -115,39 +91,39 @@ async fn tokens_are_single_use_and_bad_requests_are_refused() {
     assert_eq!(s.collect().await.0, b"ran\n");
     // Used once: 404, and nothing runs.
     let e = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.err().expect("reused token accepted");
-    assert_eq!(e.kind, berth::error::Kind::NotFound, "{e}");
+    assert_eq!(e.kind, berth_core::error::Kind::NotFound, "{e}");
     // Unknown token: 404.
     let e = ExecStream::connect(&format!("http://{host}/exec/00ff"), EXEC_PROTOCOLS, ch).await.err().unwrap();
-    assert_eq!(e.kind, berth::error::Kind::NotFound);
+    assert_eq!(e.kind, berth_core::error::Kind::NotFound);
     // Expired: 404.
-    let url = exec_url(&mut d, &c, &cmd, ch).await.unwrap();
+    let url = d.exec_url_with(&c, &cmd, ch).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let e = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.err().expect("expired token accepted");
-    assert_eq!(e.kind, berth::error::Kind::NotFound, "{e}");
+    assert_eq!(e.kind, berth_core::error::Kind::NotFound, "{e}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let runs = d.exec_out(&c, &["sh", "-c", "wc -l < /tmp/runs"]).await;
     assert_eq!(runs.trim(), "1", "a refused request ran its command");
 
     // Bad Exec requests are refused at the CRI call.
-    let e = exec_url(&mut d, &c, &[], ch).await.unwrap_err();
+    let e = d.exec_url_with(&c, &[], ch).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    let e = exec_url(&mut d, &c, &["true"], Channels::default()).await.unwrap_err();
+    let e = d.exec_url_with(&c, &["true"], Channels::default()).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    let e = exec_url(&mut d, "0123456789abcdef", &["true"], ch).await.unwrap_err();
+    let e = d.exec_url_with("0123456789abcdef", &["true"], ch).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
 }
 
 #[tokio::test]
 async fn a_client_that_vanishes_leaves_no_process_or_fd() {
     let mut d = Daemon::start().await;
-    let c = running(&mut d, "spdy-vanish").await;
+    let c = d.sleeping_container("spdy-vanish").await;
     let pod =
         d.rt.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items[0].id.clone();
     let shim = d.shim_pid(&pod).await;
     let fds = || std::fs::read_dir(format!("/proc/{shim}/fd")).map(|d| d.count()).unwrap_or(0);
     // Warm up: the first exec makes the shim open what it keeps.
     let ch = Channels { stdout: true, ..Default::default() };
-    let url = exec_url(&mut d, &c, &["true"], ch).await.unwrap();
+    let url = d.exec_url_with(&c, &["true"], ch).await.unwrap();
     ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap().collect().await;
     let before = fds();
 
@@ -158,9 +134,9 @@ async fn a_client_that_vanishes_leaves_no_process_or_fd() {
         (Channels { stdout: true, ..Default::default() }, false, "sleep 4344"),
         (Channels { stdout: true, ..Default::default() }, true, "sleep 4345"),
     ] {
-        let url = exec_url(&mut d, &c, &["sh", "-c", &format!("echo started; {sleep}")], ch).await.unwrap();
+        let url = d.exec_url_with(&c, &["sh", "-c", &format!("echo started; {sleep}")], ch).await.unwrap();
         let mut s = if ws {
-            ExecStream::connect_ws(&url, berth::streaming::WS_EXEC_PROTOCOLS).await.unwrap()
+            ExecStream::connect_ws(&url, berth_streaming::server::WS_EXEC_PROTOCOLS).await.unwrap()
         } else {
             ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap()
         };
@@ -228,9 +204,9 @@ async fn go_spdystream_client_execs() {
     let dir = tempfile::tempdir().unwrap();
     let Some(peer) = go_peer(dir.path()) else { return };
     let mut d = Daemon::start().await;
-    let c = running(&mut d, "go-peer").await;
+    let c = d.sleeping_container("go-peer").await;
     let ch = Channels { stdin: true, stdout: true, stderr: true, tty: false };
-    let url = exec_url(&mut d, &c, &["sh", "-c", "read x; echo got:$x; echo e >&2; exit 3"], ch).await.unwrap();
+    let url = d.exec_url_with(&c, &["sh", "-c", "read x; echo got:$x; echo e >&2; exit 3"], ch).await.unwrap();
     let out =
         tokio::task::spawn_blocking(move || run_peer(&peer, &url, "v4.channel.k8s.io", "", b"hello\n")).await.unwrap();
     assert!(out.contains("stdout=\"got:hello\\n\""), "{out}");
@@ -240,7 +216,7 @@ async fn go_spdystream_client_execs() {
 
     let peer = dir.path().join("spdy_exec");
     let ch = Channels { stdin: true, stdout: true, tty: true, ..Default::default() };
-    let url = exec_url(&mut d, &c, &["sh", "-c", "sleep 0.3; stty size"], ch).await.unwrap();
+    let url = d.exec_url_with(&c, &["sh", "-c", "sleep 0.3; stty size"], ch).await.unwrap();
     let out =
         tokio::task::spawn_blocking(move || run_peer(&peer, &url, "v4.channel.k8s.io", "tty", b"")).await.unwrap();
     assert!(out.contains("33 90"), "{out}");
@@ -255,7 +231,7 @@ async fn go_spdystream_client_execs() {
     d.start_container(&srv).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let url = port_forward_url(&mut d, &pod, port).await;
+        let url = d.port_forward_url(&pod, port).await;
         let peer = dir.path().join("spdy_exec");
         let out = tokio::task::spawn_blocking(move || {
             run_peer(&peer, &url, "portforward.k8s.io", &port.to_string(), b"from-go\n")
@@ -285,7 +261,7 @@ fn host_listener() -> u16 {
 }
 
 async fn forward_once(url: &str, port: u16, send: &[u8]) -> (Vec<u8>, String) {
-    let mut pf = berth::stream_client::PortForward::connect(url).await.unwrap();
+    let mut pf = berth_streaming::client::PortForward::connect(url).await.unwrap();
     let mut conn = pf.open(port).await.unwrap();
     conn.send(send).await.unwrap();
     let mut got = Vec::new();
@@ -298,14 +274,6 @@ async fn forward_once(url: &str, port: u16, send: &[u8]) -> (Vec<u8>, String) {
     drop(pf);
     let err = tokio::time::timeout(Duration::from_secs(5), conn.error()).await.unwrap_or_default();
     (got, err)
-}
-
-async fn port_forward_url(d: &mut Daemon, pod: &str, port: u16) -> String {
-    d.rt.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.into(), port: vec![port as i32] })
-        .await
-        .unwrap()
-        .into_inner()
-        .url
 }
 
 #[tokio::test]
@@ -322,7 +290,7 @@ async fn port_forward_reaches_the_pods_loopback_not_the_hosts() {
     // The server needs a moment to listen: retry until it answers.
     let deadline = Instant::now() + Duration::from_secs(10);
     let (got, err) = loop {
-        let url = port_forward_url(&mut d, &pod, port).await;
+        let url = d.port_forward_url(&pod, port).await;
         let (got, err) = forward_once(&url, port, b"hello-from-client\n").await;
         if !got.is_empty() || Instant::now() > deadline {
             break (got, err);
@@ -375,7 +343,7 @@ async fn port_forward_reaches_the_pods_loopback_not_the_hosts() {
         let le = port.to_le_bytes();
         let deadline = Instant::now() + Duration::from_secs(10);
         let (heads, got) = loop {
-            let url = port_forward_url(&mut d, &pod, port).await;
+            let url = d.port_forward_url(&pod, port).await;
             let mut req = format!("{}?port={port}", url.replacen("http://", "ws://", 1)).into_client_request().unwrap();
             req.headers_mut().insert("sec-websocket-protocol", "v4.channel.k8s.io".parse().unwrap());
             let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
@@ -408,7 +376,7 @@ async fn port_forward_reaches_the_pods_loopback_not_the_hosts() {
 
     // Nothing listens on another port in the pod: the error stream says so.
     let closed = port.wrapping_add(1).max(1);
-    let url = port_forward_url(&mut d, &pod, closed).await;
+    let url = d.port_forward_url(&pod, closed).await;
     let (got, err) = forward_once(&url, closed, b"x").await;
     assert!(got.is_empty());
     assert!(err.contains(&format!("error forwarding port {closed}")), "{err:?}");
@@ -421,7 +389,7 @@ async fn port_forward_reaches_the_pods_loopback_not_the_hosts() {
         ns.network = cri::NamespaceMode::Node as i32;
     }
     let hpod = d.run_pod(&hcfg).await;
-    let url = port_forward_url(&mut d, &hpod, port).await;
+    let url = d.port_forward_url(&hpod, port).await;
     let (got, _) = forward_once(&url, port, b"x").await;
     assert_eq!(got, b"host-answer\n");
 
@@ -532,11 +500,11 @@ async fn attach_copies_output_to_every_client_and_the_log() {
 
 #[tokio::test]
 async fn exec_over_websocket_v5_and_v4() {
-    use berth::streaming::WS_EXEC_PROTOCOLS;
+    use berth_streaming::server::WS_EXEC_PROTOCOLS;
     let mut d = Daemon::start().await;
-    let c = running(&mut d, "ws-exec").await;
+    let c = d.sleeping_container("ws-exec").await;
     let ch = Channels { stdin: true, stdout: true, stderr: true, tty: false };
-    let url = exec_url(&mut d, &c, &["sh", "-c", "read x; echo out:$x; echo err >&2; exit 3"], ch).await.unwrap();
+    let url = d.exec_url_with(&c, &["sh", "-c", "read x; echo out:$x; echo err >&2; exit 3"], ch).await.unwrap();
     let mut s = ExecStream::connect_ws(&url, WS_EXEC_PROTOCOLS).await.unwrap();
     assert_eq!(s.protocol, "v5.channel.k8s.io");
     s.send_stdin(b"ws\n").await.unwrap();
@@ -548,7 +516,7 @@ async fn exec_over_websocket_v5_and_v4() {
 
     // v4: no stdin close signal; a command that needs none.
     let ch = Channels { stdout: true, stderr: true, ..Default::default() };
-    let url = exec_url(&mut d, &c, &["sh", "-c", "echo v4; echo e4 >&2"], ch).await.unwrap();
+    let url = d.exec_url_with(&c, &["sh", "-c", "echo v4; echo e4 >&2"], ch).await.unwrap();
     let s = ExecStream::connect_ws(&url, &["v4.channel.k8s.io"]).await.unwrap();
     assert_eq!(s.protocol, "v4.channel.k8s.io");
     let (out, err, status) = s.collect().await;
@@ -557,7 +525,7 @@ async fn exec_over_websocket_v5_and_v4() {
 
     // A terminal over v5: typed input echoes, a resize reaches stty.
     let ch = Channels { stdin: true, stdout: true, tty: true, ..Default::default() };
-    let url = exec_url(&mut d, &c, &["sh"], ch).await.unwrap();
+    let url = d.exec_url_with(&c, &["sh"], ch).await.unwrap();
     let mut s = ExecStream::connect_ws(&url, WS_EXEC_PROTOCOLS).await.unwrap();
     s.resize(120, 41).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -570,9 +538,9 @@ async fn exec_over_websocket_v5_and_v4() {
 
     // A protocol the server does not speak: 403, and the token is not spent.
     let ch = Channels { stdout: true, ..Default::default() };
-    let url = exec_url(&mut d, &c, &["echo", "kept"], ch).await.unwrap();
+    let url = d.exec_url_with(&c, &["echo", "kept"], ch).await.unwrap();
     let e = ExecStream::connect_ws(&url, &["v1.bogus"]).await.err().unwrap();
-    assert_eq!(e.kind, berth::error::Kind::InvalidArgument, "{e}");
+    assert_eq!(e.kind, berth_core::error::Kind::InvalidArgument, "{e}");
     let s = ExecStream::connect_ws(&url, WS_EXEC_PROTOCOLS).await.unwrap();
     assert_eq!(s.collect().await.0, b"kept\n");
 }
@@ -587,19 +555,19 @@ async fn streams_over_tls() {
     let pki = berth_tests::registry::Pki::new(certs.path());
     let (cert, key) = (pki.cert.display().to_string(), pki.key.display().to_string());
     let mut d = Daemon::start_full(&[], &["--stream-tls-cert", &cert, "--stream-tls-key", &key]).await;
-    let c = running(&mut d, "tls").await;
+    let c = d.sleeping_container("tls").await;
     let ch = Channels { stdout: true, stderr: true, ..Default::default() };
-    let url = exec_url(&mut d, &c, &["sh", "-c", "echo over-tls; exit 2"], ch).await.unwrap();
+    let url = d.exec_url_with(&c, &["sh", "-c", "echo over-tls; exit 2"], ch).await.unwrap();
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     let s = ExecStream::connect_tls(&url, EXEC_PROTOCOLS, ch, Some(&pki.ca)).await.unwrap();
     let (out, _, status) = s.collect().await;
     assert_eq!(out, b"over-tls\n");
     assert_eq!(exit_code(&status), Some(2));
-    let url = exec_url(&mut d, &c, &["echo", "wss"], ch).await.unwrap();
-    let s = ExecStream::connect_ws_tls(&url, berth::streaming::WS_EXEC_PROTOCOLS, Some(&pki.ca)).await.unwrap();
+    let url = d.exec_url_with(&c, &["echo", "wss"], ch).await.unwrap();
+    let s = ExecStream::connect_ws_tls(&url, berth_streaming::server::WS_EXEC_PROTOCOLS, Some(&pki.ca)).await.unwrap();
     assert_eq!(s.collect().await.0, b"wss\n");
     // Without the CA the server is not trusted.
-    let url = exec_url(&mut d, &c, &["echo", "no"], ch).await.unwrap();
+    let url = d.exec_url_with(&c, &["echo", "no"], ch).await.unwrap();
     let e = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.err().expect("untrusted server accepted");
     assert!(e.message.to_lowercase().contains("certificate"), "{e}");
 }
@@ -607,12 +575,12 @@ async fn streams_over_tls() {
 #[tokio::test]
 async fn many_execs_in_one_container_at_once() {
     let mut d = Daemon::start().await;
-    let c = running(&mut d, "many").await;
+    let c = d.sleeping_container("many").await;
     let ch = Channels { stdout: true, stderr: true, ..Default::default() };
     let mut urls = Vec::new();
     for i in 0..8 {
         let cmd = format!("sleep 0.3; echo exec-{i}; exit {i}");
-        urls.push(exec_url(&mut d, &c, &["sh", "-c", &cmd], ch).await.unwrap());
+        urls.push(d.exec_url_with(&c, &["sh", "-c", &cmd], ch).await.unwrap());
     }
     let runs = urls.into_iter().enumerate().map(|(i, url)| async move {
         let s = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap();
@@ -625,204 +593,6 @@ async fn many_execs_in_one_container_at_once() {
     }
 }
 
-/// A hostile SPDY peer: after the upgrade, one SYN_STREAM whose header
-/// block is a complete zlib stream plus a byte. berthd closes that
-/// connection and keeps answering CRI calls.
-#[tokio::test]
-async fn a_hostile_spdy_header_block_closes_only_its_connection() {
-    use tokio::io::AsyncWriteExt;
-    let mut d = Daemon::start().await;
-    let c = running(&mut d, "hostile").await;
-    let ch = Channels { stdout: true, ..Default::default() };
-    let url = exec_url(&mut d, &c, &["true"], ch).await.unwrap();
-    let mut conn = spdy_upgrade(&url).await;
-    let mut z = flate2::Compress::new(flate2::Compression::default(), true);
-    z.set_dictionary(berth::spdy::dictionary()).unwrap();
-    let mut block = Vec::with_capacity(256);
-    z.compress_vec(&[0, 0, 0, 0], &mut block, flate2::FlushCompress::Finish).unwrap();
-    block.push(b'x');
-    let mut body = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-    body.extend_from_slice(&block);
-    let mut frame = vec![0x80, 3, 0, 1, 0];
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    frame.extend_from_slice(&body);
-    conn.write_all(&frame).await.unwrap();
-    // berthd hangs up on this peer...
-    assert!(closed_within(&mut conn, Duration::from_secs(5)).await, "berthd kept the hostile connection open");
-    // ...and keeps serving everyone else.
-    let v =
-        tokio::time::timeout(Duration::from_secs(2), d.rt.version(cri::VersionRequest { version: "v1".into() })).await;
-    assert!(v.is_ok_and(|r| r.is_ok()), "berthd stopped answering");
-}
-
-/// A raw connection upgraded to SPDY/3.1 on an exec URL.
-async fn spdy_upgrade(url: &str) -> tokio::net::TcpStream {
-    spdy_upgrade_with(url, "v4.channel.k8s.io").await
-}
-
-/// A raw connection upgraded to SPDY/3.1 speaking `protocol`.
-async fn spdy_upgrade_with(url: &str, protocol: &str) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.trim_start_matches("http://");
-    let (addr, path) = rest.split_at(rest.find('/').unwrap());
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {protocol}\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        conn.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    conn
-}
-
-/// Whether the server closes `conn` within `limit` (reading what it sends).
-async fn closed_within(conn: &mut tokio::net::TcpStream, limit: Duration) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut buf = vec![0u8; 4096];
-    tokio::time::timeout(limit, async {
-        loop {
-            match conn.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
-}
-
-/// The streaming server's bounds, each against a hostile peer: a frame
-/// past the size cap, more streams than an exec has, request headers that
-/// never end; every one closes its connection and CRI keeps answering.
-#[tokio::test]
-async fn the_streaming_server_bounds_hostile_peers() {
-    use tokio::io::AsyncWriteExt;
-    let mut d = Daemon::start().await;
-    let c = running(&mut d, "bounds").await;
-    let ch = Channels { stdout: true, stdin: true, ..Default::default() };
-    // A data frame announcing 2 MiB (more than berthd takes): closed before
-    // the body comes.
-    let url = exec_url(&mut d, &c, &["cat"], ch).await.unwrap();
-    let mut conn = spdy_upgrade(&url).await;
-    let len = (berth::spdy::MAX_FRAME + 1) as u32;
-    let mut frame = vec![0, 0, 0, 1, 0];
-    frame.extend_from_slice(&len.to_be_bytes()[1..]);
-    conn.write_all(&frame).await.unwrap();
-    assert!(closed_within(&mut conn, Duration::from_secs(5)).await, "an oversized frame kept its connection");
-    // Streams past what an exec needs.
-    let url = exec_url(&mut d, &c, &["cat"], ch).await.unwrap();
-    let conn = spdy_upgrade(&url).await;
-    let (mut rd, wr) = conn.into_split();
-    let mut w = berth::spdy::Writer::new(wr);
-    for i in 0..40u32 {
-        let kind = format!("bogus-{i}");
-        if w.syn_stream(1 + 2 * i, &[("streamtype", kind.as_str())], 0).await.is_err() {
-            break;
-        }
-    }
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 4096];
-        while !matches!(rd.read(&mut buf).await, Ok(0) | Err(_)) {}
-    })
-    .await;
-    assert!(closed.is_ok(), "endless streams kept their connection");
-    // Request headers that never end: closed after the header timeout.
-    let addr = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
-    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    slow.write_all(b"GET /exec/0000 HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-    let limit = berth::streaming::HEADER_TIMEOUT + Duration::from_secs(5);
-    assert!(closed_within(&mut slow, limit).await, "a never-ending request kept its connection");
-    let v = d.rt.version(cri::VersionRequest { version: "v1".into() }).await;
-    assert!(v.is_ok());
-}
-
-/// A stream with no traffic either way for `--stream-idle-timeout` is
-/// closed and its exec ended; one with output keeps going.
-#[tokio::test]
-async fn idle_streams_are_closed_and_their_exec_ended() {
-    let mut d = Daemon::start_full(&[], &["--stream-idle-timeout", "1s"]).await;
-    let c = running(&mut d, "idle").await;
-    let ch = Channels { stdout: true, ..Default::default() };
-    let url = exec_url(&mut d, &c, &["sleep", "4242"], ch).await.unwrap();
-    let s = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap();
-    let started = Instant::now();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.collect()).await.expect("an idle stream stayed open");
-    assert!(started.elapsed() >= Duration::from_millis(900), "closed before the idle timeout");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.exec_out(&c, &["ps", "-o", "args"]).await.contains("sleep 4242") {
-        assert!(Instant::now() < deadline, "the idle exec's process was left running");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Output every 300 ms for 2.5 s: never idle, all of it arrives.
-    let url =
-        exec_url(&mut d, &c, &["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.3; done"], ch).await.unwrap();
-    let (out, _, status) = ExecStream::connect(&url, EXEC_PROTOCOLS, ch).await.unwrap().collect().await;
-    assert_eq!(String::from_utf8_lossy(&out), "1\n2\n3\n4\n5\n6\n7\n8\n");
-    assert_eq!(exit_code(&status), Some(0));
-}
-
-/// The connection cap and the port-forward stream cap, against peers that
-/// hold connections open and open streams without end.
-#[tokio::test]
-async fn connection_and_stream_caps_hold() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut d = Daemon::start_full(&[], &["--stream-max-connections", "4"]).await;
-    let cfg = d.pod_config("caps");
-    let pod = d.run_pod(&cfg).await;
-    let url = port_forward_url(&mut d, &pod, 80).await;
-    let addr = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
-    // Four idle connections take every slot; a fifth is closed at once.
-    let mut held = Vec::new();
-    for _ in 0..4 {
-        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut fifth = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    assert!(closed_within(&mut fifth, Duration::from_secs(2)).await, "a connection past the cap was served");
-    drop(held);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // With the slots free again, a port-forward session: streams past the
-    // cap are refused (RST_STREAM, REFUSED_STREAM).
-    let conn = spdy_upgrade_with(&url, berth::streaming::PORT_FORWARD_PROTOCOL).await;
-    let (rd, wr) = conn.into_split();
-    let mut w = berth::spdy::Writer::new(wr);
-    let total = berth::streaming::MAX_FORWARD_STREAMS as u32 + 100;
-    for i in 0..total {
-        let rid = i.to_string();
-        w.syn_stream(1 + 2 * i, &[("streamtype", "data"), ("port", "80"), ("requestid", rid.as_str())], 0)
-            .await
-            .unwrap();
-    }
-    let mut r = berth::spdy::Reader::new(rd);
-    let mut refused = 0;
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Ok(Some(f)) = r.next().await {
-            if let berth::spdy::Frame::RstStream { status: 7, .. } = f {
-                refused += 1;
-                if refused >= 100 {
-                    break;
-                }
-            }
-        }
-    })
-    .await;
-    assert_eq!(refused, 100, "streams past the cap were not refused");
-    let _ = w;
-    let mut probe = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    probe.write_all(b"GET /exec/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut out = String::new();
-    let _ = probe.read_to_string(&mut out).await;
-    assert!(out.starts_with("HTTP/1.1 4"), "{out}");
-}
-
 /// Stdin and output are pumped independently: a client sending 1 MB of
 /// stdin to a command that first writes 1 MB of output and only then reads
 /// its stdin gets all of it (berthd's shim used to stop forwarding output
@@ -832,10 +602,10 @@ async fn big_stdin_and_big_output_flow_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let Some(peer) = go_peer(dir.path()) else { return };
     let mut d = Daemon::start().await;
-    let c = running(&mut d, "pump").await;
+    let c = d.sleeping_container("pump").await;
     let ch = Channels { stdin: true, stdout: true, stderr: true, tty: false };
     let cmd = ["sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' a; echo; wc -c"];
-    let url = exec_url(&mut d, &c, &cmd, ch).await.unwrap();
+    let url = d.exec_url_with(&c, &cmd, ch).await.unwrap();
     let out = tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let mut child = std::process::Command::new(&peer)

@@ -125,7 +125,7 @@ async fn reload_rereads_registries_and_the_log_level() {
     let msg = receive(&sock, Duration::from_secs(20)).unwrap_or_else(|| panic!("no READY=1:\n{}", b.log()));
     assert!(msg.starts_with("READY=1\n"), "{msg:?}");
     // READY means serving: one attempt, no retry.
-    let ch = berth::cri_client::connect(&b.socket().display().to_string(), Duration::from_secs(2)).await.unwrap();
+    let ch = protocol::cri_client::connect(&b.socket().display().to_string(), Duration::from_secs(2)).await.unwrap();
     let mut rt = cri::runtime_service_client::RuntimeServiceClient::new(ch.clone());
     rt.version(cri::VersionRequest { version: "v1".into() }).await.unwrap();
     assert!(b.log().contains("berthd ready"), "READY=1 before recovery was done");
@@ -240,7 +240,7 @@ async fn a_full_log_device_does_not_stop_berthd() {
     let socket = dir.path().join("c.sock").display().to_string();
     let mut ch = None;
     for _ in 0..200 {
-        if let Ok(c) = berth::cri_client::connect(&socket, Duration::from_secs(1)).await {
+        if let Ok(c) = protocol::cri_client::connect(&socket, Duration::from_secs(1)).await {
             ch = Some(c);
             break;
         }

@@ -45,6 +45,7 @@ fn proc_kb(pid: i32, field: &str, file: &str) -> u64 {
 }
 
 /// User plus system CPU seconds a process has used.
+#[allow(unsafe_code)] // sysconf
 fn cpu_seconds(pid: i32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
@@ -413,7 +414,7 @@ async fn push_pull_images(reg: &Registry, count: usize) -> Vec<String> {
                 layer_from_tar(tar_of(&[(&name, tar::EntryType::Regular, &data, None)]), Compression::Gzip)
             })
             .collect();
-        let image = build_image(layers, berth::images::host_arch(), &format!("BENCH={n}"));
+        let image = build_image(layers, berth_images::images::host_arch(), &format!("BENCH={n}"));
         reg.push("bench/pull", &format!("v{n}"), &image).await;
         names.push(format!("{}/bench/pull:v{n}", reg.host));
     }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth::stream_client::{Channels, Event, ExecStream};
+use berth_streaming::client::{Channels, Event, ExecStream};
 use protocol::cri::{self, runtime_service_client::RuntimeServiceClient};
 use tonic::transport::Channel;
 
@@ -196,7 +196,7 @@ async fn attach_once(rt: &mut RuntimeServiceClient<Channel>, c: &str) -> Result<
         .into_inner()
         .url;
     let ch = Channels { stdout: true, ..Default::default() };
-    let mut s = ExecStream::connect(&url, berth::streaming::EXEC_PROTOCOLS, ch)
+    let mut s = ExecStream::connect(&url, berth_streaming::server::EXEC_PROTOCOLS, ch)
         .await
         .map_err(|e| format!("attach stream: {e}"))?;
     // The container is idle by now; hanging up right away is the point.
@@ -251,7 +251,7 @@ async fn round(
             done.execs.fetch_add(1, Ordering::Relaxed);
         }
         flood_logged(&Path::new(&cfg.log_directory).join("flood.log")).await?;
-        if (slot as u64 + n) % 5 == 0 {
+        if (slot as u64 + n).is_multiple_of(5) {
             attach_once(rt, &c).await?;
             done.attaches.fetch_add(1, Ordering::Relaxed);
         }
@@ -306,7 +306,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let ch = match berth::cri_client::connect(&args.socket.display().to_string(), Duration::from_secs(5)).await {
+    let ch = match protocol::cri_client::connect(&args.socket.display().to_string(), Duration::from_secs(5)).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("berth-soak: {e}");

@@ -1,0 +1,173 @@
+//! CreateContainer: record, writable layer, bundle, then the container created
+//! in its pod's shim.
+use super::*;
+
+/// The signal a container asks to be stopped with.
+pub(super) fn stop_signal(config: &cri::ContainerConfig, image: &serde_json::Value) -> i32 {
+    // CRI Signal enum values 1.. map to names; RUNTIME_DEFAULT uses the image.
+    let by_cri = cri::Signal::try_from(config.stop_signal).ok().filter(|s| *s != cri::Signal::RuntimeDefault);
+    let name = match by_cri {
+        Some(s) => s.as_str_name().to_string(),
+        None => image["config"]["StopSignal"].as_str().unwrap_or("SIGTERM").to_string(),
+    };
+    let name = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
+    name.parse::<nix::sys::signal::Signal>().map(|s| s as i32).unwrap_or(libc::SIGTERM)
+}
+
+impl Manager {
+    // ---- containers ----
+
+    /// CreateContainer.
+    pub async fn create_container(&self, sandbox_id: &str, config: cri::ContainerConfig) -> Result<String> {
+        let sb = self.sandbox(sandbox_id)?;
+        let _op = sb.op.lock().await;
+        let smeta = lock(&sb.meta).clone();
+        if smeta.stopped {
+            return Err(Error::precondition(format!("pod sandbox {sandbox_id} is stopped; create a new one")));
+        }
+        let md = config.metadata.clone().ok_or_else(|| Error::invalid("container config has no metadata"))?;
+        ids::check_name("container name", &md.name)?;
+        let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        if image_name.is_empty() {
+            return Err(Error::invalid("container config names no image"));
+        }
+        if let Some(m) = config.mounts.iter().find(|m| m.recursive_read_only) {
+            if !self.features.recursive_read_only_mounts {
+                return Err(Error::invalid(format!(
+                    "mount at {}: recursive read-only mounts need an OCI runtime with the rro option and Linux 5.12 or later, which this node lacks",
+                    m.container_path
+                )));
+            }
+        }
+        let image = self
+            .images
+            .lock()
+            .await
+            .resolve(&image_name)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("image {image_name:?} not found; pull or import it first")))?;
+        let (shown_name, image_ref) = image.container_names(&image_name);
+        let log_path = if !config.log_path.is_empty() && !smeta.config.log_directory.is_empty() {
+            Some(ids::log_path(&smeta.config.log_directory, &config.log_path)?)
+        } else if config.log_path.starts_with('/') || config.log_path.contains("..") {
+            return Err(Error::invalid(format!(
+                "log_path {:?} must be relative to the sandbox's log_directory",
+                config.log_path
+            )));
+        } else {
+            None
+        };
+        let shim = self.shim_of(&sb).await?;
+
+        let key = container_key(sandbox_id, &md);
+        self.reserve(
+            key.clone(),
+            &format!("container name {:?} (attempt {}) in pod sandbox {sandbox_id}", md.name, md.attempt),
+        )?;
+        let id = ids::new_id();
+        let bundle = self.cfg.state.join("containers").join(&id);
+        let mut meta = ContainerMeta {
+            id: id.clone(),
+            sandbox_id: sandbox_id.to_string(),
+            config: config.clone(),
+            image_id: image.id.clone(),
+            image_name: shown_name,
+            image_ref,
+            layers: image.layers.clone(),
+            created_at: now_nanos(),
+            log_path: log_path.clone(),
+            bundle: bundle.clone(),
+            stop_signal: stop_signal(&config, &image.config),
+            phase: Phase::Creating,
+            user: None,
+        };
+        let result = async {
+            self.container_store.put(&id, &meta).await?;
+            failpoint::hit("create-container/recorded");
+            let lowers = {
+                // Under the store lock: from here the container's layers
+                // count as in use for every collection, and one that ran
+                // since the image was resolved (RemoveImage) shows as a
+                // missing snapshot, not as a failed mount.
+                let store = self.images.lock().await;
+                lock(&self.containers).insert(id.clone(), meta.clone());
+                let lowers = image.layers.iter().map(|l| store.snapshot_path(l)).collect::<Result<Vec<_>>>()?;
+                if lowers.iter().any(|p| !p.is_dir()) {
+                    return Err(Error::not_found(format!(
+                        "image {image_name:?} was removed while the container was being created; pull it again"
+                    )));
+                }
+                lowers
+            };
+            let layer_root = self.cfg.root.join("containers").join(&id);
+            let rootfs_dir = bundle.join("rootfs");
+            rootfs::mount_overlay(&lowers, &layer_root.join("upper"), &layer_root.join("work"), &rootfs_dir)?;
+            failpoint::hit("create-container/rootfs-mounted");
+            let view = SandboxView {
+                dir: smeta.dir.clone(),
+                pinned: smeta.pinned.clone(),
+                hostname: smeta.hostname.clone(),
+                cgroup_parent: crate::pod_cgroup::parent(
+                    smeta.config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).unwrap_or(""),
+                    &smeta.id,
+                    self.cfg.cgroup_driver,
+                ),
+                cgroup_driver: self.cfg.cgroup_driver,
+                sysctls: smeta.config.linux.as_ref().map(|l| l.sysctls.clone()).unwrap_or_default(),
+                namespace_options: smeta
+                    .config
+                    .linux
+                    .as_ref()
+                    .and_then(|l| l.security_context.as_ref())
+                    .and_then(|s| s.namespace_options.clone())
+                    .unwrap_or_default(),
+            };
+            let defaults = ImageDefaults::from_config(&image.config);
+            // It reads the image's /etc/passwd and /etc/group (bounded, but
+            // still file work): off the async workers.
+            let spec = {
+                let (id, config, rootfs_dir) = (id.clone(), config.clone(), rootfs_dir.clone());
+                tokio::task::spawn_blocking(move || spec::build(&id, &config, &view, &defaults, &rootfs_dir))
+                    .await
+                    .map_err(|e| Error::internal(format!("building the OCI spec: {e}")))??
+            };
+            meta.user = spec.process().as_ref().map(|p| {
+                let u = p.user();
+                // As kubelet shows them: the primary group among the groups.
+                let mut groups = vec![u.gid()];
+                groups.extend(u.additional_gids().iter().flatten().filter(|g| **g != u.gid()));
+                (u.uid(), u.gid(), groups)
+            });
+            crate::dir_modes::write_private(
+                &bundle.join("config.json"),
+                &serde_json::to_vec(&spec).map_err(|e| Error::internal(format!("encoding config.json: {e}")))?,
+            )?;
+            failpoint::hit("create-container/bundle-written");
+            let mut req = api::CreateRequest::new();
+            req.id = id.clone();
+            req.bundle = bundle.display().to_string();
+            req.log_path = log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            if log_path.is_some() {
+                req.log_root = smeta.config.log_directory.clone();
+            }
+            req.terminal = config.tty;
+            req.stdin = config.stdin;
+            req.stdin_once = config.stdin_once;
+            shim.api().create(shim.runtime_ctx(), &req).await?;
+            failpoint::hit("create-container/shim-created");
+            meta.phase = Phase::Ready;
+            self.container_store.put(&id, &meta).await?;
+            lock(&self.containers).insert(id.clone(), meta.clone());
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            warn!(self.log, "create container failed, cleaning up"; "container_id" => &id, "sandbox_id" => sandbox_id, "error" => %e);
+            self.rollback_container(&meta).await;
+            return Err(e);
+        }
+        info!(self.log, "container created"; "container_id" => &id, "sandbox_id" => sandbox_id, "name" => &md.name);
+        self.emit(sandbox_id, &id, cri::ContainerEventType::ContainerCreatedEvent).await;
+        Ok(id)
+    }
+}

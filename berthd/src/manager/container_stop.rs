@@ -1,0 +1,36 @@
+//! StopContainer: the stop signal, the grace period, then SIGKILL.
+use super::*;
+
+impl Manager {
+    /// StopContainer: the stop signal, then SIGKILL after `timeout` seconds.
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let Some(meta) = absent_ok(self.container(id))? else { return Ok(()) };
+        let st = self.runtime_state(&meta).await;
+        if st.reason == "ShimNotAnswering" {
+            // Stopped is what the shim or runc confirms, never a guess.
+            return Err(Error::new(Kind::Unavailable, format!("container {id} cannot be stopped now: {}", st.message)));
+        }
+        if st.state != cri::ContainerState::ContainerRunning as i32 {
+            return Ok(());
+        }
+        let sb = self.sandbox(&meta.sandbox_id)?;
+        let shim = self.shim_of(&sb).await?;
+        if timeout > 0 {
+            shim.kill(id, meta.stop_signal, false).await?;
+            failpoint::hit("stop-container/signalled");
+            if shim.wait(id, Duration::from_secs(timeout as u64)).await? {
+                info!(self.log, "container stopped"; "container_id" => id, "signal" => meta.stop_signal);
+                return Ok(());
+            }
+        }
+        shim.kill(id, libc::SIGKILL, true).await?;
+        if !shim.wait(id, KILL_WAIT).await? {
+            return Err(Error::new(
+                Kind::DeadlineExceeded,
+                format!("container {id} did not stop within {}s of SIGKILL", KILL_WAIT.as_secs()),
+            ));
+        }
+        info!(self.log, "container killed"; "container_id" => id);
+        Ok(())
+    }
+}

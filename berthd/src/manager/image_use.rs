@@ -1,0 +1,47 @@
+//! Images as containers use them: the layers in use, and store work that must
+//! see them under the store's lock (RemoveImage, garbage collection).
+use super::*;
+
+impl Manager {
+    /// Layer digests the containers use (kept when their images go).
+    pub fn layers_in_use(&self) -> BTreeSet<String> {
+        lock(&self.containers).values().flat_map(|c| c.layers.iter().cloned()).collect()
+    }
+
+    /// Runs blocking work on the image store (commits, renames, walks) on a
+    /// blocking thread, holding the store's lock only for that work.
+    pub async fn with_image_store<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut ImageStore) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        berth_images::images::with_store(&self.images, work).await
+    }
+
+    /// As [`Self::with_image_store`], with the layers containers use taken
+    /// under the store's lock: CreateContainer marks its layers in use
+    /// under that lock, so a collection never takes a layer from a
+    /// container being created.
+    pub(super) async fn with_image_store_in_use<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut ImageStore, &BTreeSet<String>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let guard = self.images.clone().lock_owned().await;
+        let in_use = self.layers_in_use();
+        berth_images::images::run_locked(guard, move |store| work(store, &in_use)).await
+    }
+
+    /// RemoveImage: the image and its names go; its blobs and snapshots
+    /// that no other image and no container needs are deleted after the
+    /// store lock is let go, so other image calls go on meanwhile.
+    pub async fn remove_image(&self, name: &str) -> Result<()> {
+        let name = name.to_string();
+        let trash = self
+            .with_image_store_in_use(move |store, in_use| match store.resolve(&name).map(|r| r.id.clone()) {
+                Some(id) => store.remove(&id, in_use),
+                None => Ok(Default::default()),
+            })
+            .await?;
+        trash.discard().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,286 @@
+//! The manager: Berth's view of sandboxes and containers. It validates
+//! requests, keeps durable metadata, prepares bundles and root filesystems,
+//! and forwards lifecycle calls to each sandbox's shim, which is the source
+//! of truth for what runs. Data flows one way: request → manager → shim.
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use protocol::cri;
+use protocol::shim::{self as api, Status};
+use serde::{Deserialize, Serialize};
+use slog::{debug, error, info, warn, Logger};
+
+use crate::pod_files;
+use crate::rootfs;
+use crate::shim_client::{self, Shim, ShimLaunch, CALL_TIMEOUT};
+use crate::spec::{self, ImageDefaults, SandboxView};
+use berth_core::error::{Error, IoContext, Kind, Result};
+use berth_core::failpoint;
+use berth_core::ids;
+use berth_images::images::ImageStore;
+use berth_store::{Db, Store};
+
+mod container_create;
+mod container_io;
+mod container_remove;
+mod container_start;
+mod container_status;
+mod container_stop;
+mod container_update;
+mod events;
+mod host;
+mod image_use;
+mod live;
+mod pod_remove;
+mod pod_run;
+mod pod_status;
+mod pod_stop;
+mod records;
+mod recovery;
+mod stats;
+
+use host::{kill_pod_init, release_ns_dir, remove_trees, running, wait_gone};
+pub use live::RuntimeState;
+use live::{Sandbox, ShimView};
+pub use records::{ContainerMeta, Phase, SandboxMeta};
+use recovery::watch_shim;
+pub use recovery::Recovery;
+
+/// Events kept for a slow GetContainerEvents client before it misses some
+/// (it must then resync by listing, as kubelet does).
+const EVENT_BACKLOG: usize = 1024;
+
+/// How often berthd checks that a shim is alive where it cannot watch it
+/// through a pidfd (Linux before 5.3).
+const SHIM_CHECK: Duration = Duration::from_millis(200);
+
+/// How old a disk usage figure may get before it is walked again (kubelet
+/// asks for stats every 10 s or so).
+const USAGE_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// How long StopContainer waits for SIGKILL to take effect.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Daemon settings the manager needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Persistent root (`--root`).
+    pub root: PathBuf,
+    /// Runtime state (`--state`).
+    pub state: PathBuf,
+    /// berth-shim binary.
+    pub shim_binary: PathBuf,
+    /// OCI runtime binary.
+    pub runtime: PathBuf,
+    /// Longest one OCI runtime call may take (the shim enforces it).
+    pub runtime_timeout: Duration,
+    /// Longest log line before the shim splits it.
+    pub max_log_line: usize,
+    /// berthd-side log rotation (None: leave it to kubelet).
+    pub log_rotation: Option<crate::log_rotation::Policy>,
+    /// How often logs are checked for rotation.
+    pub log_check_interval: Duration,
+    /// CNI configuration and plugins.
+    pub cni: crate::cni::Cni,
+    /// Registry settings.
+    pub file: berth_images::registry_config::FileConfig,
+    /// How container cgroups are named (kubelet's cgroupDriver).
+    pub cgroup_driver: crate::settings::CgroupDriver,
+}
+
+/// Unix nanoseconds now.
+pub fn now_nanos() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// The manager.
+pub struct Manager {
+    cfg: Config,
+    log: Logger,
+    sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+    containers: Mutex<HashMap<String, ContainerMeta>>,
+    names: Mutex<HashSet<String>>,
+    /// Log-writing errors already reported, by container.
+    log_errors: Mutex<HashMap<String, String>>,
+    sandbox_store: Store,
+    container_store: Store,
+    /// The image store (blocking file work runs under this lock).
+    pub images: Arc<tokio::sync::Mutex<ImageStore>>,
+    /// Registry pulls.
+    pub puller: Arc<berth_images::pull::Puller>,
+    /// Container lifecycle events for CRI GetContainerEvents.
+    events: tokio::sync::broadcast::Sender<cri::ContainerEventResponse>,
+    /// Previous CPU samples, for CPU rates.
+    cpu_rates: crate::stats::CpuRates,
+    /// What the OCI runtime and kernel support (probed at start).
+    features: crate::runtime_features::Features,
+    /// berthd's metrics (CRI calls, pulls, recovery).
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Disk usage of writable layers and the image store, walked in the
+    /// background.
+    usage: Arc<crate::usage_cache::UsageCache>,
+    /// The image store's blob and snapshot folders, for ImageFsInfo.
+    image_dirs: Vec<PathBuf>,
+    /// This manager, for the shim watchers of new pods; set when the shim
+    /// monitor starts (at the end of recovery, before any call is served).
+    me: std::sync::OnceLock<std::sync::Weak<Manager>>,
+    /// Admission: RunPodSandbox calls doing their work at once; more wait
+    /// their turn, so a burst of pods cannot start hundreds of shims and
+    /// CNI plugins together.
+    pod_starts: tokio::sync::Semaphore,
+}
+
+/// RunPodSandbox calls past validation at once.
+pub const MAX_CONCURRENT_POD_STARTS: usize = 8;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sandbox_key(m: &cri::PodSandboxMetadata) -> String {
+    format!("pod/{}/{}/{}/{}", m.name, m.namespace, m.uid, m.attempt)
+}
+
+fn container_key(sandbox_id: &str, m: &cri::ContainerMetadata) -> String {
+    format!("ctr/{sandbox_id}/{}/{}", m.name, m.attempt)
+}
+
+/// Stop and remove of something already gone succeed (kubelet relies on
+/// it): NotFound becomes None.
+fn absent_ok<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind == Kind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl Manager {
+    /// Opens the manager's stores under `cfg.root` and `cfg.state`.
+    pub fn open(cfg: Config, log: Logger) -> Result<Self> {
+        use crate::dir_modes::{ensure_dir, PRIVATE, TOP};
+        for (d, mode) in [
+            (cfg.root.clone(), TOP),
+            (cfg.state.clone(), TOP),
+            (cfg.root.join("containers"), PRIVATE),
+            (cfg.root.join("images"), PRIVATE),
+            (cfg.state.join("sandboxes"), PRIVATE),
+            (cfg.state.join("containers"), PRIVATE),
+            (cfg.state.join("runc"), PRIVATE),
+        ] {
+            ensure_dir(&d, mode)?;
+        }
+        let db = Db::open(&cfg.root.join("metadata.redb"))?;
+        crate::dir_modes::set(&cfg.root.join("metadata.redb"), crate::dir_modes::FILE)?;
+        let sandbox_store = Store::open(&db, "sandboxes")?;
+        let container_store = Store::open(&db, "containers")?;
+        let images = ImageStore::open(&cfg.root, &db)?;
+        let image_dirs = images.usage_dirs();
+        let content = images.content().clone();
+        let images = Arc::new(tokio::sync::Mutex::new(images));
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let puller = Arc::new(berth_images::pull::Puller::new(
+            cfg.file.clone(),
+            images.clone(),
+            content,
+            metrics.clone(),
+            log.new(slog::o!("component" => "pull")),
+        ));
+        let features = crate::runtime_features::Features::probe(&cfg.runtime);
+        let m = Manager {
+            cfg,
+            log,
+            sandboxes: Mutex::new(HashMap::new()),
+            containers: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashSet::new()),
+            log_errors: Mutex::new(HashMap::new()),
+            sandbox_store,
+            container_store,
+            images,
+            puller,
+            events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
+            cpu_rates: Default::default(),
+            features,
+            metrics,
+            usage: crate::usage_cache::UsageCache::new(USAGE_MAX_AGE),
+            image_dirs,
+            pod_starts: tokio::sync::Semaphore::new(MAX_CONCURRENT_POD_STARTS),
+            me: std::sync::OnceLock::new(),
+        };
+        for s in m.sandbox_store.load_all::<SandboxMeta>()? {
+            lock(&m.names).insert(sandbox_key(&s.config.metadata.clone().unwrap_or_default()));
+            lock(&m.sandboxes).insert(s.id.clone(), Sandbox::new(s, None));
+        }
+        for c in m.container_store.load_all::<ContainerMeta>()? {
+            lock(&m.names).insert(container_key(&c.sandbox_id, &c.config.metadata.clone().unwrap_or_default()));
+            lock(&m.containers).insert(c.id.clone(), c);
+        }
+        Ok(m)
+    }
+
+    /// The cgroup driver berthd is configured with.
+    pub fn cgroup_driver(&self) -> crate::settings::CgroupDriver {
+        self.cfg.cgroup_driver
+    }
+
+    /// What the OCI runtime and kernel support, as the runtime handlers advertise it.
+    pub fn features(&self) -> crate::runtime_features::Features {
+        self.features
+    }
+
+    fn sandbox(&self, id: &str) -> Result<Arc<Sandbox>> {
+        ids::check_id("pod sandbox id", id)?;
+        lock(&self.sandboxes)
+            .get(id)
+            .filter(|s| lock(&s.meta).phase != Phase::Creating)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("pod sandbox {id} not found")))
+    }
+
+    fn container(&self, id: &str) -> Result<ContainerMeta> {
+        ids::check_id("container id", id)?;
+        lock(&self.containers)
+            .get(id)
+            .filter(|c| c.phase != Phase::Creating)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("container {id} not found")))
+    }
+
+    /// The sandbox's shim, connecting if needed.
+    async fn shim_of(&self, sb: &Sandbox) -> Result<Shim> {
+        if sb.lost_at().is_some() {
+            let id = lock(&sb.meta).id.clone();
+            return Err(Error::precondition(format!("the shim of pod sandbox {id} is gone; remove the pod")));
+        }
+        let mut guard = sb.shim.lock().await;
+        if let Some(s) = guard.as_ref() {
+            return Ok(s.clone());
+        }
+        let dir = lock(&sb.meta).dir.clone();
+        let s = Shim::connect(&dir).await?;
+        *guard = Some(s.clone());
+        Ok(s)
+    }
+
+    fn reserve(&self, key: String, what: &str) -> Result<()> {
+        if !lock(&self.names).insert(key) {
+            return Err(Error::exists(format!("{what} is already in use")));
+        }
+        Ok(())
+    }
+
+    fn release(&self, key: &str) {
+        lock(&self.names).remove(key);
+    }
+
+    /// Whether pods get CNI networking (a configuration is there).
+    pub fn network_ready(&self) -> std::result::Result<(), String> {
+        match self.cfg.cni.load() {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(format!("no CNI configuration in {}", self.cfg.cni.conf_dir.display())),
+            Err(e) => Err(e.message),
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Stats and metrics: ContainerStats, PodSandboxStats, ListPodSandboxMetrics,
+//! disk usage, berthd's own metrics.
+use super::*;
+
+impl Manager {
+    /// berthd's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// The node's pods and containers by state, the shims that answer and
+    /// every container's log bytes, for a metrics scrape (asked of the shims
+    /// as ListContainers asks them).
+    pub async fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        let sandboxes: Vec<SandboxMeta> = lock(&self.sandboxes)
+            .values()
+            .map(|sb| lock(&sb.meta).clone())
+            .filter(|m| m.phase != Phase::Creating)
+            .collect();
+        let metas: Vec<ContainerMeta> =
+            lock(&self.containers).values().filter(|c| c.phase != Phase::Creating).cloned().collect();
+        let sids: Vec<String> = sandboxes.iter().map(|m| m.id.clone()).collect();
+        let views = self.shim_views(&sids).await;
+        let mut snap = crate::metrics::Snapshot::default();
+        let (mut ready, mut notready) = (0, 0);
+        for meta in &sandboxes {
+            let listed = matches!(views.get(&meta.id), Some(ShimView::Listed(_)));
+            snap.shims_alive += i64::from(listed);
+            if meta.stopped || !listed {
+                notready += 1;
+            } else {
+                ready += 1;
+            }
+        }
+        snap.pods = vec![("ready".into(), ready), ("notready".into(), notready)];
+        let mut by_state: BTreeMap<&str, i64> =
+            ["created", "running", "exited", "unknown"].into_iter().map(|s| (s, 0)).collect();
+        for m in &metas {
+            let st = match views.get(&m.sandbox_id) {
+                Some(ShimView::Listed(states)) => states.get(&m.id),
+                _ => None,
+            };
+            let name = match st.map(|s| s.state) {
+                Some(s) if s == cri::ContainerState::ContainerCreated as i32 => "created",
+                Some(s) if s == cri::ContainerState::ContainerRunning as i32 => "running",
+                Some(s) if s == cri::ContainerState::ContainerExited as i32 => "exited",
+                _ => "unknown",
+            };
+            *by_state.entry(name).or_default() += 1;
+            if let Some(s) = st {
+                snap.logs.push((m.id.clone(), m.sandbox_id.clone(), s.log_bytes.0, s.log_bytes.1));
+            }
+        }
+        snap.containers = by_state.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        snap.logs.sort();
+        snap
+    }
+
+    /// ImageFsInfo's figures: the image store's blobs and snapshots, from
+    /// the background walks (never under the image-store lock). None while
+    /// the first walk of a big store runs.
+    pub async fn image_fs_usage(&self) -> Option<crate::usage_cache::Usage> {
+        let mut total = crate::usage_cache::Usage { bytes: 0, inodes: 0, at: i64::MAX };
+        for d in &self.image_dirs {
+            let u = self.usage.get(d).await?;
+            total = crate::usage_cache::Usage {
+                bytes: total.bytes + u.bytes,
+                inodes: total.inodes + u.inodes,
+                at: total.at.min(u.at),
+            };
+        }
+        Some(total)
+    }
+
+    /// A container's writable layer.
+    pub(super) fn upper_dir(&self, id: &str) -> PathBuf {
+        self.cfg.root.join("containers").join(id).join("upper")
+    }
+
+    /// The folder ImageFsInfo names.
+    pub fn image_fs_mountpoint(&self) -> PathBuf {
+        self.cfg.root.join("images")
+    }
+
+    /// Stats of one container: CPU and memory from its cgroups (through the
+    /// shim) while it runs, and its writable layer's disk usage.
+    pub async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
+        let meta = self.container(id)?;
+        let now = now_nanos();
+        let md = meta.config.metadata.clone();
+        let attributes = cri::ContainerAttributes {
+            id: meta.id.clone(),
+            metadata: md,
+            labels: meta.config.labels.clone(),
+            annotations: meta.config.annotations.clone(),
+        };
+        let upper = self.upper_dir(id);
+        let usage = self.usage.get(&upper).await;
+        let writable_layer = cri::FilesystemUsage {
+            timestamp: usage.map(|u| u.at).unwrap_or(now),
+            fs_id: Some(cri::FilesystemIdentifier { mountpoint: upper.display().to_string() }),
+            used_bytes: usage.map(|u| cri::UInt64Value { value: u.bytes }),
+            inodes_used: usage.map(|u| cri::UInt64Value { value: u.inodes }),
+        };
+        let mut stats = cri::ContainerStats {
+            attributes: Some(attributes),
+            writable_layer: Some(writable_layer),
+            ..Default::default()
+        };
+        let sb = self.sandbox(&meta.sandbox_id)?;
+        if let Ok(shim) = self.shim_of(&sb).await {
+            if let Ok(r) = shim.api().stats(shim_client::ctx(Some(CALL_TIMEOUT)), &shim_client::req(id)).await {
+                stats.cpu = Some(self.cpu_rates.usage(id, now, r.cpu_nanos));
+                stats.memory = Some(cri::MemoryUsage {
+                    timestamp: now,
+                    working_set_bytes: Some(cri::UInt64Value { value: r.memory_working_set }),
+                    usage_bytes: Some(cri::UInt64Value { value: r.memory_usage }),
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(stats)
+    }
+
+    /// ListPodSandboxMetrics: every ready pod with its running containers'
+    /// metrics under cAdvisor's names.
+    pub async fn list_pod_sandbox_metrics(&self) -> Result<Vec<cri::PodSandboxMetrics>> {
+        let pods = self
+            .list_pod_sandboxes(Some(cri::PodSandboxFilter {
+                state: Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
+                ..Default::default()
+            }))
+            .await?;
+        let mut out = Vec::new();
+        for pod in pods {
+            let listed = self
+                .list_containers(Some(cri::ContainerFilter {
+                    pod_sandbox_id: pod.id.clone(),
+                    state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
+                    ..Default::default()
+                }))
+                .await?;
+            let mut container_metrics = Vec::new();
+            for c in listed {
+                let (Ok(stats), Ok((status, _))) =
+                    (self.container_stats(&c.id).await, self.container_status(&c.id, false).await)
+                else {
+                    continue;
+                };
+                let facts = crate::pod_metrics::ContainerFacts {
+                    stats: &stats,
+                    name: c.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or(""),
+                    image: c.image.as_ref().map(|i| i.image.as_str()).unwrap_or(""),
+                    started_at: status.started_at,
+                    now: now_nanos(),
+                };
+                container_metrics.push(crate::pod_metrics::container_metrics(&facts));
+            }
+            out.push(cri::PodSandboxMetrics { pod_sandbox_id: pod.id, metrics: Vec::new(), container_metrics });
+        }
+        Ok(out)
+    }
+
+    /// ListContainerStats: running containers matching the filter.
+    pub async fn list_container_stats(
+        &self,
+        filter: Option<cri::ContainerStatsFilter>,
+    ) -> Result<Vec<cri::ContainerStats>> {
+        let f = filter.unwrap_or_default();
+        let listed = self
+            .list_containers(Some(cri::ContainerFilter {
+                id: f.id,
+                state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
+                pod_sandbox_id: f.pod_sandbox_id,
+                label_selector: f.label_selector,
+            }))
+            .await?;
+        let mut out = Vec::new();
+        for c in listed {
+            if let Ok(s) = self.container_stats(&c.id).await {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// PodSandboxStats: the sum of its running containers, and each of them.
+    pub async fn pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats> {
+        let (status, _) = self.pod_sandbox_status(id, false).await?;
+        let containers = self
+            .list_container_stats(Some(cri::ContainerStatsFilter {
+                pod_sandbox_id: id.to_string(),
+                ..Default::default()
+            }))
+            .await?;
+        let now = now_nanos();
+        let sum = |f: &dyn Fn(&cri::ContainerStats) -> Option<u64>| -> Option<cri::UInt64Value> {
+            let vals: Vec<u64> = containers.iter().filter_map(f).collect();
+            (!vals.is_empty()).then(|| cri::UInt64Value { value: vals.iter().sum() })
+        };
+        let cpu = cri::CpuUsage {
+            timestamp: now,
+            usage_core_nano_seconds: sum(&|c| c.cpu.as_ref()?.usage_core_nano_seconds.as_ref().map(|v| v.value)),
+            usage_nano_cores: sum(&|c| c.cpu.as_ref()?.usage_nano_cores.as_ref().map(|v| v.value)),
+            psi: None,
+        };
+        let memory = cri::MemoryUsage {
+            timestamp: now,
+            working_set_bytes: sum(&|c| c.memory.as_ref()?.working_set_bytes.as_ref().map(|v| v.value)),
+            usage_bytes: sum(&|c| c.memory.as_ref()?.usage_bytes.as_ref().map(|v| v.value)),
+            ..Default::default()
+        };
+        Ok(cri::PodSandboxStats {
+            attributes: Some(cri::PodSandboxAttributes {
+                id: status.id,
+                metadata: status.metadata,
+                labels: status.labels,
+                annotations: status.annotations,
+            }),
+            linux: Some(cri::LinuxPodSandboxStats {
+                cpu: Some(cpu),
+                memory: Some(memory),
+                containers,
+                ..Default::default()
+            }),
+            windows: None,
+        })
+    }
+
+    /// ListPodSandboxStats: ready pods matching the filter.
+    pub async fn list_pod_sandbox_stats(
+        &self,
+        filter: Option<cri::PodSandboxStatsFilter>,
+    ) -> Result<Vec<cri::PodSandboxStats>> {
+        let f = filter.unwrap_or_default();
+        let pods = self
+            .list_pod_sandboxes(Some(cri::PodSandboxFilter {
+                id: f.id,
+                state: Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
+                label_selector: f.label_selector,
+            }))
+            .await?;
+        let mut out = Vec::new();
+        for p in pods {
+            if let Ok(s) = self.pod_sandbox_stats(&p.id).await {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,139 @@
+//! A container's root filesystem: an overlay of its image's layer snapshots
+//! (read-only) and its own writable layer, mounted in its bundle.
+#![allow(unsafe_code)] // syscalls libc and nix do not wrap safely; each block has its SAFETY note
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use berth_core::error::{Error, Result};
+
+/// Mount options must fit in one page; past this, layers go one at a time.
+const MAX_MOUNT_OPTIONS: usize = 4000;
+
+/// Mounts the overlay at `target`. `lowers` is bottom layer first.
+///
+/// Classic mount(2) takes every lower dir in one option string of at most
+/// a page: with absolute snapshot paths that is about 40 layers. When they
+/// do not fit, the new mount API takes them one `lowerdir+` at a time
+/// (Linux 6.8+), so images of hundreds of layers run (overlayfs stacks up
+/// to 500).
+pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
+    if lowers.is_empty() {
+        return Err(Error::invalid("image has no layers"));
+    }
+    for d in [upper, work, target] {
+        std::fs::create_dir_all(d).map_err(|e| Error::internal(format!("creating {}: {e}", d.display())))?;
+    }
+    // overlayfs lists the top layer first.
+    let lower: Vec<String> = lowers.iter().rev().map(|p| p.display().to_string()).collect();
+    let opts = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), upper.display(), work.display());
+    if opts.len() <= MAX_MOUNT_OPTIONS {
+        return mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
+            .map_err(|e| Error::internal(format!("mounting rootfs at {}: {e}", target.display())));
+    }
+    new_api::mount_overlay(&lower, upper, work, target).map_err(|e| {
+        let why = if e.raw_os_error() == Some(libc::EINVAL) {
+            " (taking layers one by one needs Linux 6.8 or later)"
+        } else {
+            ""
+        };
+        Error::internal(format!("mounting rootfs of {} layers at {}: {e}{why}", lowers.len(), target.display()))
+    })
+}
+
+/// The new mount API (fsopen, fsconfig, fsmount, move_mount), which nix
+/// does not wrap yet.
+mod new_api {
+    use std::ffi::CString;
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    // From linux/mount.h.
+    const FSOPEN_CLOEXEC: libc::c_uint = 0x1;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 0x1;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+    fn cstr(s: &str) -> io::Result<CString> {
+        CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a mount argument"))
+    }
+
+    fn fd(r: libc::c_long) -> io::Result<OwnedFd> {
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this fd; nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+    }
+
+    fn set(fs: &OwnedFd, key: &str, value: &str) -> io::Result<()> {
+        let (k, v) = (cstr(key)?, cstr(value)?);
+        // SAFETY: fsconfig reads the two NUL-terminated strings, which live
+        // until it returns; the fd is ours.
+        let r = unsafe {
+            libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_SET_STRING, k.as_ptr(), v.as_ptr(), 0)
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Mounts an overlay of `lower` (top first) with `upper` and `work` at `target`.
+    pub fn mount_overlay(lower: &[String], upper: &Path, work: &Path, target: &Path) -> io::Result<()> {
+        let name = cstr("overlay")?;
+        // SAFETY: fsopen reads the NUL-terminated name; returns an fd or -1.
+        let fs = fd(unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) })?;
+        for l in lower {
+            set(&fs, "lowerdir+", l)?;
+        }
+        set(&fs, "upperdir", &upper.display().to_string())?;
+        set(&fs, "workdir", &work.display().to_string())?;
+        // SAFETY: FSCONFIG_CMD_CREATE takes no key or value (null pointers).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_CMD_CREATE,
+                std::ptr::null::<libc::c_char>(),
+                std::ptr::null::<libc::c_char>(),
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fsmount takes our configured fs fd and flags; returns an fd or -1.
+        let mnt = fd(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })?;
+        let to = CString::new(target.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the target path"))?;
+        let empty = cstr("")?;
+        // SAFETY: move_mount reads the two NUL-terminated paths (the empty
+        // one with MOVE_MOUNT_F_EMPTY_PATH means the mount fd itself).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                mnt.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Unmounts `target` if it is mounted; a target that is not is fine.
+pub fn unmount(target: &Path) -> Result<()> {
+    match umount2(target, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(Error::internal(format!("unmounting {}: {e}", target.display()))),
+    }
+}

@@ -1,0 +1,225 @@
+//! Starting a sandbox's berth-shim and talking to it over ttrpc.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use protocol::shim::{self as api, ShimClient, API_VERSION};
+
+use berth_core::error::{Error, Kind, Result};
+
+/// How long a shim may take to become ready.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Deadline of ordinary shim calls that do not run the OCI runtime (Wait and
+/// ExecSync set their own; calls that run it use [`Shim::runtime_ctx`]).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of the calls that only read (State, List): a
+/// shim that does not answer them in this time is hung, not busy.
+pub const QUICK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How to start one shim.
+#[derive(Clone, Debug)]
+pub struct ShimLaunch {
+    /// The berth-shim binary.
+    pub binary: PathBuf,
+    /// Sandbox id.
+    pub id: String,
+    /// Sandbox state folder.
+    pub dir: PathBuf,
+    /// OCI runtime binary.
+    pub runtime: PathBuf,
+    /// OCI runtime state folder.
+    pub runtime_root: PathBuf,
+    /// Hostname for a new uts namespace (None: host uts).
+    pub hostname: Option<String>,
+    /// Share the host network namespace.
+    pub host_network: bool,
+    /// Share the host ipc namespace.
+    pub host_ipc: bool,
+    /// Give the pod one pid namespace.
+    pub pod_pid: bool,
+    /// runc's systemd cgroup driver.
+    pub systemd_cgroup: bool,
+    /// Longest log line before splitting.
+    pub max_log_line: usize,
+    /// Longest one OCI runtime call may take.
+    pub runtime_timeout: Duration,
+}
+
+/// Socket of a sandbox's shim.
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("shim.sock")
+}
+
+/// Starts the shim and waits until it serves. Returns its pid.
+pub async fn start(l: &ShimLaunch) -> Result<u32> {
+    let mut cmd = tokio::process::Command::new(&l.binary);
+    cmd.arg("--id").arg(&l.id).arg("--dir").arg(&l.dir);
+    cmd.arg("--runtime").arg(&l.runtime).arg("--runtime-root").arg(&l.runtime_root);
+    cmd.arg("--max-log-line").arg(l.max_log_line.to_string());
+    cmd.arg("--runtime-timeout-ms").arg(l.runtime_timeout.as_millis().max(1).to_string());
+    if let Some(h) = &l.hostname {
+        cmd.arg("--hostname").arg(h);
+    }
+    if l.host_network {
+        cmd.arg("--host-network");
+    }
+    if l.host_ipc {
+        cmd.arg("--host-ipc");
+    }
+    if l.pod_pid {
+        cmd.arg("--pod-pid");
+    }
+    if l.systemd_cgroup {
+        cmd.arg("--systemd-cgroup");
+    }
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(START_TIMEOUT, cmd.output())
+        .await
+        .map_err(|_| Error::internal(format!("berth-shim did not get ready within {}s", START_TIMEOUT.as_secs())))?
+        .map_err(|e| Error::internal(format!("starting {}: {e}", l.binary.display())))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::internal(format!("berth-shim failed: {}", err.trim())));
+    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| Error::internal("berth-shim printed no pid"))
+}
+
+/// A connected shim.
+#[derive(Clone)]
+pub struct Shim {
+    client: ShimClient,
+    /// What the shim said at Connect.
+    pub info: api::ConnectResponse,
+}
+
+/// A ttrpc context with a deadline.
+pub fn ctx(timeout: Option<Duration>) -> ttrpc::context::Context {
+    match timeout {
+        Some(t) => ttrpc::context::with_timeout(t.as_nanos() as i64),
+        None => ttrpc::context::Context::default(),
+    }
+}
+
+impl Shim {
+    /// Connects and checks the API version.
+    pub async fn connect(dir: &Path) -> Result<Shim> {
+        let sock = socket_path(dir);
+        let unavailable = |e: &dyn std::fmt::Display| {
+            Error::new(Kind::Unavailable, format!("connecting to shim at {}: {e}", sock.display()))
+        };
+        let dial = protocol::socket_path::SocketPath::new(&sock).map_err(|e| unavailable(&e))?;
+        let stream = tokio::net::UnixStream::connect(dial.path()).await.map_err(|e| unavailable(&e))?;
+        let client = ttrpc::r#async::Client::new(stream.into());
+        let client = ShimClient::new(client);
+        let info = client
+            .connect(ctx(Some(Duration::from_secs(5))), &api::ConnectRequest::new())
+            .await
+            .map_err(|e| Error::new(Kind::Unavailable, format!("shim at {} does not answer: {e}", sock.display())))?;
+        if info.api_version != API_VERSION {
+            return Err(Error::new(
+                Kind::FailedPrecondition,
+                format!(
+                    "shim at {} speaks shim API {}, this berthd speaks {API_VERSION}; leaving it alone",
+                    sock.display(),
+                    info.api_version
+                ),
+            ));
+        }
+        Ok(Shim { client, info })
+    }
+
+    /// The raw client.
+    pub fn api(&self) -> &ShimClient {
+        &self.client
+    }
+
+    /// How long one OCI runtime call may take in this shim (what it said at
+    /// Connect; a shim that said nothing has runc's old fixed 30 s).
+    pub fn runtime_timeout(&self) -> Duration {
+        match self.info.runtime_timeout_ms {
+            0 => Duration::from_secs(30),
+            ms => Duration::from_millis(ms),
+        }
+    }
+
+    /// The context of a call that runs the OCI runtime: up to two runs (a
+    /// failed create deletes what it made) and the answer. A runtime that
+    /// hangs is then reported by the shim, with its stderr, before this
+    /// deadline would call the shim itself silent.
+    pub fn runtime_ctx(&self) -> ttrpc::context::Context {
+        ctx(Some(self.runtime_timeout() * 2 + QUICK_TIMEOUT))
+    }
+
+    /// State of one container.
+    pub async fn state(&self, id: &str) -> Result<api::ContainerState> {
+        Ok(self.client.state(ctx(Some(QUICK_TIMEOUT)), &req(id)).await?)
+    }
+
+    /// States of every container.
+    pub async fn list(&self) -> Result<Vec<api::ContainerState>> {
+        Ok(self.client.list(ctx(Some(QUICK_TIMEOUT)), &api::Empty::new()).await?.containers)
+    }
+
+    /// Signals a container.
+    pub async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
+        let mut r = api::KillRequest::new();
+        r.id = id.to_string();
+        r.signal = signal as u32;
+        r.all = all;
+        self.client.kill(ctx(Some(self.runtime_timeout() + QUICK_TIMEOUT)), &r).await?;
+        Ok(())
+    }
+
+    /// Waits at most `timeout` for the container to stop; true if it did.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<bool> {
+        match tokio::time::timeout(timeout, self.client.wait(ctx(None), &req(id))).await {
+            Err(_) => Ok(false),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+}
+
+/// A request naming one container.
+pub fn req(id: &str) -> api::ContainerRequest {
+    let mut r = api::ContainerRequest::new();
+    r.id = id.to_string();
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use protocol::shim::{create_shim, ConnectRequest, ConnectResponse, Shim as ShimApi};
+    use ttrpc::r#async::TtrpcContext;
+
+    use super::*;
+
+    /// A shim from another build, speaking an API version this berthd does not know.
+    struct FutureShim;
+
+    #[async_trait::async_trait]
+    impl ShimApi for FutureShim {
+        async fn connect(&self, _ctx: &TtrpcContext, _req: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
+            let mut r = ConnectResponse::new();
+            r.api_version = API_VERSION + 1;
+            r.shim_pid = 4242;
+            Ok(r)
+        }
+    }
+
+    #[tokio::test]
+    async fn refuses_a_shim_of_an_unknown_api_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::UnixListener::bind(socket_path(dir.path())).unwrap();
+        let mut server = ttrpc::r#async::Server::new()
+            .add_listener(listener.into())
+            .register_service(create_shim(Arc::new(FutureShim)));
+        server.start().await.unwrap();
+        let e = Shim::connect(dir.path()).await.err().expect("an unknown version must be refused");
+        assert_eq!(e.kind, Kind::FailedPrecondition);
+        assert!(e.message.contains(&format!("speaks shim API {}", API_VERSION + 1)), "{}", e.message);
+        assert!(e.message.contains("leaving it alone"), "{}", e.message);
+        let _ = server.shutdown().await;
+    }
+}
