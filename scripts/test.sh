@@ -22,6 +22,9 @@ export BERTH_TEST_SKIP_LOG=$(mktemp)
 trap 'rm -f "$out" "$BERTH_TEST_SKIP_LOG"' EXIT
 status=0
 cargo test --workspace --locked --no-fail-fast --tests -- --test-threads="${BERTH_TEST_THREADS:-4}" 2>&1 | tee "$out" || status=$?
+# The unit tests again as a normal user: none of them may need root.
+unprivileged=passed
+bash scripts/test-unprivileged.sh || { unprivileged=FAILED; status=1; }
 # Two minutes of churn (scripts/soak.sh): 50 pods made and removed in loops;
 # everything must be back at its baseline afterwards.
 soak=passed
@@ -33,6 +36,6 @@ if [ -s "$BERTH_TEST_SKIP_LOG" ]; then
 fi
 skipped=$(grep -c ': SKIP: ' "$BERTH_TEST_SKIP_LOG" || true)
 partly=$(grep -c ': SKIP (part): ' "$BERTH_TEST_SKIP_LOG" || true)
-awk -v skipped="$skipped" -v partly="$partly" -v soak="$soak" '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1); if ($i ~ /^ignored;?$/) s += $(i-1) } }
-     END { printf "summary: %d passed (%d of them skipped, %d checked in part), %d failed, %d ignored; soak %s\n", p, skipped, partly, f, s, soak }' "$out"
+awk -v skipped="$skipped" -v partly="$partly" -v soak="$soak" -v unprivileged="$unprivileged" '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1); if ($i ~ /^ignored;?$/) s += $(i-1) } }
+     END { printf "summary: %d passed (%d of them skipped, %d checked in part), %d failed, %d ignored; unit tests as a normal user %s; soak %s\n", p, skipped, partly, f, s, unprivileged, soak }' "$out"
 exit "$status"

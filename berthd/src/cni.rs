@@ -191,6 +191,36 @@ impl Cni {
     }
 }
 
+/// A pod's network as the manager sees it: CNI plugins on a node, a
+/// recording double in unit tests.
+#[async_trait::async_trait]
+pub trait PodNetwork: Send + Sync {
+    /// The configuration a new pod's ADD runs with; None when there is none.
+    fn load(&self) -> Result<Option<Network>>;
+    /// Where configurations are looked for (for messages).
+    fn conf_dir(&self) -> &Path;
+    /// ADD: the pod joins `net`; the result to keep for its DEL.
+    async fn add(&self, net: &Network, pod: &PodRef<'_>) -> Result<Value>;
+    /// DEL: the pod leaves `net` (idempotent).
+    async fn del(&self, net: &Network, pod: &PodRef<'_>, result: Option<&Value>) -> Result<()>;
+}
+
+#[async_trait::async_trait]
+impl PodNetwork for Cni {
+    fn load(&self) -> Result<Option<Network>> {
+        Cni::load(self)
+    }
+    fn conf_dir(&self) -> &Path {
+        &self.conf_dir
+    }
+    async fn add(&self, net: &Network, pod: &PodRef<'_>) -> Result<Value> {
+        Cni::add(self, net, pod).await
+    }
+    async fn del(&self, net: &Network, pod: &PodRef<'_>, result: Option<&Value>) -> Result<()> {
+        Cni::del(self, net, pod, result).await
+    }
+}
+
 /// Whether `path` is a network namespace (an nsfs file), as a pin must be.
 pub fn is_netns(path: &Path) -> bool {
     const NSFS_MAGIC: i64 = 0x6e73_6673;

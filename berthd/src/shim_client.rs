@@ -83,6 +83,25 @@ pub async fn start(l: &ShimLaunch) -> Result<u32> {
     String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| Error::internal("berth-shim printed no pid"))
 }
 
+/// How the manager starts a new pod's shim: a berth-shim process on a
+/// node; an in-process shim server in unit tests. Either way the manager
+/// then connects to `<dir>/shim.sock` with [`Shim::connect`].
+#[async_trait::async_trait]
+pub trait ShimLauncher: Send + Sync {
+    /// Starts the shim of `launch.id` and returns its pid once it serves.
+    async fn start(&self, launch: &ShimLaunch) -> Result<u32>;
+}
+
+/// berth-shim processes, started by [`start`].
+pub struct ProcessShims;
+
+#[async_trait::async_trait]
+impl ShimLauncher for ProcessShims {
+    async fn start(&self, launch: &ShimLaunch) -> Result<u32> {
+        start(launch).await
+    }
+}
+
 /// A connected shim.
 #[derive(Clone)]
 pub struct Shim {

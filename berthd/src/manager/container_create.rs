@@ -101,7 +101,7 @@ impl Manager {
             };
             let layer_root = self.cfg.root.join("containers").join(&id);
             let rootfs_dir = bundle.join("rootfs");
-            rootfs::mount_overlay(&lowers, &layer_root.join("upper"), &layer_root.join("work"), &rootfs_dir)?;
+            self.host.mount_overlay(&lowers, &layer_root.join("upper"), &layer_root.join("work"), &rootfs_dir)?;
             failpoint::hit("create-container/rootfs-mounted");
             let view = SandboxView {
                 dir: smeta.dir.clone(),

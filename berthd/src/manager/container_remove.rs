@@ -18,7 +18,7 @@ impl Manager {
         // A failed delete keeps the record (Removing): the retry finishes it.
         self.delete_in_shim(&meta).await.map_err(|e| e.context(format!("removing container {id}")))?;
         failpoint::hit("remove-container/deleted");
-        rootfs::unmount(&meta.bundle.join("rootfs"))?;
+        self.host.unmount(&meta.bundle.join("rootfs"))?;
         remove_trees(vec![meta.bundle.clone(), self.cfg.root.join("containers").join(id)]).await;
         failpoint::hit("remove-container/files-removed");
         self.container_store.delete(id).await?;
@@ -40,33 +40,6 @@ impl Manager {
 
     /// With the shim gone, the OCI runtime may still hold the container.
     pub(super) async fn force_delete_in_runtime(&self, id: &str) {
-        self.runtime_cmd(&["delete", "--force", id]).await;
-    }
-
-    /// Runs the OCI runtime directly (only for containers whose shim is
-    /// gone), with a timeout; failures are logged with its stderr.
-    pub(super) async fn runtime_cmd(&self, args: &[&str]) {
-        let mut cmd = tokio::process::Command::new(&self.cfg.runtime);
-        cmd.arg("--root").arg(self.cfg.state.join("runc"));
-        if self.cfg.cgroup_driver == crate::settings::CgroupDriver::Systemd {
-            cmd.arg("--systemd-cgroup");
-        }
-        cmd.args(args);
-        cmd.kill_on_drop(true)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        let what = args.join(" ");
-        match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
-            Ok(Ok(o)) if !o.status.success() => {
-                let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
-                if !err.contains("does not exist") && !err.contains("not running") {
-                    warn!(self.log, "OCI runtime call failed"; "args" => what, "stderr" => err);
-                }
-            }
-            Ok(Err(e)) => warn!(self.log, "OCI runtime call failed"; "args" => what, "error" => %e),
-            Err(_) => warn!(self.log, "OCI runtime call timed out"; "args" => what),
-            _ => {}
-        }
+        self.host.oci_runtime(&["delete", "--force", id]).await;
     }
 }

@@ -128,19 +128,19 @@ impl Sandbox {
 
     /// Whether its shim still runs: by pid, checked to be this sandbox's
     /// berth-shim (a reused pid, another pod's shim too, is not).
-    pub(super) fn shim_running(&self) -> bool {
+    pub(super) fn shim_running(&self, host: &dyn crate::host::Host) -> bool {
         let (pid, id) = {
             let m = lock(&self.meta);
             (m.shim_pid, m.id.clone())
         };
-        running(pid) && crate::pidfd::is_shim_of(pid as i32, &id)
+        host.running(pid) && host.is_shim_of(pid, &id)
     }
 
     /// What a failed call to its shim means: a shim that still runs is
     /// silent (stopped, overloaded: nothing may be taken for exited); one
     /// that is gone is forgotten.
-    pub(super) async fn after_failed_call(&self, why: String) -> ShimView {
-        if self.shim_running() {
+    pub(super) async fn after_failed_call(&self, host: &dyn crate::host::Host, why: String) -> ShimView {
+        if self.shim_running(host) {
             return ShimView::Silent(why);
         }
         *self.shim.lock().await = None;

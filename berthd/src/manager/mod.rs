@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use slog::{debug, error, info, warn, Logger};
 
 use crate::pod_files;
-use crate::rootfs;
 use crate::shim_client::{self, Shim, ShimLaunch, CALL_TIMEOUT};
 use crate::spec::{self, ImageDefaults, SandboxView};
 use berth_core::error::{Error, IoContext, Kind, Result};
@@ -40,8 +39,10 @@ mod pod_stop;
 mod records;
 mod recovery;
 mod stats;
+#[cfg(test)]
+mod tests;
 
-use host::{kill_pod_init, release_ns_dir, remove_trees, running, wait_gone};
+use host::remove_trees;
 pub use live::RuntimeState;
 use live::{Sandbox, ShimView};
 pub use records::{ContainerMeta, Phase, SandboxMeta};
@@ -51,10 +52,6 @@ pub use recovery::Recovery;
 /// Events kept for a slow GetContainerEvents client before it misses some
 /// (it must then resync by listing, as kubelet does).
 const EVENT_BACKLOG: usize = 1024;
-
-/// How often berthd checks that a shim is alive where it cannot watch it
-/// through a pidfd (Linux before 5.3).
-const SHIM_CHECK: Duration = Duration::from_millis(200);
 
 /// How old a disk usage figure may get before it is walked again (kubelet
 /// asks for stats every 10 s or so).
@@ -82,12 +79,43 @@ pub struct Config {
     pub log_rotation: Option<crate::log_rotation::Policy>,
     /// How often logs are checked for rotation.
     pub log_check_interval: Duration,
-    /// CNI configuration and plugins.
+    /// CNI configuration and plugins (the pod network of [`Seams::real`]).
     pub cni: crate::cni::Cni,
     /// Registry settings.
     pub file: berth_images::registry_config::FileConfig,
     /// How container cgroups are named (kubelet's cgroupDriver).
     pub cgroup_driver: crate::settings::CgroupDriver,
+}
+
+/// What the manager reaches outside itself besides its stores and the shims'
+/// sockets: the host, the pod network and how shims are started. Real on a
+/// node ([`Seams::real`]); doubles in the manager's unit tests.
+#[derive(Clone)]
+pub struct Seams {
+    /// Processes, mounts, the OCI runtime run directly.
+    pub host: Arc<dyn crate::host::Host>,
+    /// CNI.
+    pub network: Arc<dyn crate::cni::PodNetwork>,
+    /// berth-shim processes.
+    pub shims: Arc<dyn shim_client::ShimLauncher>,
+}
+
+impl Seams {
+    /// The node's own: /proc and mount(2), the CNI plugins of `cfg.cni`,
+    /// berth-shim processes.
+    pub fn real(cfg: &Config, log: &Logger) -> Self {
+        Seams {
+            host: Arc::new(crate::host::RealHost {
+                runtime: cfg.runtime.clone(),
+                runtime_root: cfg.state.join("runc"),
+                systemd_cgroup: cfg.cgroup_driver == crate::settings::CgroupDriver::Systemd,
+                runtime_timeout: cfg.runtime_timeout,
+                log: log.new(slog::o!("component" => "host")),
+            }),
+            network: Arc::new(cfg.cni.clone()),
+            shims: Arc::new(shim_client::ProcessShims),
+        }
+    }
 }
 
 /// Unix nanoseconds now.
@@ -99,6 +127,9 @@ pub fn now_nanos() -> i64 {
 pub struct Manager {
     cfg: Config,
     log: Logger,
+    host: Arc<dyn crate::host::Host>,
+    network: Arc<dyn crate::cni::PodNetwork>,
+    shims: Arc<dyn shim_client::ShimLauncher>,
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
     containers: Mutex<HashMap<String, ContainerMeta>>,
     names: Mutex<HashSet<String>>,
@@ -158,8 +189,15 @@ fn absent_ok<T>(r: Result<T>) -> Result<Option<T>> {
 }
 
 impl Manager {
-    /// Opens the manager's stores under `cfg.root` and `cfg.state`.
+    /// Opens the manager's stores under `cfg.root` and `cfg.state`, on the
+    /// node's own host, network and shims.
     pub fn open(cfg: Config, log: Logger) -> Result<Self> {
+        let seams = Seams::real(&cfg, &log);
+        Self::open_with(cfg, seams, log)
+    }
+
+    /// [`Manager::open`] with the given seams.
+    pub fn open_with(cfg: Config, seams: Seams, log: Logger) -> Result<Self> {
         use crate::dir_modes::{ensure_dir, PRIVATE, TOP};
         for (d, mode) in [
             (cfg.root.clone(), TOP),
@@ -192,6 +230,9 @@ impl Manager {
         let m = Manager {
             cfg,
             log,
+            host: seams.host,
+            network: seams.network,
+            shims: seams.shims,
             sandboxes: Mutex::new(HashMap::new()),
             containers: Mutex::new(HashMap::new()),
             names: Mutex::new(HashSet::new()),
@@ -277,9 +318,9 @@ impl Manager {
 
     /// Whether pods get CNI networking (a configuration is there).
     pub fn network_ready(&self) -> std::result::Result<(), String> {
-        match self.cfg.cni.load() {
+        match self.network.load() {
             Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(format!("no CNI configuration in {}", self.cfg.cni.conf_dir.display())),
+            Ok(None) => Err(format!("no CNI configuration in {}", self.network.conf_dir().display())),
             Err(e) => Err(e.message),
         }
     }

@@ -108,18 +108,18 @@ impl Manager {
                 max_log_line: self.cfg.max_log_line,
                 runtime_timeout: self.cfg.runtime_timeout,
             };
-            meta.shim_pid = shim_client::start(&launch).await?;
+            meta.shim_pid = self.shims.start(&launch).await?;
             failpoint::hit("run-pod-sandbox/shim-started");
             let shim = Shim::connect(&dir).await?;
             meta.pod_init_pid = shim.info.pod_init_pid;
             if !host_network {
-                if let Some(net) = self.cfg.cni.load()? {
+                if let Some(net) = self.network.load()? {
                     let md = config.metadata.clone().unwrap_or_default();
                     let netns = dir.join("ns/net");
                     let pod =
                         crate::cni::PodRef { id: &id, netns: &netns, metadata: &md, ports: &config.port_mappings };
                     meta.network_config = Some(net.clone());
-                    let result = self.cfg.cni.add(&net, &pod).await?;
+                    let result = self.network.add(&net, &pod).await?;
                     meta.ips = crate::cni::result_ips(&result);
                     meta.network = Some(result);
                     failpoint::hit("run-pod-sandbox/network-added");
@@ -158,22 +158,22 @@ impl Manager {
             let pid = shim.info.shim_pid;
             let _ = shim.api().shutdown(shim_client::ctx(Some(CALL_TIMEOUT)), &api::Empty::new()).await;
             drop(shim);
-            wait_gone(pid, Duration::from_secs(5)).await;
+            crate::host::wait_gone(&*self.host, pid, Duration::from_secs(5)).await;
         } else if let Some(pid) =
-            std::fs::read_to_string(dir.join("shim.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok())
+            std::fs::read_to_string(dir.join("shim.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok())
         {
             // A shim that does not answer but still runs is ended by pid,
             // if the pid is still this pod's shim.
             let id = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if crate::pidfd::kill_shim_of(pid, id) {
-                wait_gone(pid as u32, Duration::from_secs(5)).await;
+            if self.host.kill_shim_of(pid, id) {
+                crate::host::wait_gone(&*self.host, pid, Duration::from_secs(5)).await;
             }
         }
         // The shim ends the pod init on Shutdown; a killed shim could not.
         if let Some(id) = dir.file_name().and_then(|n| n.to_str()) {
-            kill_pod_init(pod_init_pid, id);
+            self.host.kill_shim_of(pod_init_pid, id);
         }
-        release_ns_dir(&dir.join("ns"));
+        self.host.release_ns_dir(&dir.join("ns"));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

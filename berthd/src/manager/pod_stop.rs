@@ -41,7 +41,7 @@ impl Manager {
         // crash between ADD and its record) falls back to today's.
         let net = match &meta.network_config {
             Some(n) => n.clone(),
-            None => match self.cfg.cni.load()? {
+            None => match self.network.load()? {
                 Some(n) => n,
                 None => return Ok(()),
             },
@@ -53,8 +53,7 @@ impl Manager {
         // plugins still release what they hold (IPs, port mappings).
         let netns = if crate::cni::is_netns(&pin) { pin } else { PathBuf::new() };
         let pod = crate::cni::PodRef { id: &meta.id, netns: &netns, metadata: &md, ports: &meta.config.port_mappings };
-        self.cfg
-            .cni
+        self.network
             .del(&net, &pod, meta.network.as_ref())
             .await
             .map_err(|e| e.context(format!("releasing the network of pod sandbox {}", meta.id)))

@@ -18,30 +18,19 @@ pub struct Recovery {
     pub orphans: usize,
 }
 
-/// Watches one sandbox's shim: through a pidfd, whose exit wakes this task
-/// at once (no polling; a pid reused by any other process, another pod's
-/// shim too, is never taken for this shim), or, where pidfds are missing
-/// (Linux before 5.3), by looking every [`SHIM_CHECK`]. A shim that ends
-/// while its pod is Ready is lost; one ended by RemovePodSandbox is not.
+/// Watches one sandbox's shim until it ends ([`crate::host::Host::shim_exited`]:
+/// a pidfd on a node, so nothing polls and a reused pid is never taken for
+/// the shim). A shim that ends while its pod is Ready is lost; one ended by
+/// RemovePodSandbox is not.
 pub(super) fn watch_shim(manager: std::sync::Weak<Manager>, sb: Arc<Sandbox>) {
     tokio::spawn(async move {
         let (pid, id) = {
             let meta = lock(&sb.meta);
-            (meta.shim_pid as i32, meta.id.clone())
+            (meta.shim_pid, meta.id.clone())
         };
-        match crate::pidfd::Pidfd::open(pid) {
-            // Pinned first, checked second: the pidfd is this shim's.
-            Ok(fd) if sb.shim_running() => {
-                let _ = fd.exited().await;
-            }
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-            Err(_) => {
-                while sb.shim_running() {
-                    tokio::time::sleep(SHIM_CHECK).await;
-                }
-            }
-        }
+        let Some(host) = manager.upgrade().map(|m| Arc::clone(&m.host)) else { return };
+        host.shim_exited(pid, &id).await;
+        drop(host);
         let Some(m) = manager.upgrade() else { return };
         let current = lock(&m.sandboxes).get(&id).is_some_and(|s| Arc::ptr_eq(s, &sb));
         if current && lock(&sb.meta).phase == Phase::Ready && sb.lost_at().is_none() {
@@ -176,7 +165,7 @@ impl Manager {
                     self.teardown_sandbox_dir(&e.path(), 0).await;
                 } else {
                     self.force_delete_in_runtime(&name).await;
-                    let _ = rootfs::unmount(&e.path().join("rootfs"));
+                    let _ = self.host.unmount(&e.path().join("rootfs"));
                     let _ = std::fs::remove_dir_all(e.path());
                 }
                 n += 1;
@@ -204,7 +193,7 @@ impl Manager {
         if let Err(e) = self.delete_in_shim(meta).await {
             warn!(self.log, "shim delete failed"; "container_id" => &meta.id, "error" => %e);
         }
-        let _ = rootfs::unmount(&meta.bundle.join("rootfs"));
+        let _ = self.host.unmount(&meta.bundle.join("rootfs"));
         remove_trees(vec![meta.bundle.clone(), self.cfg.root.join("containers").join(&meta.id)]).await;
         let _ = self.container_store.delete(&meta.id).await;
         lock(&self.containers).remove(&meta.id);
@@ -255,9 +244,9 @@ impl Manager {
         let meta = lock(&sb.meta).clone();
         warn!(self.log, "shim is gone: pod is NotReady, its containers are ended"; "sandbox_id" => &meta.id, "shim_pid" => meta.shim_pid);
         for c in self.containers_of(&meta.id) {
-            self.runtime_cmd(&["kill", "--all", &c.id, "KILL"]).await;
+            self.host.oci_runtime(&["kill", "--all", &c.id, "KILL"]).await;
         }
-        kill_pod_init(meta.pod_init_pid, &meta.id);
+        self.host.kill_shim_of(meta.pod_init_pid, &meta.id);
     }
 
     /// Rotates running containers' logs by size (kubelet's semantics), for
