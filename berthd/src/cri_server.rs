@@ -471,15 +471,14 @@ impl CriServer {
         let reference = berth_images::reference::Reference::parse(image)?;
         let creds = berth_images::registry::Credentials::new(username, password, auth, identity_token, registry_token)?;
         debug!(self.log, "pull"; "image" => image);
-        Ok(self.mgr.puller.start(&reference, creds))
+        Ok(self.mgr.pull(&reference, creds))
     }
 
     async fn images_matching(&self, filter: Option<cri::ImageFilter>) -> Vec<cri::Image> {
-        let store = self.mgr.images.lock().await;
         let want = filter.and_then(|f| f.image).map(|i| i.image).filter(|s| !s.is_empty());
         match want {
-            Some(name) => store.resolve(&name).map(|r| vec![to_cri_image(r)]).unwrap_or_default(),
-            None => store.list().iter().map(to_cri_image).collect(),
+            Some(name) => self.mgr.image(&name).await.map(|r| vec![to_cri_image(&r)]).unwrap_or_default(),
+            None => self.mgr.images().await.iter().map(to_cri_image).collect(),
         }
     }
 }
@@ -502,16 +501,15 @@ impl ImageService for CriServer {
         if name.is_empty() {
             return Err(Status::invalid_argument("ImageStatus needs an image"));
         }
-        let store = self.mgr.images.lock().await;
-        let rec = store.resolve(&name);
+        let rec = self.mgr.image(&name).await;
         let mut info = std::collections::HashMap::new();
-        if let (Some(rec), true) = (rec, r.verbose) {
+        if let (Some(rec), true) = (&rec, r.verbose) {
             info.insert(
                 "info".to_string(),
                 serde_json::json!({ "imageSpec": rec.config, "layers": rec.layers }).to_string(),
             );
         }
-        Ok(Response::new(cri::ImageStatusResponse { image: rec.map(to_cri_image), info }))
+        Ok(Response::new(cri::ImageStatusResponse { image: rec.as_ref().map(to_cri_image), info }))
     }
 
     async fn pull_image(&self, req: Request<cri::PullImageRequest>) -> Reply<cri::PullImageResponse> {

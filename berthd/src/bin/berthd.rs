@@ -281,7 +281,7 @@ fn reload(
     match args.settings() {
         Err(e) => error!(log, "config reload failed; keeping the config in force"; "error" => format!("{e:#}")),
         Ok(new) => {
-            mgr.puller.set_config(new.registry_config());
+            mgr.set_registry_config(new.registry_config());
             if let Some(l) = berthd::logging::parse_level(&new.log_level) {
                 level.set(l);
             }

@@ -1,8 +1,35 @@
-//! Images as containers use them: the layers in use, and store work that must
-//! see them under the store's lock (RemoveImage, garbage collection).
+//! The image service as the CRI edge sees it (pull, list, status, remove,
+//! registry settings), and images as containers use them: the layers in
+//! use, and store work that must see them under the store's lock
+//! (RemoveImage, garbage collection).
 use super::*;
 
 impl Manager {
+    /// Starts (or joins) the pull of `reference` with `creds`.
+    pub fn pull(
+        &self,
+        reference: &berth_images::reference::Reference,
+        creds: Option<berth_images::registry::Credentials>,
+    ) -> berth_images::pull::PullHandle {
+        self.puller.start(reference, creds)
+    }
+
+    /// Registry settings for pulls from now on (SIGHUP); pulls running keep
+    /// theirs.
+    pub fn set_registry_config(&self, config: berth_images::registry_config::FileConfig) {
+        self.puller.set_config(config);
+    }
+
+    /// The image `name` (id, id prefix, tag or digest) names, if any.
+    pub async fn image(&self, name: &str) -> Option<berth_images::images::ImageRecord> {
+        self.images.lock().await.resolve(name).cloned()
+    }
+
+    /// Every image.
+    pub async fn images(&self) -> Vec<berth_images::images::ImageRecord> {
+        self.images.lock().await.list()
+    }
+
     /// Layer digests the containers use (kept when their images go).
     pub fn layers_in_use(&self) -> BTreeSet<String> {
         lock(&self.containers).values().flat_map(|c| c.layers.iter().cloned()).collect()

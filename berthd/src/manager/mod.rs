@@ -138,9 +138,9 @@ pub struct Manager {
     sandbox_store: Store,
     container_store: Store,
     /// The image store (blocking file work runs under this lock).
-    pub images: Arc<tokio::sync::Mutex<ImageStore>>,
+    images: Arc<tokio::sync::Mutex<ImageStore>>,
     /// Registry pulls.
-    pub puller: Arc<berth_images::pull::Puller>,
+    puller: Arc<berth_images::pull::Puller>,
     /// Container lifecycle events for CRI GetContainerEvents.
     events: tokio::sync::broadcast::Sender<cri::ContainerEventResponse>,
     /// Previous CPU samples, for CPU rates.
