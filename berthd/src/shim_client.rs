@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use protocol::shim::{self as api, ShimClient, API_VERSION};
+pub use protocol::shim_launch::ShimArgs;
 
 use berth_core::error::{Error, Kind, Result};
 
@@ -15,33 +16,13 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// shim that does not answer them in this time is hung, not busy.
 pub const QUICK_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How to start one shim.
+/// How to start one shim: the berth-shim binary and its arguments.
 #[derive(Clone, Debug)]
 pub struct ShimLaunch {
     /// The berth-shim binary.
     pub binary: PathBuf,
-    /// Sandbox id.
-    pub id: String,
-    /// Sandbox state folder.
-    pub dir: PathBuf,
-    /// OCI runtime binary.
-    pub runtime: PathBuf,
-    /// OCI runtime state folder.
-    pub runtime_root: PathBuf,
-    /// Hostname for a new uts namespace (None: host uts).
-    pub hostname: Option<String>,
-    /// Share the host network namespace.
-    pub host_network: bool,
-    /// Share the host ipc namespace.
-    pub host_ipc: bool,
-    /// Give the pod one pid namespace.
-    pub pod_pid: bool,
-    /// runc's systemd cgroup driver.
-    pub systemd_cgroup: bool,
-    /// Longest log line before splitting.
-    pub max_log_line: usize,
-    /// Longest one OCI runtime call may take.
-    pub runtime_timeout: Duration,
+    /// What it is started with (the contract both binaries read).
+    pub args: ShimArgs,
 }
 
 /// Socket of a sandbox's shim.
@@ -52,25 +33,7 @@ pub fn socket_path(dir: &Path) -> PathBuf {
 /// Starts the shim and waits until it serves. Returns its pid.
 pub async fn start(l: &ShimLaunch) -> Result<u32> {
     let mut cmd = tokio::process::Command::new(&l.binary);
-    cmd.arg("--id").arg(&l.id).arg("--dir").arg(&l.dir);
-    cmd.arg("--runtime").arg(&l.runtime).arg("--runtime-root").arg(&l.runtime_root);
-    cmd.arg("--max-log-line").arg(l.max_log_line.to_string());
-    cmd.arg("--runtime-timeout-ms").arg(l.runtime_timeout.as_millis().max(1).to_string());
-    if let Some(h) = &l.hostname {
-        cmd.arg("--hostname").arg(h);
-    }
-    if l.host_network {
-        cmd.arg("--host-network");
-    }
-    if l.host_ipc {
-        cmd.arg("--host-ipc");
-    }
-    if l.pod_pid {
-        cmd.arg("--pod-pid");
-    }
-    if l.systemd_cgroup {
-        cmd.arg("--systemd-cgroup");
-    }
+    cmd.args(l.args.to_args());
     cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
     let out = tokio::time::timeout(START_TIMEOUT, cmd.output())
         .await
@@ -80,7 +43,8 @@ pub async fn start(l: &ShimLaunch) -> Result<u32> {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(Error::internal(format!("berth-shim failed: {}", err.trim())));
     }
-    String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| Error::internal("berth-shim printed no pid"))
+    protocol::shim_launch::parse_ready(&String::from_utf8_lossy(&out.stdout))
+        .ok_or_else(|| Error::internal("berth-shim printed no pid"))
 }
 
 /// How the manager starts a new pod's shim: a berth-shim process on a

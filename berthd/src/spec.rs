@@ -13,6 +13,7 @@ use protocol::cri;
 
 use crate::users;
 use berth_core::error::{Error, Result};
+use protocol::shim_launch::{NS_DIR, NS_IPC, NS_NET, NS_PID, NS_UTS};
 
 /// What the sandbox provides to its containers.
 #[derive(Clone, Debug)]
@@ -553,9 +554,9 @@ pub fn build(
     // Namespaces: join the sandbox's pinned ones by path.
     let ns_opts = sc.namespace_options.clone().unwrap_or_else(|| sandbox.namespace_options.clone());
     let mut namespaces = vec![LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Mount).build().map_err(oci)?];
-    let ns_dir = sandbox.dir.join("ns");
+    let ns_dir = sandbox.dir.join(NS_DIR);
     for (name, typ) in
-        [("net", LinuxNamespaceType::Network), ("ipc", LinuxNamespaceType::Ipc), ("uts", LinuxNamespaceType::Uts)]
+        [(NS_NET, LinuxNamespaceType::Network), (NS_IPC, LinuxNamespaceType::Ipc), (NS_UTS, LinuxNamespaceType::Uts)]
     {
         if sandbox.pinned.iter().any(|p| p == name) {
             namespaces.push(LinuxNamespaceBuilder::default().typ(typ).path(ns_dir.join(name)).build().map_err(oci)?);
@@ -565,11 +566,11 @@ pub fn build(
     // default for v1 pods) gets its own.
     match ns_opts.pid {
         2 => {}
-        0 if sandbox.pinned.iter().any(|p| p == "pid") => {
+        0 if sandbox.pinned.iter().any(|p| p == NS_PID) => {
             namespaces.push(
                 LinuxNamespaceBuilder::default()
                     .typ(LinuxNamespaceType::Pid)
-                    .path(ns_dir.join("pid"))
+                    .path(ns_dir.join(NS_PID))
                     .build()
                     .map_err(oci)?,
             );

@@ -14,7 +14,7 @@ use protocol::cri_log::{rfc3339_nano, write_record};
 use tokio::io::AsyncReadExt;
 
 /// Default longest line content written in one record (containerd's choice).
-pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
+pub const DEFAULT_MAX_LINE: usize = protocol::shim_launch::DEFAULT_MAX_LOG_LINE;
 
 /// Which output stream a record came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

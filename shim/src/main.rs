@@ -31,6 +31,7 @@ use crate::namespaces::NamespaceOptions;
 use crate::reaper::Reaper;
 use crate::runc::Runc;
 use crate::service::ShimService;
+use protocol::shim_launch::{ShimArgs, NS_DIR};
 
 struct Args {
     id: String,
@@ -46,51 +47,20 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut id = None;
-    let mut dir = None;
-    let mut runtime = PathBuf::from("runc");
-    let mut runtime_root = PathBuf::from("/run/berth/runc");
-    let mut ns = NamespaceOptions { network: true, ipc: true, hostname: None, pod_pid: false };
-    let mut max_log_line = cri_log::DEFAULT_MAX_LINE;
-    let mut systemd_cgroup = false;
-    let mut runtime_timeout = crate::runc::DEFAULT_TIMEOUT;
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--id" => id = Some(val()?),
-            "--dir" => dir = Some(PathBuf::from(val()?)),
-            "--runtime" => runtime = PathBuf::from(val()?),
-            "--runtime-root" => runtime_root = PathBuf::from(val()?),
-            "--hostname" => ns.hostname = Some(val()?),
-            "--host-network" => ns.network = false,
-            "--host-ipc" => ns.ipc = false,
-            "--pod-pid" => ns.pod_pid = true,
-            "--systemd-cgroup" => systemd_cgroup = true,
-            "--runtime-timeout-ms" => {
-                let ms: u64 = val()?.parse().context("--runtime-timeout-ms")?;
-                if ms == 0 {
-                    bail!("--runtime-timeout-ms must be more than 0");
-                }
-                runtime_timeout = std::time::Duration::from_millis(ms);
-            }
-            "--max-log-line" => max_log_line = val()?.parse().context("--max-log-line")?,
-            "--version" => {
-                println!("berth-shim {} (shim API {})", env!("CARGO_PKG_VERSION"), protocol::shim::API_VERSION);
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other}"),
-        }
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("berth-shim {} (shim API {})", env!("CARGO_PKG_VERSION"), protocol::shim::API_VERSION);
+        std::process::exit(0);
     }
+    let a = ShimArgs::parse(std::env::args().skip(1))?;
     Ok(Args {
-        id: id.context("--id is required")?,
-        dir: dir.context("--dir is required")?,
-        runtime,
-        runtime_root,
-        systemd_cgroup,
-        runtime_timeout,
-        ns,
-        max_log_line,
+        ns: NamespaceOptions { network: !a.host_network, ipc: !a.host_ipc, hostname: a.hostname, pod_pid: a.pod_pid },
+        id: a.id,
+        dir: a.dir,
+        runtime: a.runtime,
+        runtime_root: a.runtime_root,
+        systemd_cgroup: a.systemd_cgroup,
+        runtime_timeout: a.runtime_timeout,
+        max_log_line: a.max_log_line,
     })
 }
 
@@ -123,7 +93,8 @@ fn launch() -> Result<()> {
             let msg = msg.trim_end().to_string();
             match msg.strip_prefix("ok ") {
                 Some(pid) => {
-                    println!("{}", pid.trim());
+                    let pid: u32 = pid.trim().parse().context("the shim reported no pid")?;
+                    print!("{}", protocol::shim_launch::ready_line(pid));
                     Ok(())
                 }
                 None if msg.is_empty() => {
@@ -191,7 +162,7 @@ fn daemon(args: Args, ready: &mut Option<File>) -> Result<()> {
     let drain = slog_term::FullFormat::new(decorator).build().ignore_res();
     let log = Logger::root(drain, o!("sandbox_id" => args.id.clone()));
 
-    let pinned = namespaces::create(&args.dir.join("ns"), &args.ns).context("creating sandbox namespaces")?;
+    let pinned = namespaces::create(&args.dir.join(NS_DIR), &args.ns).context("creating sandbox namespaces")?;
     std::fs::write(args.dir.join("shim.pid"), std::process::id().to_string()).context("writing shim.pid")?;
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;

@@ -10,6 +10,7 @@
 //! propagate to other mount namespaces, where they would keep the namespaces
 //! alive after removal.
 #![allow(unsafe_code)] // syscalls libc and nix do not wrap safely; each block has its SAFETY note
+use protocol::shim_launch::{NS_IPC, NS_NET, NS_PID, NS_UTS};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -83,19 +84,19 @@ pub fn create(dir: &Path, opts: &NamespaceOptions) -> Result<Pinned, NsError> {
     let mut names = Vec::new();
     if opts.network {
         flags |= CloneFlags::CLONE_NEWNET;
-        names.push("net");
+        names.push(NS_NET);
     }
     if opts.ipc {
         flags |= CloneFlags::CLONE_NEWIPC;
-        names.push("ipc");
+        names.push(NS_IPC);
     }
     if opts.hostname.is_some() {
         flags |= CloneFlags::CLONE_NEWUTS;
-        names.push("uts");
+        names.push(NS_UTS);
     }
     if opts.pod_pid {
         flags |= CloneFlags::CLONE_NEWPID;
-        names.push("pid");
+        names.push(NS_PID);
     }
     let mut pinned = Pinned { dir: dir.to_path_buf(), names: Vec::new(), pod_init: None };
     if names.is_empty() {
@@ -151,7 +152,7 @@ fn pin(dir: &Path, names: &[&'static str], mut ready: File, pinned: &mut Pinned)
         Some(p) => p.parse().map_err(|_| NsError::Child(format!("bad reply {msg:?}")))?,
         None => return Err(NsError::Child(msg.to_string())),
     };
-    if names.contains(&"pid") {
+    if names.contains(&NS_PID) {
         pinned.pod_init = Some(pid);
     }
     for name in names {

@@ -12,11 +12,6 @@ use tokio::io::AsyncReadExt;
 
 use crate::reaper::{ExitStatus, Reaper};
 
-/// How long an OCI runtime call may take before it is killed, unless the
-/// shim is told otherwise (`--runtime-timeout-ms`, from berthd's
-/// `runtime.oci_timeout`).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// An OCI runtime call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RuncError {

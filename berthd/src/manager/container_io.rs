@@ -77,7 +77,7 @@ impl Manager {
         if m.stopped || sb.lost_at().is_some() {
             return Err(Error::precondition(format!("pod sandbox {id} is not ready")));
         }
-        Ok(m.pinned.iter().any(|n| n == "net").then(|| m.dir.join("ns/net")))
+        Ok(m.pinned.iter().any(|n| n == NS_NET).then(|| m.dir.join(NS_DIR).join(NS_NET)))
     }
 
     /// ReopenContainerLog: the shim reopens the log file by path, so a

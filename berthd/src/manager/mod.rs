@@ -20,6 +20,7 @@ use berth_core::failpoint;
 use berth_core::ids;
 use berth_images::images::ImageStore;
 use berth_store::{Db, Store};
+use protocol::shim_launch::{NS_DIR, NS_NET};
 
 mod container_create;
 mod container_io;

@@ -65,12 +65,23 @@ impl Manager {
         };
         let id = ids::new_id();
         let dir = self.cfg.state.join("sandboxes").join(&id);
-        let mut pinned = Vec::new();
-        for (name, on) in [("net", !host_network), ("ipc", !host_ipc), ("uts", !host_network), ("pid", pod_pid)] {
-            if on {
-                pinned.push(name.to_string());
-            }
-        }
+        let launch = ShimLaunch {
+            binary: self.cfg.shim_binary.clone(),
+            args: shim_client::ShimArgs {
+                id: id.clone(),
+                dir: dir.clone(),
+                runtime: self.cfg.runtime.clone(),
+                runtime_root: self.cfg.state.join("runc"),
+                hostname: (!host_network).then(|| hostname.clone()),
+                host_network,
+                host_ipc,
+                pod_pid,
+                systemd_cgroup: self.cfg.cgroup_driver == crate::settings::CgroupDriver::Systemd,
+                max_log_line: self.cfg.max_log_line,
+                runtime_timeout: self.cfg.runtime_timeout,
+            },
+        };
+        let pinned = launch.args.pins().into_iter().map(String::from).collect();
         let mut meta = SandboxMeta {
             id: id.clone(),
             config: config.clone(),
@@ -94,20 +105,6 @@ impl Manager {
             std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
             pod_files::write(&dir, &hostname, host_network, config.dns_config.as_ref())?;
             failpoint::hit("run-pod-sandbox/files-written");
-            let launch = ShimLaunch {
-                binary: self.cfg.shim_binary.clone(),
-                id: id.clone(),
-                dir: dir.clone(),
-                runtime: self.cfg.runtime.clone(),
-                runtime_root: self.cfg.state.join("runc"),
-                hostname: (!host_network).then(|| hostname.clone()),
-                host_network,
-                host_ipc,
-                pod_pid,
-                systemd_cgroup: self.cfg.cgroup_driver == crate::settings::CgroupDriver::Systemd,
-                max_log_line: self.cfg.max_log_line,
-                runtime_timeout: self.cfg.runtime_timeout,
-            };
             meta.shim_pid = self.shims.start(&launch).await?;
             failpoint::hit("run-pod-sandbox/shim-started");
             let shim = Shim::connect(&dir).await?;
@@ -115,7 +112,7 @@ impl Manager {
             if !host_network {
                 if let Some(net) = self.network.load()? {
                     let md = config.metadata.clone().unwrap_or_default();
-                    let netns = dir.join("ns/net");
+                    let netns = dir.join(NS_DIR).join(NS_NET);
                     let pod =
                         crate::cni::PodRef { id: &id, netns: &netns, metadata: &md, ports: &config.port_mappings };
                     meta.network_config = Some(net.clone());
@@ -173,7 +170,7 @@ impl Manager {
         if let Some(id) = dir.file_name().and_then(|n| n.to_str()) {
             self.host.kill_shim_of(pod_init_pid, id);
         }
-        self.host.release_ns_dir(&dir.join("ns"));
+        self.host.release_ns_dir(&dir.join(NS_DIR));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -33,7 +33,7 @@ impl Manager {
     /// CNI DEL for a pod (nothing for host-network pods or without a CNI
     /// configuration).
     pub(super) async fn release_network(&self, meta: &SandboxMeta) -> Result<()> {
-        let host_network = !meta.pinned.iter().any(|p| p == "net");
+        let host_network = !meta.pinned.iter().any(|p| p == NS_NET);
         if host_network {
             return Ok(());
         }
@@ -47,7 +47,7 @@ impl Manager {
             },
         };
         let md = meta.config.metadata.clone().unwrap_or_default();
-        let pin = meta.dir.join("ns/net");
+        let pin = meta.dir.join(NS_DIR).join(NS_NET);
         // A pin that is gone (unmounted by hand, a crash between steps) is no
         // namespace: the CNI spec lets DEL run with an empty CNI_NETNS, and
         // plugins still release what they hold (IPs, port mappings).

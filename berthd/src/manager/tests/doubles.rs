@@ -282,27 +282,27 @@ impl ShimLauncher for FakeShims {
         let pid = self.next_pid.fetch_add(1, Ordering::SeqCst);
         let mode = if self.refuse_new.load(Ordering::SeqCst) { Mode::Refusing } else { Mode::Answering };
         let shim = Arc::new(FakeShim {
-            sandbox_id: l.id.clone(),
-            dir: l.dir.clone(),
+            sandbox_id: l.args.id.clone(),
+            dir: l.args.dir.clone(),
             pid,
             host: Arc::clone(&self.host),
             mode: Mutex::new(mode),
             calls: Mutex::new(Vec::new()),
             containers: Mutex::new(HashMap::new()),
         });
-        let sock = l.dir.join("shim.sock");
+        let sock = l.args.dir.join("shim.sock");
         // A long state folder makes a long path: bound as berth-shim binds it.
         let listener = protocol::socket_path::SocketPath::new(&sock)
             .and_then(|p| tokio::net::UnixListener::bind(p.path()))
             .map_err(|e| Error::internal(format!("binding {}: {e}", sock.display())))?;
-        std::fs::write(l.dir.join("shim.pid"), pid.to_string()).map_err(|e| Error::internal(e.to_string()))?;
+        std::fs::write(l.args.dir.join("shim.pid"), pid.to_string()).map_err(|e| Error::internal(e.to_string()))?;
         let service: Arc<dyn api::shim_ttrpc::Shim + Send + Sync> = shim.clone();
         let mut server =
             ttrpc::r#async::Server::new().add_listener(listener.into()).register_service(api::create_shim(service));
         server.start().await.map_err(|e| Error::internal(e.to_string()))?;
         lock(&self.servers).push(server);
         self.host.spawn(pid, &shim.sandbox_id);
-        lock(&self.shims).insert(l.id.clone(), shim);
+        lock(&self.shims).insert(l.args.id.clone(), shim);
         Ok(pid)
     }
 }
