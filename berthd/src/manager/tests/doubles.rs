@@ -76,7 +76,8 @@ impl Host for FakeHost {
     }
     fn mount_overlay(&self, _lowers: &[PathBuf], _upper: &Path, _work: &Path, target: &Path) -> Result<()> {
         self.record(format!("mount {}", target.display()));
-        Ok(())
+        // What the mount would show there: an empty root to build in.
+        std::fs::create_dir_all(target).map_err(|e| Error::internal(e.to_string()))
     }
     fn unmount(&self, target: &Path) -> Result<()> {
         self.record(format!("unmount {}", target.display()));
@@ -149,6 +150,8 @@ pub struct FakeShim {
     mode: Mutex<Mode>,
     calls: Mutex<Vec<String>>,
     containers: Mutex<HashMap<String, api::ContainerState>>,
+    /// Create fails (as `runc create` would) while set.
+    pub fail_create: AtomicBool,
 }
 
 impl FakeShim {
@@ -198,6 +201,12 @@ impl api::shim_ttrpc::Shim for FakeShim {
     async fn create(&self, _: &TtrpcContext, req: api::CreateRequest) -> ttrpc::Result<api::ContainerState> {
         self.record(format!("Create {}", req.id));
         self.gate().await;
+        if self.fail_create.load(Ordering::SeqCst) {
+            return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::INTERNAL,
+                "runc create failed (as the test asked)",
+            )));
+        }
         let s = state(&req.id, self.pid + 1000, api::Status::CREATED);
         lock(&self.containers).insert(req.id.clone(), s.clone());
         Ok(s)
@@ -289,6 +298,7 @@ impl ShimLauncher for FakeShims {
             mode: Mutex::new(mode),
             calls: Mutex::new(Vec::new()),
             containers: Mutex::new(HashMap::new()),
+            fail_create: AtomicBool::new(false),
         });
         let sock = l.args.dir.join("shim.sock");
         // A long state folder makes a long path: bound as berth-shim binds it.

@@ -1,6 +1,7 @@
 //! The manager's recovery and rollback as tables over its seams (see
 //! `doubles.rs`): no root, no runc, no berth-shim; the real manager, the
 //! real metadata store and the real ttrpc client against in-process shims.
+mod container_table;
 mod doubles;
 mod recovery_table;
 mod rollback_table;
@@ -61,6 +62,59 @@ impl Rig {
     /// Folders left under `<state>/sandboxes`.
     fn sandbox_dirs(&self) -> usize {
         std::fs::read_dir(self.dir.path().join("state/sandboxes")).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+/// Imports a one-layer image named `name` (an OCI layout written here, as
+/// `berthctl image import` reads one).
+async fn image(m: &Manager, dir: &std::path::Path, name: &str) {
+    use sha2::Digest;
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("layout folder");
+    let put = |bytes: &[u8]| {
+        let hex = hex::encode(sha2::Sha256::digest(bytes));
+        std::fs::write(blobs.join(&hex), bytes).expect("blob");
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    let passwd = b"root:x:0:0:root:/root:/bin/sh\n";
+    h.set_size(passwd.len() as u64);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    layer.append_data(&mut h, "etc/passwd", &passwd[..]).expect("layer entry");
+    let layer = layer.into_inner().expect("layer");
+    let (layer_digest, layer_size) = put(&layer);
+    let config = serde_json::json!({
+        "architecture": berth_images::images::host_arch(), "os": "linux",
+        "config": {"Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    });
+    let (config_digest, config_size) = put(config.to_string().as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}],
+    });
+    let (manifest_digest, manifest_size) = put(manifest.to_string().as_bytes());
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest_size}]});
+    std::fs::write(dir.join("index.json"), index.to_string()).expect("index");
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
+    let (dir, name) = (dir.to_path_buf(), name.to_string());
+    m.with_image_store(move |s| s.import_layout(&dir, Some(&name))).await.expect("image imports");
+}
+
+/// A container config for `name` from `image`.
+fn container(name: &str, image: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+        command: vec!["sleep".into(), "1000".into()],
+        ..Default::default()
     }
 }
 
