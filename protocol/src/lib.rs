@@ -5,13 +5,13 @@
 
 /// Kubernetes CRI `runtime.v1`: RuntimeService and ImageService.
 pub mod cri {
-    #![allow(clippy::all, missing_docs)]
+    #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
     tonic::include_proto!("runtime.v1");
 }
 
 /// Berth's own gRPC calls beside CRI (image import from local files).
 pub mod images {
-    #![allow(clippy::all, missing_docs)]
+    #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
     tonic::include_proto!("berth.images.v1");
 }
 
@@ -27,7 +27,7 @@ pub mod socket_path;
 
 /// The berth-shim ttrpc API (`berth.shim.v1`).
 pub mod shim {
-    #![allow(clippy::all, missing_docs, unused_imports, unused_qualifications, unused_mut, nonstandard_style)]
+    #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs, unused_imports, unused_qualifications, unused_mut, nonstandard_style)]
     /// Messages of the shim API (the generated glue names this module `shim`).
     #[allow(clippy::module_inception)]
     pub mod shim {
