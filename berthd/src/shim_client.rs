@@ -77,7 +77,7 @@ pub struct Shim {
 /// A ttrpc context with a deadline.
 pub fn ctx(timeout: Option<Duration>) -> ttrpc::context::Context {
     match timeout {
-        Some(t) => ttrpc::context::with_timeout(t.as_nanos() as i64),
+        Some(t) => ttrpc::context::with_timeout(i64::try_from(t.as_nanos()).unwrap_or(i64::MAX)),
         None => ttrpc::context::Context::default(),
     }
 }

@@ -150,3 +150,28 @@ async fn pod_metadata_that_would_inject_cni_args_is_refused() {
     }
     assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
 }
+
+/// Timeouts are a client's i64 seconds: the largest ones (kubelet never
+/// sends them, a hostile client may) mean "no useful limit", not an
+/// overflow. ExecSync and StopContainer with i64::MAX answer as with a long
+/// timeout, and berthd keeps serving.
+#[tokio::test]
+async fn the_largest_timeouts_are_long_timeouts() {
+    let mut d = Daemon::start().await;
+    let cfg = d.pod_config("huge-timeouts");
+    let pod = d.run_pod(&cfg).await;
+    let c = d.create(&pod, &cfg, "c", &["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]).await;
+    d.start_container(&c).await;
+    d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+
+    let r = d.exec(&c, &["echo", "ok"], i64::MAX).await.expect("ExecSync with the largest timeout");
+    assert_eq!((r.exit_code, String::from_utf8_lossy(&r.stdout).trim()), (0, "ok"));
+    let started = std::time::Instant::now();
+    d.rt.stop_container(cri::StopContainerRequest { container_id: c.clone(), timeout: i64::MAX })
+        .await
+        .expect("StopContainer with the largest grace period");
+    assert!(started.elapsed() < Duration::from_secs(30), "the TERM trap ends it at once");
+    d.wait_state(&c, cri::ContainerState::ContainerExited, Duration::from_secs(5)).await;
+    // Still serving.
+    d.rt.version(cri::VersionRequest::default()).await.expect("berthd still answers");
+}

@@ -15,10 +15,10 @@ impl Manager {
         let mut req = api::ExecSyncRequest::new();
         req.id = id.to_string();
         req.args = cmd.clone();
-        req.timeout_ms = timeout.max(0) * 1000;
+        req.timeout_ms = timeout.clamp(0, MAX_CLIENT_SECONDS) * 1000;
         // The shim enforces the timeout; the call's own deadline only guards
         // against a shim that stops answering.
-        let deadline = (timeout > 0).then(|| Duration::from_secs(timeout as u64) + CALL_TIMEOUT);
+        let deadline = (timeout > 0).then(|| client_seconds(timeout) + CALL_TIMEOUT);
         let resp = shim.api().exec_sync(shim_client::ctx(deadline), &req).await?;
         if resp.timed_out {
             return Err(Error::new(

@@ -18,7 +18,7 @@ impl Manager {
         if timeout > 0 {
             shim.kill(id, meta.stop_signal, false).await?;
             failpoint::hit("stop-container/signalled");
-            if shim.wait(id, Duration::from_secs(timeout as u64)).await? {
+            if shim.wait(id, client_seconds(timeout)).await? {
                 info!(self.log, "container stopped"; "container_id" => id, "signal" => meta.stop_signal);
                 return Ok(());
             }

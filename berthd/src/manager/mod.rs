@@ -119,6 +119,17 @@ impl Seams {
     }
 }
 
+/// Longest timeout or grace period berthd honours, in seconds (about 136
+/// years): a client's larger i64 means the same, and the sums and
+/// nanosecond deadlines built on it cannot overflow.
+const MAX_CLIENT_SECONDS: i64 = u32::MAX as i64;
+
+/// A client's timeout in seconds as a duration: negative is none, the
+/// largest are [`MAX_CLIENT_SECONDS`].
+fn client_seconds(secs: i64) -> Duration {
+    Duration::from_secs(u64::try_from(secs.clamp(0, MAX_CLIENT_SECONDS)).unwrap_or(0))
+}
+
 /// Unix nanoseconds now.
 pub fn now_nanos() -> i64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
