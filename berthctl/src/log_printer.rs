@@ -47,9 +47,11 @@ pub fn parse_since(s: &str, now_nanos: i64) -> Option<i64> {
         return Some(t);
     }
     if let Some(d) = parse_duration(s) {
-        return Some(now_nanos - d.as_nanos() as i64);
+        return Some(now_nanos.saturating_sub(protocol::cri_time::nanos(d)));
     }
-    s.parse::<f64>().ok().map(|secs| (secs * 1e9) as i64)
+    // Whole (or fractional) Unix seconds; `as` saturates a float that big.
+    #[allow(clippy::cast_possible_truncation)]
+    s.parse::<f64>().ok().filter(|secs| secs.is_finite()).map(|secs| (secs * 1e9) as i64)
 }
 
 /// Turns records into output.
@@ -97,7 +99,7 @@ impl<O: Write, E: Write> Printer<O, E> {
         }
         self.at_line_start[idx] = r.full;
         if let Some(limit) = self.opts.limit_bytes {
-            let room = limit.saturating_sub(self.written) as usize;
+            let room = usize::try_from(limit.saturating_sub(self.written)).unwrap_or(usize::MAX);
             buf.truncate(room);
         }
         self.written += buf.len() as u64;

@@ -69,8 +69,7 @@ pub(crate) fn short(id: &str) -> &str {
 }
 
 pub(crate) fn ago(nanos: i64) -> String {
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let now = protocol::cri_time::now_nanos();
     let s = ((now - nanos) / 1_000_000_000).max(0);
     match s {
         0..=59 => format!("{s} seconds ago"),

@@ -63,6 +63,8 @@ impl<W: Write> ProgressView<W> {
         let secs = now.duration_since(t0).as_secs_f64();
         let rate = if secs > 0.2 { (l.done.saturating_sub(d0)) as f64 / secs } else { 0.0 };
         let frac = if l.size == 0 { 1.0 } else { (l.done as f64 / l.size as f64).min(1.0) };
+        // frac is clamped to 0..=1, so this is 0..=BAR.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let filled = (frac * BAR as f64).round() as usize;
         let rate = if l.state == "downloading" { format!("{}/s", human(rate)) } else { String::new() };
         format!(

@@ -146,7 +146,7 @@ impl Shim {
     pub async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
         let mut r = api::KillRequest::new();
         r.id = id.to_string();
-        r.signal = signal as u32;
+        r.signal = u32::try_from(signal).map_err(|_| Error::invalid(format!("signal {signal} is not a signal")))?;
         r.all = all;
         self.client.kill(ctx(Some(self.runtime_timeout() + QUICK_TIMEOUT)), &r).await?;
         Ok(())

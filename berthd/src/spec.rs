@@ -119,7 +119,8 @@ fn devices(
         if !path.starts_with('/') {
             return Err(Error::invalid(format!("device container_path {path:?} must be absolute")));
         }
-        let (major, minor) = (nix::sys::stat::major(meta.rdev()) as i64, nix::sys::stat::minor(meta.rdev()) as i64);
+        let id = |n: u64| i64::try_from(n).map_err(|_| Error::invalid(format!("device {} has number {n}", d.host_path)));
+        let (major, minor) = (id(nix::sys::stat::major(meta.rdev()))?, id(nix::sys::stat::minor(meta.rdev()))?);
         nodes.push(
             oci_spec::runtime::LinuxDeviceBuilder::default()
                 .path(path)
@@ -154,13 +155,13 @@ pub fn resources(res: &cri::LinuxContainerResources) -> Result<oci_spec::runtime
     }
     let mut cpu = LinuxCpuBuilder::default();
     if res.cpu_shares > 0 {
-        cpu = cpu.shares(res.cpu_shares as u64);
+        cpu = cpu.shares(res.cpu_shares.unsigned_abs());
     }
     if res.cpu_quota != 0 {
         cpu = cpu.quota(res.cpu_quota);
     }
     if res.cpu_period > 0 {
-        cpu = cpu.period(res.cpu_period as u64);
+        cpu = cpu.period(res.cpu_period.unsigned_abs());
     }
     if !res.cpuset_cpus.is_empty() {
         cpu = cpu.cpus(res.cpuset_cpus.clone());
@@ -389,7 +390,7 @@ fn clamp_oom_score_adj(want: i64) -> i32 {
         .ok()
         .and_then(|s| s.trim().parse::<i64>().ok())
         .unwrap_or(0);
-    want.clamp(own.max(-1000), 1000) as i32
+    i32::try_from(want.clamp(own.max(-1000), 1000)).unwrap_or(0)
 }
 
 /// Builds the spec. `rootfs` is the mounted root filesystem (read for

@@ -37,6 +37,9 @@ impl CpuRates {
     pub fn usage(&self, id: &str, now: i64, cpu: u64) -> cri::CpuUsage {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let rate = match last.get(id) {
+            // A rate of CPU nanoseconds per second: finite and not negative
+            // here; `as` saturates a float beyond u64.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             Some((t, c)) if now > *t && cpu >= *c => Some(((cpu - c) as f64 / (now - t) as f64 * 1e9) as u64),
             _ => None,
         };

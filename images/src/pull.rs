@@ -259,7 +259,7 @@ impl Puller {
             match self.pull_from(&session, &reference, &wanted, &layers_out).await {
                 Ok(rec) => {
                     info!(self.log, "image pulled"; "image" => &name, "image_id" => &rec.id, "from" => &url,
-                          "elapsed_ms" => started.elapsed().as_millis() as u64);
+                          "elapsed_ms" => u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
                     self.metrics.observe_pull(true, started.elapsed().as_secs_f64());
                     return Ok(rec);
                 }
@@ -417,7 +417,7 @@ impl Puller {
 
     async fn fetch_small(&self, session: &Session, digest: &str, size: u64) -> Result<Vec<u8>> {
         let mut body = BlobBody::open(session, digest, size).await?;
-        let mut out = Vec::with_capacity(size as usize);
+        let mut out = Vec::with_capacity(usize::try_from(size.min(MAX_CONFIG_BYTES)).unwrap_or(0));
         while let Some(chunk) = body.chunk().await? {
             out.extend_from_slice(&chunk);
         }

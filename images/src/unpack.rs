@@ -167,11 +167,12 @@ fn make_node(target: &Path, h: &tar::Header, kind: tar::EntryType) -> Result<()>
     mknod(target, flag, Mode::from_bits_truncate(mode), makedev(major.into(), minor.into()))
         .map_err(|e| err("creating", e))?;
     let (uid, gid) = (h.uid().map_err(bad)?, h.gid().map_err(bad)?);
+    let owner = |n: u64| Error::invalid(format!("{}: owner id {n} is beyond 32 bits", target.display()));
     nix::unistd::fchownat(
         nix::fcntl::AT_FDCWD,
         target,
-        Some(nix::unistd::Uid::from_raw(uid as u32)),
-        Some(nix::unistd::Gid::from_raw(gid as u32)),
+        Some(nix::unistd::Uid::from_raw(u32::try_from(uid).map_err(|_| owner(uid))?)),
+        Some(nix::unistd::Gid::from_raw(u32::try_from(gid).map_err(|_| owner(gid))?)),
         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
     )
     .map_err(|e| err("chown", e))?;

@@ -69,7 +69,7 @@ pub fn write_record(out: &mut Vec<u8>, stamp: &[u8], stream: &str, full: bool, c
 /// Formats a time as RFC3339 in UTC with nine fraction digits.
 pub fn rfc3339_nano(ts: SystemTime) -> String {
     let d = ts.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
+    let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, day) = civil_from_days(days);
     format!(

@@ -21,6 +21,7 @@ pub const CRI_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/
 
 pub mod cri_client;
 pub mod cri_log;
+pub mod cri_time;
 pub mod io_stream;
 pub mod shim_launch;
 pub mod socket_path;

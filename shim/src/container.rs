@@ -69,7 +69,7 @@ pub struct Io {
 
 /// Unix nanoseconds of a time.
 pub fn nanos(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    protocol::cri_time::unix_nanos(t)
 }
 
 impl Container {
@@ -100,7 +100,7 @@ impl Container {
         let r = self.record().clone();
         let mut s = ContainerState::new();
         s.id = self.id.clone();
-        s.pid = r.pid.max(0) as u32;
+        s.pid = u32::try_from(r.pid).unwrap_or(0);
         s.status = r.status.into();
         s.exit_code = r.exit_code;
         s.exit_signal = r.exit_signal;

@@ -53,7 +53,7 @@ impl Reaper {
         let mut inner = self.lock();
         let child = cmd.spawn()?;
         let (tx, rx) = oneshot::channel();
-        inner.subscribers.insert(child.id() as i32, tx);
+        inner.subscribers.insert(pid_of(&child), tx);
         Ok((child, rx))
     }
 
@@ -108,6 +108,12 @@ fn is_my_child(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
     let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
     ppid == Some(std::process::id())
+}
+
+/// A child's pid as the kernel's calls take it (a Linux pid fits in an
+/// i32: pid_max is at most 2^22).
+pub fn pid_of(child: &std::process::Child) -> i32 {
+    i32::try_from(child.id()).unwrap_or(i32::MAX)
 }
 
 #[cfg(test)]

@@ -139,7 +139,7 @@ impl Runc {
         // Drop our copies of pass-through fds now, so the container's pipes
         // close when the container (not the shim) closes them.
         drop(cmd);
-        let pid = child.id() as i32;
+        let pid = crate::reaper::pid_of(&child);
         let stdout = child.stdout.take().and_then(|s| tokio::net::unix::pipe::Receiver::from_owned_fd(s.into()).ok());
         let stderr = child.stderr.take().and_then(|s| tokio::net::unix::pipe::Receiver::from_owned_fd(s.into()).ok());
         let work = async {

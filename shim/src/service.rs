@@ -179,8 +179,8 @@ impl Shim for ShimService {
         r.api_version = API_VERSION;
         r.shim_pid = std::process::id();
         r.sandbox_id = self.sandbox_id.clone();
-        r.runtime_timeout_ms = self.runc.timeout().as_millis() as u64;
-        r.pod_init_pid = self.pinned.lock().unwrap_or_else(|e| e.into_inner()).pod_init.unwrap_or(0) as u32;
+        r.runtime_timeout_ms = u64::try_from(self.runc.timeout().as_millis()).unwrap_or(u64::MAX);
+        r.pod_init_pid = u32::try_from(self.pinned.lock().unwrap_or_else(|e| e.into_inner()).pod_init.unwrap_or(0)).unwrap_or(0);
         Ok(r)
     }
 
@@ -206,7 +206,8 @@ impl Shim for ShimService {
         if c.record().status == Status::STOPPED {
             return Ok(Empty::new());
         }
-        if let Err(e) = self.runc.kill(&req.id, req.signal as i32, req.all).await {
+        let signal = i32::try_from(req.signal).map_err(|_| ShimError::Invalid(format!("signal {} is not a signal", req.signal)))?;
+        if let Err(e) = self.runc.kill(&req.id, signal, req.all).await {
             // The container may have exited between the check and the kill.
             let gone = c.record().status == Status::STOPPED
                 || e.stderr().contains("not running")
@@ -268,7 +269,7 @@ impl Shim for ShimService {
             return Err(ShimError::Invalid("exec needs a command".into()).into());
         }
         let seq = self.exec_seq.fetch_add(1, Ordering::Relaxed);
-        let timeout = (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms as u64));
+        let timeout = u64::try_from(req.timeout_ms).ok().filter(|ms| *ms > 0).map(Duration::from_millis);
         let r =
             exec::exec_sync(&self.runc, &self.reaper, &c, seq, &req.args, timeout).await.map_err(ShimError::Exec)?;
         let mut resp = ExecSyncResponse::new();

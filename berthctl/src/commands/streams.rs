@@ -75,10 +75,7 @@ pub(crate) async fn run(c: &mut Ctl, cmd: Cmd) -> Result<i32> {
             return Ok(r.exit_code);
         }
         Cmd::Logs { container, follow, timestamps, tail, since, limit_bytes, stream } => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as i64)
-                .unwrap_or(0);
+            let now = protocol::cri_time::now_nanos();
             let since = match since {
                 Some(s) => Some(
                     log_printer::parse_since(&s, now)

@@ -352,7 +352,7 @@ fn main() -> Result<()> {
             "rolled_back" => r.rolled_back,
             "removals_finished" => r.finished_removals,
             "orphans_cleaned" => r.orphans,
-            "recovery_ms" => started.elapsed().as_millis() as u64);
+            "recovery_ms" => u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
         if !metrics_address.is_empty() {
             let addr = metrics_address.parse().context("metrics.address")?;
             let bound = berthd::metrics_server::start(addr, mgr.clone(), log.clone())

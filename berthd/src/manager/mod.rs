@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use protocol::cri;
 use protocol::shim::{self as api, Status};
@@ -132,7 +132,7 @@ fn client_seconds(secs: i64) -> Duration {
 
 /// Unix nanoseconds now.
 pub fn now_nanos() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    protocol::cri_time::now_nanos()
 }
 
 /// The manager.

@@ -34,7 +34,7 @@ pub(super) fn resizes(buf: &mut Vec<u8>) -> Vec<(u16, u16)> {
         used = it.byte_offset();
         let (w, h) = (v["Width"].as_u64().unwrap_or(0), v["Height"].as_u64().unwrap_or(0));
         if w > 0 && h > 0 {
-            out.push((w.min(u16::MAX as u64) as u16, h.min(u16::MAX as u64) as u16));
+            out.push((u16::try_from(w).unwrap_or(u16::MAX), u16::try_from(h).unwrap_or(u16::MAX)));
         }
     }
     buf.drain(..used);

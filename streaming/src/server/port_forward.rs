@@ -4,6 +4,10 @@
 use super::*;
 
 /// The `port` query parameters of a WebSocket port-forward.
+/// Ports one WebSocket port-forward may name: port i takes channels 2i and
+/// 2i+1, and a channel is one byte.
+pub(super) const MAX_WS_PORTS: usize = 128;
+
 pub(super) fn query_ports(query: &str) -> std::result::Result<Vec<u16>, String> {
     let mut ports = Vec::new();
     for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
@@ -16,6 +20,12 @@ pub(super) fn query_ports(query: &str) -> std::result::Result<Vec<u16>, String> 
                 _ => return Err(format!("port {p:?} is not a TCP port (1-65535)")),
             }
         }
+    }
+    if ports.len() > MAX_WS_PORTS {
+        return Err(format!(
+            "{} ports asked for; a WebSocket port-forward takes at most {MAX_WS_PORTS} ports (two one-byte channels each)",
+            ports.len()
+        ));
     }
     if ports.is_empty() {
         return Err("a WebSocket port-forward needs the query parameter port (port=80 or port=80,443)".into());
@@ -50,7 +60,8 @@ pub(super) async fn ws_port_forward_session<IO: AsyncRead + AsyncWrite + Unpin +
     let mut to_tcp = Vec::new();
     let mut tasks = Vec::new();
     for (i, port) in ports.iter().copied().enumerate() {
-        let (data, error) = ((2 * i) as u8, (2 * i + 1) as u8);
+        // query_ports keeps i below MAX_WS_PORTS, so both fit a byte.
+        let (Ok(data), Ok(error)) = (u8::try_from(2 * i), u8::try_from(2 * i + 1)) else { break };
         let le = port.to_le_bytes();
         let _ = out_tx.send(vec![data, le[0], le[1]]).await;
         let _ = out_tx.send(vec![error, le[0], le[1]]).await;
@@ -276,4 +287,19 @@ pub(super) async fn forward<W: AsyncWrite + Unpin + Send + 'static>(
     let _ = w.data(error, &[], true).await;
     drop(w);
     let _ = up.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_ports_must_fit_one_byte_channels() {
+        let many = |n: usize| format!("port={}", vec!["80"; n].join(","));
+        assert_eq!(query_ports(&many(MAX_WS_PORTS)).map(|p| p.len()), Ok(MAX_WS_PORTS));
+        // Port 128 would get data channel 256, which is channel 0 again.
+        let e = query_ports(&many(MAX_WS_PORTS + 1)).unwrap_err();
+        assert!(e.contains("at most 128 ports"), "{e}");
+        assert!(query_ports("port=0").is_err() && query_ports("").is_err());
+    }
 }
