@@ -288,8 +288,9 @@ impl<S> AuthorityFix<S> {
         }
     }
 
+    // len <= MAX_FRAME (callers split there), so it fits in 24 bits.
+    #[allow(clippy::cast_possible_truncation)]
     fn frame_header(&mut self, len: usize, kind: u8, flags: u8, stream: u32) {
-        // len <= MAX_FRAME, so it fits in 24 bits.
         self.output.put_u8((len >> 16) as u8);
         self.output.put_u8((len >> 8) as u8);
         self.output.put_u8(len as u8);
@@ -392,7 +393,8 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let mut v = vec![(payload.len() >> 16) as u8, (payload.len() >> 8) as u8, payload.len() as u8, kind, flags];
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut v = vec![len[1], len[2], len[3], kind, flags];
         v.extend_from_slice(&stream.to_be_bytes());
         v.extend_from_slice(payload);
         v

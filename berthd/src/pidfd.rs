@@ -23,8 +23,9 @@ impl Pidfd {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
+        let fd = i32::try_from(fd).map_err(|_| io::Error::other("pidfd_open returned no fd"))?;
         // SAFETY: the kernel just returned this fd; nothing else owns it.
-        Ok(Pidfd(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+        Ok(Pidfd(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
     /// Sends `signal` to the pinned process (ESRCH once it has exited).
@@ -87,7 +88,7 @@ mod tests {
     #[test]
     fn only_the_named_process_is_signalled() {
         let mut child = std::process::Command::new("sleep").arg("100").spawn().unwrap();
-        let pid = child.id() as i32;
+        let pid = i32::try_from(child.id()).unwrap();
         // Not a shim: never signalled.
         assert!(!kill_shim_of(pid, "abc"));
         let fd = Pidfd::open(pid).unwrap();

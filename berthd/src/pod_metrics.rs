@@ -94,7 +94,11 @@ pub fn container_metrics(c: &ContainerFacts<'_>) -> cri::ContainerMetrics {
     let fs = c.stats.writable_layer.as_ref();
     let device = fs.and_then(|f| f.fs_id.as_ref()).map(|d| d.mountpoint.clone()).unwrap_or_default();
     push("container_fs_usage_bytes", fs.and_then(|f| f.used_bytes.as_ref()).map(|v| v.value), &[device.as_str()]);
-    push("container_start_time_seconds", u64::try_from(c.started_at).ok().filter(|t| *t > 0).map(|t| t / 1_000_000_000), &[]);
+    push(
+        "container_start_time_seconds",
+        u64::try_from(c.started_at).ok().filter(|t| *t > 0).map(|t| t / 1_000_000_000),
+        &[],
+    );
     push("container_last_seen", Some(u64::try_from(c.now).unwrap_or(0) / 1_000_000_000), &[]);
     cri::ContainerMetrics { container_id: id, metrics }
 }

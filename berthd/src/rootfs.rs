@@ -65,8 +65,9 @@ mod new_api {
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
+        let r = i32::try_from(r).map_err(|_| io::Error::other("the mount call returned no fd"))?;
         // SAFETY: the kernel just returned this fd; nothing else owns it.
-        Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+        Ok(unsafe { OwnedFd::from_raw_fd(r) })
     }
 
     fn set(fs: &OwnedFd, key: &str, value: &str) -> io::Result<()> {

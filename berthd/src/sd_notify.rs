@@ -33,7 +33,8 @@ impl Notifier {
     /// RELOADING=1: the config is being read again.
     pub fn reloading(&self) -> io::Result<()> {
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_err(io::Error::from)?;
-        let usec = u64::try_from(now.tv_sec()).unwrap_or(0) * 1_000_000 + u64::try_from(now.tv_nsec()).unwrap_or(0) / 1000;
+        let usec =
+            u64::try_from(now.tv_sec()).unwrap_or(0) * 1_000_000 + u64::try_from(now.tv_nsec()).unwrap_or(0) / 1000;
         self.send(&format!("RELOADING=1\nMONOTONIC_USEC={usec}\n"))
     }
 

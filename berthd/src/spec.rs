@@ -119,7 +119,8 @@ fn devices(
         if !path.starts_with('/') {
             return Err(Error::invalid(format!("device container_path {path:?} must be absolute")));
         }
-        let id = |n: u64| i64::try_from(n).map_err(|_| Error::invalid(format!("device {} has number {n}", d.host_path)));
+        let id =
+            |n: u64| i64::try_from(n).map_err(|_| Error::invalid(format!("device {} has number {n}", d.host_path)));
         let (major, minor) = (id(nix::sys::stat::major(meta.rdev()))?, id(nix::sys::stat::minor(meta.rdev()))?);
         nodes.push(
             oci_spec::runtime::LinuxDeviceBuilder::default()

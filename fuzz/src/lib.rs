@@ -10,6 +10,8 @@
 //! runs each briefly with its corpus (`fuzz/corpus/<target>/`), and
 //! `scripts/fuzz.sh [seconds]` runs them longer and reports executions per
 //! second.
+// Targets build frames and records from small generated values.
+#![allow(clippy::cast_possible_truncation)]
 use std::path::Path;
 use std::time::SystemTime;
 

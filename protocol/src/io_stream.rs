@@ -46,9 +46,11 @@ impl Frame {
 /// Writes one frame.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io::Result<()> {
     let (kind, payload) = f.parts();
+    let len = u32::try_from(payload.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "io stream frame over 4 GiB"))?;
     let mut buf = Vec::with_capacity(5 + payload.len());
     buf.push(kind);
-    buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(&payload);
     w.write_all(&buf).await?;
     w.flush().await

@@ -5,13 +5,29 @@
 
 /// Kubernetes CRI `runtime.v1`: RuntimeService and ImageService.
 pub mod cri {
-    #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+    #![allow(
+        clippy::all,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap,
+        missing_docs
+    )]
     tonic::include_proto!("runtime.v1");
 }
 
 /// Berth's own gRPC calls beside CRI (image import from local files).
 pub mod images {
-    #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+    #![allow(
+        clippy::all,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap,
+        missing_docs
+    )]
     tonic::include_proto!("berth.images.v1");
 }
 
@@ -28,7 +44,19 @@ pub mod socket_path;
 
 /// The berth-shim ttrpc API (`berth.shim.v1`).
 pub mod shim {
-    #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs, unused_imports, unused_qualifications, unused_mut, nonstandard_style)]
+    #![allow(
+        clippy::all,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap,
+        missing_docs,
+        unused_imports,
+        unused_qualifications,
+        unused_mut,
+        nonstandard_style
+    )]
     /// Messages of the shim API (the generated glue names this module `shim`).
     #[allow(clippy::module_inception)]
     pub mod shim {

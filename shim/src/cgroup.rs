@@ -117,7 +117,7 @@ mod tests {
 
     #[test]
     fn finds_own_cgroups() {
-        let cg = Cgroups::of(std::process::id() as i32).unwrap();
+        let cg = Cgroups::of(i32::try_from(std::process::id()).unwrap()).unwrap();
         // Whatever the host, memory usage of our own cgroup is readable
         // where a memory controller is mounted.
         if cg.v1.contains_key("memory") || cg.v2.is_some() {

@@ -257,14 +257,18 @@ fn loopback_up() -> std::io::Result<()> {
     // SAFETY: ifreq is plain data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
+        // A C char of the same byte.
+        *dst = libc::c_char::from_ne_bytes([*src]);
     }
     // SAFETY: SIOCGIFFLAGS reads into the ifreq we own, sized as the kernel expects.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // The two flags are bits 0 and 6: a short holds them.
+    #[allow(clippy::cast_possible_truncation)]
+    let up = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
     // SAFETY: ifru_flags is the union member SIOCGIFFLAGS filled in.
-    unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+    unsafe { req.ifr_ifru.ifru_flags |= up };
     // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
         return Err(std::io::Error::last_os_error());

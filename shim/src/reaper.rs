@@ -144,7 +144,7 @@ mod tests {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let reaper = Reaper::default();
         let mut child = Command::new("sleep").arg("100").spawn().unwrap();
-        let pid = child.id() as i32;
+        let pid = pid_of(&child);
         let stale = ExitStatus { code: 3, signal: 0, at: SystemTime::now() };
         reaper.lock().unclaimed.insert(pid, stale);
         let mut rx = reaper.subscribe(pid);
@@ -170,7 +170,7 @@ mod tests {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let reaper = Reaper::default();
         let child = Command::new("/bin/sh").args(["-c", "kill -9 $$"]).spawn().unwrap();
-        let pid = child.id() as i32;
+        let pid = pid_of(&child);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !reaper.lock().unclaimed.contains_key(&pid) {
             assert!(std::time::Instant::now() < deadline, "child never reaped");

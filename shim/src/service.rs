@@ -180,7 +180,8 @@ impl Shim for ShimService {
         r.shim_pid = std::process::id();
         r.sandbox_id = self.sandbox_id.clone();
         r.runtime_timeout_ms = u64::try_from(self.runc.timeout().as_millis()).unwrap_or(u64::MAX);
-        r.pod_init_pid = u32::try_from(self.pinned.lock().unwrap_or_else(|e| e.into_inner()).pod_init.unwrap_or(0)).unwrap_or(0);
+        r.pod_init_pid =
+            u32::try_from(self.pinned.lock().unwrap_or_else(|e| e.into_inner()).pod_init.unwrap_or(0)).unwrap_or(0);
         Ok(r)
     }
 
@@ -206,7 +207,8 @@ impl Shim for ShimService {
         if c.record().status == Status::STOPPED {
             return Ok(Empty::new());
         }
-        let signal = i32::try_from(req.signal).map_err(|_| ShimError::Invalid(format!("signal {} is not a signal", req.signal)))?;
+        let signal = i32::try_from(req.signal)
+            .map_err(|_| ShimError::Invalid(format!("signal {} is not a signal", req.signal)))?;
         if let Err(e) = self.runc.kill(&req.id, signal, req.all).await {
             // The container may have exited between the check and the kill.
             let gone = c.record().status == Status::STOPPED

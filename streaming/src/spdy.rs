@@ -102,7 +102,7 @@ pub fn dictionary() -> &'static [u8] {
         );
         let mut d = Vec::with_capacity(1423);
         for w in WORDS {
-            d.extend_from_slice(&(w.len() as u32).to_be_bytes());
+            d.extend_from_slice(&len32(w.len()));
             d.extend_from_slice(w.as_bytes());
         }
         d.extend_from_slice(TAIL.as_bytes());
@@ -173,6 +173,15 @@ pub enum Frame {
         /// FLAG_FIN.
         flags: u8,
     },
+}
+
+/// A length this side wrote itself (its own header blocks and control
+/// bodies, data chunks of at most 32 KiB), in 4 big-endian bytes; the last
+/// 3 are a frame's 24-bit length.
+#[allow(clippy::cast_possible_truncation)]
+fn len32(n: usize) -> [u8; 4] {
+    debug_assert!(n < 1 << 24, "SPDY length {n} does not fit a frame");
+    (n as u32).to_be_bytes()
 }
 
 fn invalid(msg: impl Into<String>) -> std::io::Error {
@@ -302,7 +311,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             }
             let (before_in, before_out) = (self.inflate.total_in(), out.len());
             let r = self.inflate.decompress_vec(input, &mut out, FlushDecompress::Sync);
-            let used = (self.inflate.total_in() - before_in) as usize;
+            let used = usize::try_from(self.inflate.total_in() - before_in).unwrap_or(input.len());
             input = &input[used..];
             match r {
                 // The session's zlib stream never ends: a block that ends it
@@ -351,10 +360,10 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             self.primed = true;
         }
         let mut raw = Vec::new();
-        raw.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+        raw.extend_from_slice(&len32(headers.len()));
         for (k, v) in headers {
             for s in [k.to_lowercase().as_bytes(), v.as_bytes()] {
-                raw.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                raw.extend_from_slice(&len32(s.len()));
                 raw.extend_from_slice(s);
             }
         }
@@ -368,7 +377,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             self.deflate
                 .compress_vec(input, &mut out, FlushCompress::Sync)
                 .map_err(|e| invalid(format!("compressing SPDY headers: {e}")))?;
-            input = &input[(self.deflate.total_in() - before) as usize..];
+            input = &input[usize::try_from(self.deflate.total_in() - before).unwrap_or(input.len())..];
             if input.is_empty() && out.len() < out.capacity() {
                 return Ok(out);
             }
@@ -380,7 +389,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         f.extend_from_slice(&[0x80, 0x03]);
         f.extend_from_slice(&kind.to_be_bytes());
         f.push(flags);
-        f.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        f.extend_from_slice(&len32(body.len())[1..]);
         f.extend_from_slice(body);
         self.w.write_all(&f).await?;
         self.w.flush().await
@@ -428,7 +437,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             let mut f = Vec::with_capacity(8 + c.len());
             f.extend_from_slice(&(id & 0x7fff_ffff).to_be_bytes());
             f.push(if fin && i == last { FLAG_FIN } else { 0 });
-            f.extend_from_slice(&(c.len() as u32).to_be_bytes()[1..]);
+            f.extend_from_slice(&len32(c.len())[1..]);
             f.extend_from_slice(c);
             self.w.write_all(&f).await?;
         }
@@ -471,7 +480,7 @@ mod tests {
             let mut body = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
             body.extend_from_slice(&b);
             let mut frame = vec![0x80, 3, 0, 1, 0];
-            frame.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+            frame.extend_from_slice(&len32(body.len())[1..]);
             frame.extend_from_slice(&body);
             assert!(read_one_within_2s(frame).is_err(), "extra {extra:?}");
         }
