@@ -24,6 +24,9 @@ pub trait Host: Send + Sync {
     /// Mounts an overlay of `lowers` (top first) with `upper` and `work` at
     /// `target`.
     fn mount_overlay(&self, lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()>;
+    /// Mounts `lowers` (bottom first) read-only at `target`: one layer
+    /// bound, several as an overlay without an upper layer.
+    fn mount_read_only(&self, lowers: &[PathBuf], target: &Path) -> Result<()>;
     /// Unmounts `target` if it is mounted.
     fn unmount(&self, target: &Path) -> Result<()>;
     /// Unmounts the pinned namespace files in `dir` and `dir` itself.
@@ -90,6 +93,10 @@ impl Host for RealHost {
 
     fn mount_overlay(&self, lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
         crate::rootfs::mount_overlay(lowers, upper, work, target)
+    }
+
+    fn mount_read_only(&self, lowers: &[PathBuf], target: &Path) -> Result<()> {
+        crate::rootfs::mount_read_only(lowers, target)
     }
 
     fn unmount(&self, target: &Path) -> Result<()> {

@@ -41,6 +41,36 @@ pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Pat
     })
 }
 
+/// Mounts image layers (bottom first) read-only at `target`, for an image
+/// volume: one layer is bound read-only; several are an overlay with no
+/// upper layer, which overlayfs serves read-only.
+pub fn mount_read_only(lowers: &[PathBuf], target: &Path) -> Result<()> {
+    std::fs::create_dir_all(target).map_err(|e| Error::internal(format!("creating {}: {e}", target.display())))?;
+    let failed = |e: nix::Error| Error::internal(format!("mounting an image volume at {}: {e}", target.display()));
+    match lowers {
+        [] => Err(Error::invalid("image has no layers")),
+        [only] => {
+            mount(Some(only.as_path()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(failed)?;
+            let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            mount(None::<&str>, target, None::<&str>, ro, None::<&str>).map_err(|e| {
+                let _ = umount2(target, MntFlags::MNT_DETACH);
+                failed(e)
+            })
+        }
+        _ => {
+            let lower: Vec<String> = lowers.iter().rev().map(|p| p.display().to_string()).collect();
+            let opts = format!("lowerdir={}", lower.join(":"));
+            if opts.len() > MAX_MOUNT_OPTIONS {
+                return Err(Error::invalid(format!(
+                    "an image volume of {} layers does not fit one mount; at most about 40 layers",
+                    lowers.len()
+                )));
+            }
+            mount(Some("overlay"), target, Some("overlay"), MsFlags::MS_RDONLY, Some(opts.as_str())).map_err(failed)
+        }
+    }
+}
+
 /// The new mount API (fsopen, fsconfig, fsmount, move_mount), which nix
 /// does not wrap yet.
 mod new_api {

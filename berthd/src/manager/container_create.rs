@@ -47,6 +47,13 @@ impl Manager {
             .cloned()
             .ok_or_else(|| Error::not_found(format!("image {image_name:?} not found; pull or import it first")))?;
         let (shown_name, image_ref) = image.container_names(&image_name);
+        let volumes = self.image_volumes(&config).await?;
+        let mut layers = image.layers.clone();
+        for l in volumes.iter().flat_map(|v| v.image.layers.iter()) {
+            if !layers.contains(l) {
+                layers.push(l.clone());
+            }
+        }
         let log_path = if !config.log_path.is_empty() && !smeta.config.log_directory.is_empty() {
             Some(ids::log_path(&smeta.config.log_directory, &config.log_path)?)
         } else if config.log_path.starts_with('/') || config.log_path.contains("..") {
@@ -73,7 +80,7 @@ impl Manager {
             image_id: image.id.clone(),
             image_name: shown_name,
             image_ref,
-            layers: image.layers.clone(),
+            layers,
             created_at: now_nanos(),
             log_path: log_path.clone(),
             bundle: bundle.clone(),
@@ -84,7 +91,7 @@ impl Manager {
         let result = async {
             self.container_store.put(&id, &meta).await?;
             failpoint::hit("create-container/recorded");
-            let lowers = {
+            let (lowers, volume_lowers) = {
                 // Under the store lock: from here the container's layers
                 // count as in use for every collection, and one that ran
                 // since the image was resolved (RemoveImage) shows as a
@@ -97,12 +104,25 @@ impl Manager {
                         "image {image_name:?} was removed while the container was being created; pull it again"
                     )));
                 }
-                lowers
+                let mut volume_lowers = Vec::new();
+                for v in &volumes {
+                    let paths = v.image.layers.iter().map(|l| store.snapshot_path(l)).collect::<Result<Vec<_>>>()?;
+                    if paths.iter().any(|p| !p.is_dir()) {
+                        return Err(Error::not_found(format!(
+                            "image {:?} of a volume was removed while the container was being created; pull it again",
+                            v.name
+                        )));
+                    }
+                    volume_lowers.push(paths);
+                }
+                (lowers, volume_lowers)
             };
             let layer_root = self.cfg.root.join("containers").join(&id);
             let rootfs_dir = bundle.join("rootfs");
             self.host.mount_overlay(&lowers, &layer_root.join("upper"), &layer_root.join("work"), &rootfs_dir)?;
             failpoint::hit("create-container/rootfs-mounted");
+            let mut spec_config = config.clone();
+            self.mount_image_volumes(&bundle, &volumes, &volume_lowers, &mut spec_config)?;
             let view = SandboxView {
                 dir: smeta.dir.clone(),
                 pinned: smeta.pinned.clone(),
@@ -126,7 +146,7 @@ impl Manager {
             // It reads the image's /etc/passwd and /etc/group (bounded, but
             // still file work): off the async workers.
             let spec = {
-                let (id, config, rootfs_dir) = (id.clone(), config.clone(), rootfs_dir.clone());
+                let (id, config, rootfs_dir) = (id.clone(), spec_config, rootfs_dir.clone());
                 tokio::task::spawn_blocking(move || spec::build(&id, &config, &view, &defaults, &rootfs_dir))
                     .await
                     .map_err(|e| Error::internal(format!("building the OCI spec: {e}")))??

@@ -18,7 +18,7 @@ impl Manager {
         // A failed delete keeps the record (Removing): the retry finishes it.
         self.delete_in_shim(&meta).await.map_err(|e| e.context(format!("removing container {id}")))?;
         failpoint::hit("remove-container/deleted");
-        self.host.unmount(&meta.bundle.join("rootfs"))?;
+        self.unmount_bundle(&meta.bundle)?;
         remove_trees(vec![meta.bundle.clone(), self.cfg.root.join("containers").join(id)]).await;
         failpoint::hit("remove-container/files-removed");
         self.container_store.delete(id).await?;

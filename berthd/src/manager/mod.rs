@@ -32,6 +32,7 @@ mod container_update;
 mod events;
 mod host;
 mod image_use;
+mod image_volumes;
 mod live;
 mod pod_remove;
 mod pod_run;

@@ -165,7 +165,7 @@ impl Manager {
                     self.teardown_sandbox_dir(&e.path(), 0).await;
                 } else {
                     self.force_delete_in_runtime(&name).await;
-                    let _ = self.host.unmount(&e.path().join("rootfs"));
+                    let _ = self.unmount_bundle(&e.path());
                     let _ = std::fs::remove_dir_all(e.path());
                 }
                 n += 1;
@@ -193,7 +193,7 @@ impl Manager {
         if let Err(e) = self.delete_in_shim(meta).await {
             warn!(self.log, "shim delete failed"; "container_id" => &meta.id, "error" => %e);
         }
-        let _ = self.host.unmount(&meta.bundle.join("rootfs"));
+        let _ = self.unmount_bundle(&meta.bundle);
         remove_trees(vec![meta.bundle.clone(), self.cfg.root.join("containers").join(&meta.id)]).await;
         let _ = self.container_store.delete(&meta.id).await;
         lock(&self.containers).remove(&meta.id);

@@ -128,3 +128,38 @@ async fn a_failed_create_container_leaves_nothing_behind() {
     shim.fail_create.store(false, Ordering::SeqCst);
     m.create_container(&pod_id, container("c", IMAGE)).await.expect("the retry creates it");
 }
+
+/// An image mounted as a volume is the container's while it exists:
+/// RemoveImage takes its name, not its layers; they go with the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_volume_keeps_its_layers_until_the_container_goes() {
+    const VOLUME: &str = "docker.io/tables/volume:1";
+    let rig = Rig::new();
+    let (m, _) = rig.open().await;
+    image(&m, &rig.dir.path().join("layout"), IMAGE).await;
+    image(&m, &rig.dir.path().join("volume-layout"), VOLUME).await;
+    let layer = m.image(VOLUME).await.expect("imported").layers[0].clone();
+    let snapshot = m.with_image_store(move |s| s.snapshot_path(&layer)).await.expect("snapshot path");
+    let pod_id = m.run_pod_sandbox(pod("p"), "").await.expect("pod");
+    let mut cc = container("c", IMAGE);
+    cc.mounts = vec![cri::Mount {
+        container_path: "/mnt/v".into(),
+        image: Some(cri::ImageSpec { image: VOLUME.into(), ..Default::default() }),
+        readonly: true,
+        ..Default::default()
+    }];
+    let id = m.create_container(&pod_id, cc).await.expect("created with an image volume");
+    assert!(rig.host.calls().iter().any(|c| c.starts_with("mount-ro ") && c.contains(&id)), "{:?}", rig.host.calls());
+
+    m.remove_image(VOLUME).await.expect("RemoveImage");
+    assert!(m.image(VOLUME).await.is_none(), "the name is gone");
+    assert!(snapshot.is_dir(), "the layer a container mounts was collected");
+
+    m.remove_container(&id).await.expect("remove");
+    assert!(!snapshot.exists(), "the layer outlived its last user");
+    assert!(
+        rig.host.calls().iter().any(|c| c.starts_with("unmount ") && c.contains("image-volumes")),
+        "{:?}",
+        rig.host.calls()
+    );
+}

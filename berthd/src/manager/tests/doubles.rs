@@ -79,6 +79,10 @@ impl Host for FakeHost {
         // What the mount would show there: an empty root to build in.
         std::fs::create_dir_all(target).map_err(|e| Error::internal(e.to_string()))
     }
+    fn mount_read_only(&self, _lowers: &[PathBuf], target: &Path) -> Result<()> {
+        self.record(format!("mount-ro {}", target.display()));
+        std::fs::create_dir_all(target).map_err(|e| Error::internal(e.to_string()))
+    }
     fn unmount(&self, target: &Path) -> Result<()> {
         self.record(format!("unmount {}", target.display()));
         Ok(())

@@ -81,11 +81,17 @@ async fn image(m: &Manager, dir: &std::path::Path, name: &str) {
     let passwd = b"root:x:0:0:root:/root:/bin/sh\n";
     h.set_size(passwd.len() as u64);
     h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
+    // Owned by whoever runs the test: unpacking keeps owners, and a normal
+    // user can only give files to itself.
+    h.set_uid(nix::unistd::geteuid().as_raw().into());
+    h.set_gid(nix::unistd::getegid().as_raw().into());
     h.set_mtime(0);
     h.set_cksum();
-    layer.append_data(&mut h, "etc/passwd", &passwd[..]).expect("layer entry");
+    layer.append_data(&mut h.clone(), "etc/passwd", &passwd[..]).expect("layer entry");
+    // A file of its own, so two images never share their layer.
+    h.set_size(name.len() as u64);
+    h.set_cksum();
+    layer.append_data(&mut h, "image-name", name.as_bytes()).expect("layer entry");
     let layer = layer.into_inner().expect("layer");
     let (layer_digest, layer_size) = put(&layer);
     let config = serde_json::json!({
