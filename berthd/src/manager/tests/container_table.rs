@@ -89,18 +89,12 @@ async fn run(row: &Row) -> Result<(), String> {
     if direct != row.runtime_delete {
         wrong.push(format!("runc delete run directly: {direct}, want {}", row.runtime_delete));
     }
-    if wrong.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("{what}: {}", wrong.join("; ")))
-    }
+    verdict(&what, wrong)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn containers_after_a_crash_in_every_phase() {
-    let results = futures::future::join_all(ROWS.iter().map(run)).await;
-    let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
-    assert!(failed.is_empty(), "\n{}", failed.join("\n"));
+    all_rows(ROWS, run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

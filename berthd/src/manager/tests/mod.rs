@@ -124,6 +124,26 @@ fn container(name: &str, image: &str) -> cri::ContainerConfig {
     }
 }
 
+/// A row's outcome: Ok, or one line naming the row and all it found wrong.
+fn verdict(what: &str, wrong: Vec<String>) -> Result<(), String> {
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{what}: {}", wrong.join("; ")))
+    }
+}
+
+/// Runs every row at once (a hung shim costs its Connect deadline, 5 s)
+/// and fails naming every row that went wrong.
+async fn all_rows<R, F>(rows: &'static [R], run: impl Fn(&'static R) -> F)
+where
+    F: std::future::Future<Output = Result<(), String>>,
+{
+    let results = futures::future::join_all(rows.iter().map(run)).await;
+    let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    assert!(failed.is_empty(), "\n{}", failed.join("\n"));
+}
+
 fn pod(name: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {

@@ -90,17 +90,10 @@ async fn run(row: &Row) -> Result<(), String> {
     if released != row.network_released {
         wrong.push(format!("CNI DEL: {released}, want {}", row.network_released));
     }
-    if wrong.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("{what}: {}", wrong.join("; ")))
-    }
+    verdict(&what, wrong)
 }
 
-/// Every row at once (a hung shim costs its Connect deadline, 5 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn recovery_after_a_crash_in_every_phase_with_every_kind_of_shim() {
-    let results = futures::future::join_all(ROWS.iter().map(run)).await;
-    let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
-    assert!(failed.is_empty(), "\n{}", failed.join("\n"));
+    all_rows(ROWS, run).await;
 }
