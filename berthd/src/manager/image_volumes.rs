@@ -80,10 +80,11 @@ impl Manager {
             let target = bundle.join(VOLUMES_DIR).join(v.index.to_string());
             self.host.mount_read_only(lowers, &target)?;
             let Some(m) = config.mounts.get_mut(v.index) else { continue };
-            let inside = target.join(&m.image_sub_path);
             // Resolved on the host: a symlink in the image that points out of
-            // it (to the host's /etc) is refused, not followed there.
-            let resolved = std::fs::canonicalize(&inside).ok().filter(|p| p.starts_with(&target));
+            // it (to the host's /etc) is refused, not followed there. The
+            // root is resolved too (a state folder under /var/run is /run).
+            let root = std::fs::canonicalize(&target).ctx(|| format!("resolving {}", target.display()))?;
+            let resolved = std::fs::canonicalize(root.join(&m.image_sub_path)).ok().filter(|p| p.starts_with(&root));
             let Some(source) = resolved else {
                 return Err(Error::invalid(format!(
                     "image volume at {}: image_sub_path {:?} is not a path in image {}",
