@@ -16,6 +16,10 @@ pub trait Host: Send + Sync {
     fn running(&self, pid: u32) -> bool;
     /// Whether `pid` is the berth-shim of `sandbox_id` (or its pod init).
     fn is_shim_of(&self, pid: u32, sandbox_id: &str) -> bool;
+    /// Whether `pid` still runs as the shim of `sandbox_id`.
+    fn shim_alive(&self, pid: u32, sandbox_id: &str) -> bool {
+        self.running(pid) && self.is_shim_of(pid, sandbox_id)
+    }
     /// SIGKILLs `pid` if it still is the shim (or pod init) of
     /// `sandbox_id`; whether a signal was sent.
     fn kill_shim_of(&self, pid: u32, sandbox_id: &str) -> bool;
@@ -75,16 +79,15 @@ impl Host for RealHost {
     /// a reused pid is never taken for the shim), or by looking every
     /// [`SHIM_CHECK`] where pidfds are missing.
     async fn shim_exited(&self, pid: u32, sandbox_id: &str) {
-        let alive = || self.running(pid) && self.is_shim_of(pid, sandbox_id);
         match crate::pidfd::Pidfd::open(i32::try_from(pid).unwrap_or(0)) {
             // Pinned first, checked second: the pidfd is this shim's.
-            Ok(fd) if alive() => {
+            Ok(fd) if self.shim_alive(pid, sandbox_id) => {
                 let _ = fd.exited().await;
             }
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
             Err(_) => {
-                while alive() {
+                while self.shim_alive(pid, sandbox_id) {
                     tokio::time::sleep(SHIM_CHECK).await;
                 }
             }
@@ -139,13 +142,5 @@ impl Host for RealHost {
             Err(_) => warn!(self.log, "OCI runtime call timed out"; "args" => what),
             _ => {}
         }
-    }
-}
-
-/// Waits (at most `limit`) until `pid` no longer runs.
-pub async fn wait_gone(host: &dyn Host, pid: u32, limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while host.running(pid) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use protocol::cri_time::unix_nanos as nanos;
 use protocol::shim::{ContainerState, Status};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -65,11 +66,6 @@ pub struct Io {
     pub stdin: Option<std::os::fd::OwnedFd>,
     /// Close stdin after the first attach.
     pub stdin_once: bool,
-}
-
-/// Unix nanoseconds of a time.
-pub fn nanos(t: SystemTime) -> i64 {
-    protocol::cri_time::unix_nanos(t)
 }
 
 impl Container {

@@ -19,7 +19,6 @@ mod service;
 use std::fs::File;
 use std::io::{BufRead, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -33,35 +32,12 @@ use crate::runc::Runc;
 use crate::service::ShimService;
 use protocol::shim_launch::{ShimArgs, NS_DIR};
 
-struct Args {
-    id: String,
-    dir: PathBuf,
-    runtime: PathBuf,
-    runtime_root: PathBuf,
-    /// runc's systemd cgroup driver (`--systemd-cgroup`).
-    systemd_cgroup: bool,
-    /// Longest one OCI runtime call may take.
-    runtime_timeout: std::time::Duration,
-    ns: NamespaceOptions,
-    max_log_line: usize,
-}
-
-fn parse_args() -> Result<Args> {
+fn parse_args() -> Result<ShimArgs> {
     if std::env::args().nth(1).as_deref() == Some("--version") {
         println!("berth-shim {} (shim API {})", env!("CARGO_PKG_VERSION"), protocol::shim::API_VERSION);
         std::process::exit(0);
     }
-    let a = ShimArgs::parse(std::env::args().skip(1))?;
-    Ok(Args {
-        ns: NamespaceOptions { network: !a.host_network, ipc: !a.host_ipc, hostname: a.hostname, pod_pid: a.pod_pid },
-        id: a.id,
-        dir: a.dir,
-        runtime: a.runtime,
-        runtime_root: a.runtime_root,
-        systemd_cgroup: a.systemd_cgroup,
-        runtime_timeout: a.runtime_timeout,
-        max_log_line: a.max_log_line,
-    })
+    Ok(ShimArgs::parse(std::env::args().skip(1))?)
 }
 
 fn main() {
@@ -154,7 +130,7 @@ fn detach(dir: &std::path::Path) -> Result<()> {
 
 /// The daemon half: everything that must happen before threads exist, then
 /// a current-thread runtime serving the shim API.
-fn daemon(args: Args, ready: &mut Option<File>) -> Result<()> {
+fn daemon(args: ShimArgs, ready: &mut Option<File>) -> Result<()> {
     detach(&args.dir)?;
     let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
     // A full disk under shim.log must not stop the shim: failed writes are
@@ -162,7 +138,13 @@ fn daemon(args: Args, ready: &mut Option<File>) -> Result<()> {
     let drain = slog_term::FullFormat::new(decorator).build().ignore_res();
     let log = Logger::root(drain, o!("sandbox_id" => args.id.clone()));
 
-    let pinned = namespaces::create(&args.dir.join(NS_DIR), &args.ns).context("creating sandbox namespaces")?;
+    let ns = NamespaceOptions {
+        network: !args.host_network,
+        ipc: !args.host_ipc,
+        hostname: args.hostname.clone(),
+        pod_pid: args.pod_pid,
+    };
+    let pinned = namespaces::create(&args.dir.join(NS_DIR), &ns).context("creating sandbox namespaces")?;
     std::fs::write(args.dir.join("shim.pid"), std::process::id().to_string()).context("writing shim.pid")?;
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
@@ -173,7 +155,7 @@ fn daemon(args: Args, ready: &mut Option<File>) -> Result<()> {
     result
 }
 
-async fn serve(args: Args, pinned: namespaces::Pinned, log: Logger, ready: &mut Option<File>) -> Result<()> {
+async fn serve(args: ShimArgs, pinned: namespaces::Pinned, log: Logger, ready: &mut Option<File>) -> Result<()> {
     let reaper = Reaper::default();
     let mut sigchld = signal_hook_tokio::Signals::new([signal_hook::consts::SIGCHLD]).context("SIGCHLD handler")?;
     let r = reaper.clone();

@@ -98,23 +98,20 @@ impl Manager {
                 // missing snapshot, not as a failed mount.
                 let store = self.images.lock().await;
                 lock(&self.containers).insert(id.clone(), meta.clone());
-                let lowers = image.layers.iter().map(|l| store.snapshot_path(l)).collect::<Result<Vec<_>>>()?;
-                if lowers.iter().any(|p| !p.is_dir()) {
-                    return Err(Error::not_found(format!(
-                        "image {image_name:?} was removed while the container was being created; pull it again"
-                    )));
-                }
-                let mut volume_lowers = Vec::new();
-                for v in &volumes {
-                    let paths = v.image.layers.iter().map(|l| store.snapshot_path(l)).collect::<Result<Vec<_>>>()?;
+                let snapshots = |layers: &[String], what: String| -> Result<Vec<PathBuf>> {
+                    let paths = layers.iter().map(|l| store.snapshot_path(l)).collect::<Result<Vec<_>>>()?;
                     if paths.iter().any(|p| !p.is_dir()) {
                         return Err(Error::not_found(format!(
-                            "image {:?} of a volume was removed while the container was being created; pull it again",
-                            v.name
+                            "{what} was removed while the container was being created; pull it again"
                         )));
                     }
-                    volume_lowers.push(paths);
-                }
+                    Ok(paths)
+                };
+                let lowers = snapshots(&image.layers, format!("image {image_name:?}"))?;
+                let volume_lowers = volumes
+                    .iter()
+                    .map(|v| snapshots(&v.image.layers, format!("image {:?} of a volume", v.name)))
+                    .collect::<Result<Vec<_>>>()?;
                 (lowers, volume_lowers)
             };
             let layer_root = self.cfg.root.join("containers").join(&id);

@@ -133,7 +133,7 @@ impl Sandbox {
             let m = lock(&self.meta);
             (m.shim_pid, m.id.clone())
         };
-        host.running(pid) && host.is_shim_of(pid, &id)
+        host.shim_alive(pid, &id)
     }
 
     /// What a failed call to its shim means: a shim that still runs is

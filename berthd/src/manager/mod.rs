@@ -59,6 +59,9 @@ const EVENT_BACKLOG: usize = 1024;
 /// asks for stats every 10 s or so).
 const USAGE_MAX_AGE: Duration = Duration::from_secs(10);
 
+/// How long a pod's teardown waits for its ended shim to go.
+const SHIM_EXIT_WAIT: Duration = Duration::from_secs(5);
+
 /// How long StopContainer waits for SIGKILL to take effect.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -131,10 +134,7 @@ fn client_seconds(secs: i64) -> Duration {
     Duration::from_secs(u64::try_from(secs.clamp(0, MAX_CLIENT_SECONDS)).unwrap_or(0))
 }
 
-/// Unix nanoseconds now.
-pub fn now_nanos() -> i64 {
-    protocol::cri_time::now_nanos()
-}
+pub use protocol::cri_time::now_nanos;
 
 /// The manager.
 pub struct Manager {

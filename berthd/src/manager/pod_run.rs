@@ -151,25 +151,23 @@ impl Manager {
     /// Stops a shim (if one answers) and removes everything in a sandbox
     /// folder: pinned namespaces, sockets, files.
     pub(super) async fn teardown_sandbox_dir(&self, dir: &Path, pod_init_pid: u32) {
+        let sandbox_id = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if let Ok(shim) = Shim::connect(dir).await {
             let pid = shim.info.shim_pid;
             let _ = shim.api().shutdown(shim_client::ctx(Some(CALL_TIMEOUT)), &api::Empty::new()).await;
             drop(shim);
-            crate::host::wait_gone(&*self.host, pid, Duration::from_secs(5)).await;
+            let _ = tokio::time::timeout(SHIM_EXIT_WAIT, self.host.shim_exited(pid, sandbox_id)).await;
         } else if let Some(pid) =
             std::fs::read_to_string(dir.join("shim.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok())
         {
             // A shim that does not answer but still runs is ended by pid,
             // if the pid is still this pod's shim.
-            let id = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if self.host.kill_shim_of(pid, id) {
-                crate::host::wait_gone(&*self.host, pid, Duration::from_secs(5)).await;
+            if self.host.kill_shim_of(pid, sandbox_id) {
+                let _ = tokio::time::timeout(SHIM_EXIT_WAIT, self.host.shim_exited(pid, sandbox_id)).await;
             }
         }
         // The shim ends the pod init on Shutdown; a killed shim could not.
-        if let Some(id) = dir.file_name().and_then(|n| n.to_str()) {
-            self.host.kill_shim_of(pod_init_pid, id);
-        }
+        self.host.kill_shim_of(pod_init_pid, sandbox_id);
         self.host.release_ns_dir(&dir.join(NS_DIR));
         let _ = std::fs::remove_dir_all(dir);
     }
