@@ -140,7 +140,7 @@ impl Container {
         self: &Arc<Self>,
         exit: oneshot::Receiver<ExitStatus>,
         forwarders: Vec<JoinHandle<()>>,
-        kill_rest: Option<crate::runc::Runc>,
+        kill_rest: Option<Arc<dyn crate::oci_runtime::OciRuntime>>,
     ) {
         let c = Arc::clone(self);
         // Found now, while the init lives; read after it exits, before the
@@ -149,10 +149,10 @@ impl Container {
         let oom_before = cgroups.as_ref().map(|cg| cg.oom_kills()).unwrap_or(0);
         tokio::spawn(async move {
             let status = exit.await.ok();
-            if let Some(runc) = kill_rest {
+            if let Some(runtime) = kill_rest {
                 // Fails harmlessly when nothing is left (or runc already
                 // deleted the container).
-                let _ = runc.kill(&c.id, libc::SIGKILL, true).await;
+                let _ = runtime.kill(&c.id, libc::SIGKILL, true).await;
             }
             let oom = cgroups.as_ref().is_some_and(|cg| cg.oom_kills() > oom_before);
             let drain = async {

@@ -3,7 +3,7 @@
 use ttrpc::{get_status, Code};
 
 use crate::exec::ExecError;
-use crate::runc::RuncError;
+use crate::oci_runtime::RuntimeError;
 
 /// Why a shim call failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +30,7 @@ pub enum ShimError {
     WrongState(String),
     /// The OCI runtime failed or timed out.
     #[error(transparent)]
-    Runtime(#[from] RuncError),
+    Runtime(#[from] RuntimeError),
     /// An exec could not run.
     #[error(transparent)]
     Exec(#[from] ExecError),
@@ -82,11 +82,11 @@ mod tests {
         let nf = ShimError::NotFound { id: "c".into(), sandbox_id: "s".into() };
         assert_eq!(nf.code(), Code::NOT_FOUND);
         assert_eq!(nf.to_string(), "container c not found in sandbox s");
-        let t = RuncError::Timeout { bin: "runc".into(), cmd: "start".into(), secs: 1.0, stderr: String::new() };
+        let t = RuntimeError::Timeout { bin: "runc".into(), cmd: "start".into(), secs: 1.0, stderr: String::new() };
         // A timed-out runc call is an internal failure whose message says so
         // (berthd's own deadline is the client's, not the runtime's).
         assert_eq!(ShimError::Runtime(t).code(), Code::INTERNAL);
-        let f = RuncError::Failed { bin: "runc".into(), cmd: "start".into(), code: 1, stderr: "x".into() };
+        let f = RuntimeError::Failed { bin: "runc".into(), cmd: "start".into(), code: 1, stderr: "x".into() };
         assert_eq!(ShimError::Runtime(f).code(), Code::INTERNAL);
         match ttrpc::Error::from(ShimError::WrongState("not running".into())) {
             ttrpc::Error::RpcStatus(s) => {

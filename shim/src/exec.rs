@@ -10,8 +10,8 @@ use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 
 use crate::container::Container;
+use crate::oci_runtime::{self, ExecCall, OciRuntime, RuntimeError};
 use crate::reaper::Reaper;
-use crate::runc::{Output, Runc, RuncError};
 
 /// Output kept per stream; the rest is read and dropped (as containerd and
 /// CRI-O do, after CVE-2022-1708).
@@ -41,7 +41,7 @@ pub enum ExecError {
     Prepare(String),
     /// The OCI runtime refused.
     #[error(transparent)]
-    Runtime(#[from] RuncError),
+    Runtime(#[from] RuntimeError),
 }
 
 pub fn pipe_pair() -> Result<(OwnedFd, OwnedFd), ExecError> {
@@ -116,7 +116,7 @@ pub fn write_process_spec(
 
 /// Runs `args` in container `c` and waits for it (at most `timeout`).
 pub async fn exec_sync(
-    runc: &Runc,
+    runtime: &dyn OciRuntime,
     reaper: &Reaper,
     c: &Container,
     seq: u64,
@@ -131,14 +131,14 @@ pub async fn exec_sync(
             let _ = std::fs::remove_file(p);
         }
     };
-    let result = run(runc, reaper, c, args, timeout, &spec_path, &pid_path, &log_path).await;
+    let result = run(runtime, reaper, c, args, timeout, &spec_path, &pid_path, &log_path).await;
     cleanup();
     result
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn run(
-    runc: &Runc,
+    runtime: &dyn OciRuntime,
     reaper: &Reaper,
     c: &Container,
     args: &[String],
@@ -153,15 +153,18 @@ async fn run(
     let (err_r, err_w) = pipe_pair()?;
     let (stdout, out_task) = collect(out_r);
     let (stderr, err_task) = collect(err_r);
-    let spec = spec_path.to_string_lossy();
-    let pidf = pid_path.to_string_lossy();
-    runc.run(
-        &["exec", "--detach", "--pid-file", &pidf, "--process", &spec, &c.id],
-        Output::PassThrough { stdin: None, stdout: out_w, stderr: err_w, log: log_path.to_path_buf() },
-    )
-    .await?;
+    runtime
+        .exec(ExecCall {
+            id: c.id.clone(),
+            process: spec_path.to_path_buf(),
+            pid_file: pid_path.to_path_buf(),
+            console_socket: None,
+            stdio: oci_runtime::Stdio { stdin: None, stdout: out_w, stderr: err_w },
+            log: log_path.to_path_buf(),
+        })
+        .await?;
     let pid =
-        crate::runc::read_pid(pid_path).ok_or_else(|| ExecError::Prepare("the runtime wrote no exec pid".into()))?;
+        oci_runtime::read_pid(pid_path).ok_or_else(|| ExecError::Prepare("the runtime wrote no exec pid".into()))?;
     let mut exit = reaper.subscribe(pid);
     let mut timed_out = false;
     let status = match timeout {

@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::exec::{kill_tree, pipe_pair, write_process_spec};
-use crate::runc::Output;
+use crate::oci_runtime::{self, ExecCall};
 use crate::service::ShimService;
 
 /// After the process exits, how long to keep relaying output a grandchild
@@ -121,10 +121,7 @@ async fn exec(
         console: c.bundle.join(format!("iexec-{seq}.sock")),
     };
     write_process_spec(&c, &start.args, start.tty, &files.spec).map_err(|e| e.to_string())?;
-    let pidf = files.pid.to_string_lossy().to_string();
-    let spec = files.spec.to_string_lossy().to_string();
-    let console_path: String;
-    let mut args = vec!["exec", "--detach", "--pid-file", &pidf, "--process", &spec];
+    let mut console_socket = None;
     let (tx, mut out_rx) = mpsc::channel::<Frame>(16);
     let mut outputs = Vec::new();
     let mut stdin: Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>> = None;
@@ -134,8 +131,7 @@ async fn exec(
     let (console, stdin_r, out_w, err_w) = if start.tty {
         let console =
             crate::console::ConsoleSocket::listen(&files.console).map_err(|e| format!("console socket: {e}"))?;
-        console_path = console.runtime_path();
-        args.extend(["--console-socket", &console_path]);
+        console_socket = Some(console.runtime_path());
         let (o, e) = crate::console::null_stdio().map_err(|e| e.to_string())?;
         (Some(console), None, o, e)
     } else {
@@ -153,9 +149,15 @@ async fn exec(
         }
         (None, stdin_r, out_w, err_w)
     };
-    args.push(&c.id);
-    svc.runc
-        .run(&args, Output::PassThrough { stdin: stdin_r, stdout: out_w, stderr: err_w, log: files.log.clone() })
+    svc.runtime
+        .exec(ExecCall {
+            id: c.id.clone(),
+            process: files.spec.clone(),
+            pid_file: files.pid.clone(),
+            console_socket,
+            stdio: oci_runtime::Stdio { stdin: stdin_r, stdout: out_w, stderr: err_w },
+            log: files.log.clone(),
+        })
         .await
         .map_err(|e| e.to_string())?;
     if let Some(console) = console {
@@ -169,7 +171,7 @@ async fn exec(
         pty = Some(master);
     }
     drop(tx);
-    let pid = crate::runc::read_pid(&files.pid).ok_or_else(|| "the runtime wrote no exec pid".to_string())?;
+    let pid = oci_runtime::read_pid(&files.pid).ok_or_else(|| "the runtime wrote no exec pid".to_string())?;
     let mut exit = svc.reaper.subscribe(pid);
     info!(svc.log, "interactive exec started"; "container_id" => &c.id, "pid" => pid, "tty" => start.tty);
 

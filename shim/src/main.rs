@@ -4,18 +4,6 @@
 //! namespaces and serves the shim API on `SANDBOX_DIR/shim.sock`, then
 //! exits once the daemon is ready, printing its pid. The daemon is then no
 //! child of berthd and outlives it.
-mod cgroup;
-mod console;
-mod container;
-use berth_shim::cri_log;
-mod error;
-mod exec;
-mod io_server;
-mod namespaces;
-mod reaper;
-mod runc;
-mod service;
-
 use std::fs::File;
 use std::io::{BufRead, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -26,10 +14,11 @@ use futures::StreamExt;
 use nix::unistd::{fork, ForkResult};
 use slog::{error, info, o, Drain, Logger};
 
-use crate::namespaces::NamespaceOptions;
-use crate::reaper::Reaper;
-use crate::runc::Runc;
-use crate::service::ShimService;
+use berth_shim::io_server;
+use berth_shim::namespaces::{self, NamespaceOptions};
+use berth_shim::reaper::Reaper;
+use berth_shim::runc::Runc;
+use berth_shim::service::ShimService;
 use protocol::shim_launch::{ShimArgs, NS_DIR};
 
 fn parse_args() -> Result<ShimArgs> {
@@ -167,15 +156,15 @@ async fn serve(args: ShimArgs, pinned: namespaces::Pinned, log: Logger, ready: &
     // Children may have exited before the handler existed.
     reaper.reap();
 
-    let runc = Runc::new(
+    let runtime = Arc::new(Runc::new(
         args.runtime.clone(),
         args.runtime_root.clone(),
         args.systemd_cgroup,
         args.runtime_timeout,
         reaper.clone(),
-    );
+    ));
     let pod_init = pinned.pod_init;
-    let svc = Arc::new(ShimService::new(args.id.clone(), runc, reaper, pinned, args.max_log_line, log.clone()));
+    let svc = Arc::new(ShimService::new(args.id.clone(), runtime, reaper, pinned, args.max_log_line, log.clone()));
     let shutdown = Arc::clone(&svc.shutdown);
 
     let sock = args.dir.join("shim.sock");

@@ -116,13 +116,16 @@ pub fn pid_of(child: &std::process::Child) -> i32 {
     i32::try_from(child.id()).unwrap_or(i32::MAX)
 }
 
+/// waitpid(-1) collects any child of the test process, so the unit tests
+/// that reap (here and the service's) take this lock and run one at a time.
+#[cfg(test)]
+pub(crate) static REAP_SERIAL: Mutex<()> = Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    // waitpid(-1) collects any child of the test process, so tests that reap
-    // must not run at the same time.
-    static SERIAL: Mutex<()> = Mutex::new(());
+    use super::REAP_SERIAL as SERIAL;
 
     fn wait_for(reaper: &Reaper, rx: &mut oneshot::Receiver<ExitStatus>) -> ExitStatus {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);

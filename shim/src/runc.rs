@@ -1,66 +1,23 @@
-//! Runs the OCI runtime (runc by default; any runc-compatible CLI). Every
-//! call has a timeout and keeps the runtime's own error output in the error.
-//! Processes are spawned through the [`Reaper`], never waited on directly.
+//! The OCI runtime as a runc-compatible CLI (runc by default). Every call
+//! has a timeout and keeps the runtime's own error output in the error; the
+//! runtime's words for "no such container" and "not running" are read here
+//! and nowhere else. Processes are spawned through the [`Reaper`], never
+//! waited on directly.
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 
+use crate::oci_runtime::{self, CreateCall, ExecCall, OciRuntime, RuntimeError};
 use crate::reaper::{ExitStatus, Reaper};
 
-/// An OCI runtime call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RuncError {
-    /// The binary could not be started.
-    #[error("starting {bin}: {source}")]
-    Spawn {
-        /// The runtime binary.
-        bin: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// It ran longer than allowed and was killed.
-    #[error("{bin} {cmd} timed out after {secs}s (runtime.oci_timeout): {stderr}")]
-    Timeout {
-        /// The runtime binary.
-        bin: String,
-        /// Which subcommand.
-        cmd: String,
-        /// The limit.
-        secs: f64,
-        /// What it printed.
-        stderr: String,
-    },
-    /// It exited non-zero.
-    #[error("{bin} {cmd} failed (exit {code}): {stderr}")]
-    Failed {
-        /// The runtime binary.
-        bin: String,
-        /// Which subcommand.
-        cmd: String,
-        /// Its exit code.
-        code: i32,
-        /// What it printed (or logged).
-        stderr: String,
-    },
-}
-
-impl RuncError {
-    /// The runtime's message, for deciding what a failure means.
-    pub fn stderr(&self) -> &str {
-        match self {
-            RuncError::Spawn { .. } => "",
-            RuncError::Timeout { stderr, .. } | RuncError::Failed { stderr, .. } => stderr,
-        }
-    }
-}
-
 /// Where a spawned runtime process's stdout and stderr go.
-pub enum Output {
+enum Output {
     /// Captured, and returned (stderr) in errors.
     Capture,
     /// Given to the process (and so to a container it starts); errors are
@@ -75,11 +32,6 @@ pub enum Output {
         /// Its JSON log file.
         log: PathBuf,
     },
-}
-
-/// The pid a runtime wrote to its `--pid-file`.
-pub fn read_pid(path: &std::path::Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok())
 }
 
 /// A runc-compatible OCI runtime.
@@ -100,13 +52,8 @@ impl Runc {
         Runc { bin, root, systemd_cgroup, timeout, reaper }
     }
 
-    /// How long one call may take.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// Runs `runc --root ROOT args...` and returns its stdout.
-    pub async fn run(&self, args: &[&str], output: Output) -> Result<Vec<u8>, RuncError> {
+    async fn run(&self, args: &[&str], output: Output) -> Result<Vec<u8>, RuntimeError> {
         let timeout = self.timeout;
         let bin = self.bin.display().to_string();
         let cmd_name = args.first().copied().unwrap_or("").to_string();
@@ -135,7 +82,7 @@ impl Runc {
             }
         }
         let (mut child, exit) =
-            self.reaper.spawn(&mut cmd).map_err(|source| RuncError::Spawn { bin: bin.clone(), source })?;
+            self.reaper.spawn(&mut cmd).map_err(|source| RuntimeError::Spawn { bin: bin.clone(), source })?;
         // Drop our copies of pass-through fds now, so the container's pipes
         // close when the container (not the shim) closes them.
         drop(cmd);
@@ -150,7 +97,7 @@ impl Runc {
             Ok(r) => r,
             Err(_) => {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                return Err(RuncError::Timeout {
+                return Err(RuntimeError::Timeout {
                     bin,
                     cmd: cmd_name,
                     secs: timeout.as_secs_f64(),
@@ -163,7 +110,7 @@ impl Runc {
             if let Some(p) = &log_path {
                 err = read_log(p).into_bytes();
             }
-            return Err(RuncError::Failed {
+            return Err(RuntimeError::Failed {
                 bin,
                 cmd: cmd_name,
                 code: status.code,
@@ -172,36 +119,78 @@ impl Runc {
         }
         Ok(out)
     }
+}
 
-    /// Sends a signal to a container's init, or to all its processes.
-    pub async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuncError> {
+impl Output {
+    fn pass(stdio: oci_runtime::Stdio, log: &Path) -> Self {
+        Output::PassThrough { stdin: stdio.stdin, stdout: stdio.stdout, stderr: stdio.stderr, log: log.to_path_buf() }
+    }
+}
+
+#[async_trait]
+impl OciRuntime for Runc {
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn create(&self, call: CreateCall) -> Result<(), RuntimeError> {
+        let bundle = call.bundle.to_string_lossy();
+        let pid_file = call.pid_file.to_string_lossy();
+        let mut args = vec!["create", "--bundle", &bundle, "--pid-file", &pid_file];
+        if let Some(sock) = &call.console_socket {
+            args.extend(["--console-socket", sock]);
+        }
+        args.push(&call.id);
+        self.run(&args, Output::pass(call.stdio, &call.log)).await.map(|_| ())
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.run(&["start", id], Output::Capture).await.map(|_| ())
+    }
+
+    async fn exec(&self, call: ExecCall) -> Result<(), RuntimeError> {
+        let process = call.process.to_string_lossy();
+        let pid_file = call.pid_file.to_string_lossy();
+        let mut args = vec!["exec", "--detach", "--pid-file", &pid_file, "--process", &process];
+        if let Some(sock) = &call.console_socket {
+            args.extend(["--console-socket", sock]);
+        }
+        args.push(&call.id);
+        self.run(&args, Output::pass(call.stdio, &call.log)).await.map(|_| ())
+    }
+
+    async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError> {
         let sig = signal.to_string();
         let mut args = vec!["kill"];
         if all {
             args.push("--all");
         }
         args.extend([id, sig.as_str()]);
-        self.run(&args, Output::Capture).await.map(|_| ())
+        match self.run(&args, Output::Capture).await {
+            Ok(_) => Ok(()),
+            Err(RuntimeError::Failed { stderr, .. }) if is_not_found(&stderr) || stderr.contains("not running") => {
+                Err(RuntimeError::NotRunning { id: id.to_string(), stderr })
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    /// Starts a created container.
-    pub async fn start(&self, id: &str) -> Result<(), RuncError> {
-        self.run(&["start", id], Output::Capture).await.map(|_| ())
+    async fn update(&self, id: &str, resources: &Path) -> Result<(), RuntimeError> {
+        let f = resources.to_string_lossy();
+        self.run(&["update", "--resources", &f, id], Output::Capture).await.map(|_| ())
     }
 
-    /// Removes a container from the runtime; a container it does not know is
-    /// already deleted.
-    pub async fn delete(&self, id: &str) -> Result<(), RuncError> {
+    async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
         match self.run(&["delete", "--force", id], Output::Capture).await {
             Ok(_) => Ok(()),
-            Err(e) if is_not_found(e.stderr()) => Ok(()),
+            Err(RuntimeError::Failed { stderr, .. }) if is_not_found(&stderr) => Ok(()),
             Err(e) => Err(e),
         }
     }
 }
 
-/// Whether the runtime said the container does not exist.
-pub fn is_not_found(stderr: &str) -> bool {
+/// Whether runc said the container does not exist.
+fn is_not_found(stderr: &str) -> bool {
     stderr.contains("does not exist") || stderr.contains("not found")
 }
 

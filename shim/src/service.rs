@@ -21,8 +21,8 @@ use crate::cri_log::{self, LogSink, Stream};
 use crate::error::ShimError;
 use crate::exec;
 use crate::namespaces::{self, Pinned};
+use crate::oci_runtime::{self, CreateCall, OciRuntime, RuntimeError};
 use crate::reaper::Reaper;
-use crate::runc::{self, Output, Runc};
 
 type TResult<T> = ttrpc::Result<T>;
 
@@ -34,7 +34,7 @@ pub struct ShimService {
     /// Sandbox this shim owns.
     pub sandbox_id: String,
     /// The OCI runtime.
-    pub runc: Runc,
+    pub runtime: Arc<dyn OciRuntime>,
     /// The reaper.
     pub reaper: Reaper,
     /// Pinned namespaces.
@@ -54,7 +54,7 @@ impl ShimService {
     /// A service for `sandbox_id`.
     pub fn new(
         sandbox_id: String,
-        runc: Runc,
+        runtime: Arc<dyn OciRuntime>,
         reaper: Reaper,
         pinned: Pinned,
         max_log_line: usize,
@@ -62,7 +62,7 @@ impl ShimService {
     ) -> Self {
         ShimService {
             sandbox_id,
-            runc,
+            runtime,
             reaper,
             pinned: Mutex::new(pinned),
             max_log_line,
@@ -110,10 +110,7 @@ impl ShimService {
         let pipe = || -> Result<(OwnedFd, OwnedFd), ShimError> {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ShimError::os("pipe", e))
         };
-        let bundle_s = bundle.to_string_lossy().to_string();
         let pid_file = bundle.join("init.pid");
-        let pid_s = pid_file.to_string_lossy().to_string();
-        let mut args = vec!["create".to_string(), "--bundle".into(), bundle_s, "--pid-file".into(), pid_s];
         let mut io = crate::container::Io { stdin_once: req.stdin_once, ..Default::default() };
         let mut forwarders = Vec::new();
         let mut stdin_r = None;
@@ -128,8 +125,6 @@ impl ShimService {
             let sock = bundle.join("console.sock");
             let console =
                 crate::console::ConsoleSocket::listen(&sock).map_err(|e| ShimError::os("console socket", e))?;
-            args.push("--console-socket".into());
-            args.push(console.runtime_path());
             let (o, e) = crate::console::null_stdio().map_err(|e| ShimError::os("/dev/null", e))?;
             (o, e, Some(console))
         } else {
@@ -142,14 +137,16 @@ impl ShimService {
             }
             (out_w, err_w, None)
         };
-        args.push(id.to_string());
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let created = self
-            .runc
-            .run(
-                &argv,
-                Output::PassThrough { stdin: stdin_r, stdout: out_w, stderr: err_w, log: bundle.join("runc.log") },
-            )
+            .runtime
+            .create(CreateCall {
+                id: id.to_string(),
+                bundle: bundle.clone(),
+                pid_file: pid_file.clone(),
+                console_socket: console.as_ref().map(|c| c.runtime_path()),
+                stdio: oci_runtime::Stdio { stdin: stdin_r, stdout: out_w, stderr: err_w },
+                log: bundle.join("runc.log"),
+            })
             .await;
         // A failed create drops the console socket, which stops its wait.
         created.map_err(ShimError::Runtime)?;
@@ -160,10 +157,10 @@ impl ShimService {
             forwarders.push(tokio::spawn(cri_log::forward(Stream::Stdout, reader, Arc::clone(&sink))));
             io.pty = Some(master);
         }
-        let pid = runc::read_pid(&pid_file)
+        let pid = oci_runtime::read_pid(&pid_file)
             .ok_or_else(|| ShimError::Internal("the OCI runtime wrote no container pid".into()))?;
         let exit = self.reaper.subscribe(pid);
-        let kill_rest = (!own_pid_namespace(&bundle)).then(|| self.runc.clone());
+        let kill_rest = (!own_pid_namespace(&bundle)).then(|| Arc::clone(&self.runtime));
         let c = Container::new(id.to_string(), bundle, sink, pid, io);
         c.monitor(exit, forwarders, kill_rest);
         self.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), Arc::clone(&c));
@@ -179,7 +176,7 @@ impl Shim for ShimService {
         r.api_version = API_VERSION;
         r.shim_pid = std::process::id();
         r.sandbox_id = self.sandbox_id.clone();
-        r.runtime_timeout_ms = u64::try_from(self.runc.timeout().as_millis()).unwrap_or(u64::MAX);
+        r.runtime_timeout_ms = u64::try_from(self.runtime.timeout().as_millis()).unwrap_or(u64::MAX);
         r.pod_init_pid =
             u32::try_from(self.pinned.lock().unwrap_or_else(|e| e.into_inner()).pod_init.unwrap_or(0)).unwrap_or(0);
         Ok(r)
@@ -196,7 +193,7 @@ impl Shim for ShimService {
             return Err(ShimError::WrongState(format!("container {} is {:?}, not created", req.id, st)).into());
         }
         let at = std::time::SystemTime::now();
-        self.runc.start(&req.id).await.map_err(ShimError::Runtime)?;
+        self.runtime.start(&req.id).await.map_err(ShimError::Runtime)?;
         c.mark_started(at);
         info!(self.log, "container started"; "container_id" => &req.id);
         Ok(c.state())
@@ -209,16 +206,12 @@ impl Shim for ShimService {
         }
         let signal = i32::try_from(req.signal)
             .map_err(|_| ShimError::Invalid(format!("signal {} is not a signal", req.signal)))?;
-        if let Err(e) = self.runc.kill(&req.id, signal, req.all).await {
+        match self.runtime.kill(&req.id, signal, req.all).await {
             // The container may have exited between the check and the kill.
-            let gone = c.record().status == Status::STOPPED
-                || e.stderr().contains("not running")
-                || runc::is_not_found(e.stderr());
-            if !gone {
-                return Err(ShimError::Runtime(e).into());
-            }
+            Ok(()) | Err(RuntimeError::NotRunning { .. }) => Ok(Empty::new()),
+            Err(_) if c.record().status == Status::STOPPED => Ok(Empty::new()),
+            Err(e) => Err(ShimError::Runtime(e).into()),
         }
-        Ok(Empty::new())
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> TResult<ContainerState> {
@@ -243,7 +236,7 @@ impl Shim for ShimService {
             Err(_) => {
                 // Unknown to the shim (a crash between steps): make sure the
                 // runtime forgets it too.
-                self.runc.delete(&req.id).await.map_err(ShimError::Runtime)?;
+                self.runtime.delete(&req.id).await.map_err(ShimError::Runtime)?;
                 let mut s = ContainerState::new();
                 s.id = req.id.clone();
                 s.status = Status::STOPPED.into();
@@ -253,7 +246,7 @@ impl Shim for ShimService {
         if c.record().status == Status::RUNNING {
             return Err(ShimError::WrongState(format!("container {} is running; stop it first", req.id)).into());
         }
-        self.runc.delete(&req.id).await.map_err(ShimError::Runtime)?;
+        self.runtime.delete(&req.id).await.map_err(ShimError::Runtime)?;
         // A created container's init is killed by the delete; wait for it so
         // its exit is recorded and its pipes are drained.
         let _ = tokio::time::timeout(SHUTDOWN_WAIT, c.wait()).await;
@@ -272,8 +265,9 @@ impl Shim for ShimService {
         }
         let seq = self.exec_seq.fetch_add(1, Ordering::Relaxed);
         let timeout = u64::try_from(req.timeout_ms).ok().filter(|ms| *ms > 0).map(Duration::from_millis);
-        let r =
-            exec::exec_sync(&self.runc, &self.reaper, &c, seq, &req.args, timeout).await.map_err(ShimError::Exec)?;
+        let r = exec::exec_sync(&*self.runtime, &self.reaper, &c, seq, &req.args, timeout)
+            .await
+            .map_err(ShimError::Exec)?;
         let mut resp = ExecSyncResponse::new();
         resp.stdout = r.stdout;
         resp.stderr = r.stderr;
@@ -333,8 +327,7 @@ impl Shim for ShimService {
         }
         let file = c.bundle.join("update.json");
         std::fs::write(&file, &req.resources).map_err(|e| ShimError::os(format!("writing {}", file.display()), e))?;
-        let f = file.to_string_lossy().to_string();
-        let result = self.runc.run(&["update", "--resources", &f, &req.id], Output::Capture).await;
+        let result = self.runtime.update(&req.id, &file).await;
         let _ = std::fs::remove_file(&file);
         result.map_err(ShimError::Runtime)?;
         info!(self.log, "container resources updated"; "container_id" => &req.id);
@@ -344,12 +337,12 @@ impl Shim for ShimService {
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: Empty) -> TResult<Empty> {
         for c in self.all() {
             if c.record().status != Status::STOPPED {
-                if let Err(e) = self.runc.kill(&c.id, libc::SIGKILL, true).await {
+                if let Err(e) = self.runtime.kill(&c.id, libc::SIGKILL, true).await {
                     warn!(self.log, "kill on shutdown"; "container_id" => &c.id, "error" => %e);
                 }
                 let _ = tokio::time::timeout(SHUTDOWN_WAIT, c.wait()).await;
             }
-            if let Err(e) = self.runc.delete(&c.id).await {
+            if let Err(e) = self.runtime.delete(&c.id).await {
                 warn!(self.log, "delete on shutdown"; "container_id" => &c.id, "error" => %e);
             }
         }
@@ -370,3 +363,6 @@ fn own_pid_namespace(bundle: &std::path::Path) -> bool {
         .as_array()
         .is_some_and(|ns| ns.iter().any(|n| n["type"] == "pid" && n["path"].as_str().is_none_or(str::is_empty)))
 }
+
+#[cfg(test)]
+mod tests;
