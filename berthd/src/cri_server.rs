@@ -57,6 +57,12 @@ fn ok<T>(r: Result<T, Error>) -> Reply<T> {
     r.map(Response::new).map_err(Status::from)
 }
 
+/// The one way an error of Berth's (or of a library's, through its kinds)
+/// becomes a gRPC status.
+fn status(e: impl Into<Error>) -> Status {
+    Status::from(e.into())
+}
+
 #[tonic::async_trait]
 impl RuntimeService for CriServer {
     async fn version(&self, _req: Request<cri::VersionRequest>) -> Reply<cri::VersionResponse> {
@@ -468,8 +474,9 @@ impl CriServer {
         if image.is_empty() {
             return Err(Status::invalid_argument("PullImage needs an image"));
         }
-        let reference = berth_images::reference::Reference::parse(image)?;
-        let creds = berth_images::registry::Credentials::new(username, password, auth, identity_token, registry_token)?;
+        let reference = berth_images::reference::Reference::parse(image).map_err(status)?;
+        let creds = berth_images::registry::Credentials::new(username, password, auth, identity_token, registry_token)
+            .map_err(status)?;
         debug!(self.log, "pull"; "image" => image);
         Ok(self.mgr.pull(&reference, creds))
     }
@@ -518,7 +525,7 @@ impl ImageService for CriServer {
         let a = r.auth.unwrap_or_default();
         let handle =
             self.start_pull(&image, &a.username, &a.password, &a.auth, &a.identity_token, &a.registry_token)?;
-        let rec = handle.wait().await?;
+        let rec = handle.wait().await.map_err(status)?;
         Ok(Response::new(cri::PullImageResponse { image_ref: rec.id }))
     }
 
@@ -565,7 +572,7 @@ impl Images for CriServer {
             loop {
                 tokio::select! {
                     r = &mut done => {
-                        let msg = r.map(|rec| to_progress(handle.progress(), rec.id)).map_err(Status::from);
+                        let msg = r.map(|rec| to_progress(handle.progress(), rec.id)).map_err(status);
                         let _ = tx.send(msg).await;
                         break;
                     }
@@ -590,7 +597,7 @@ impl Images for CriServer {
         }
         let name = (!r.name.is_empty()).then_some(r.name);
         // Copying and unpacking are blocking file work: on a blocking thread.
-        let rec = self.mgr.with_image_store(move |store| store.import_layout(&path, name.as_deref())).await?;
+        let rec = self.mgr.with_image_store(move |store| Ok(store.import_layout(&path, name.as_deref())?)).await?;
         slog::info!(self.log, "image imported"; "image_id" => &rec.id, "tags" => rec.repo_tags.join(","));
         Ok(Response::new(ImportResponse { id: rec.id, repo_tags: rec.repo_tags }))
     }

@@ -283,7 +283,7 @@ impl Settings {
         if !self.metrics.address.is_empty() && self.metrics.address.parse::<std::net::SocketAddr>().is_err() {
             return bad("metrics.address", format!("{:?} is not an address like 127.0.0.1:9338", self.metrics.address));
         }
-        self.registry_config().validate().map_err(|e| e.context("registries"))
+        Ok(self.registry_config().validate().map_err(|e| e.context("registries"))?)
     }
 
     /// The registry part, as pulls use it.

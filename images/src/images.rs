@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::error::{ImageError, IoContext, Result};
 use crate::reference::Reference;
-use berth_core::error::{Error, IoContext, Result};
 use berth_store::{Db, Store};
 
 /// What Berth knows of one image.
@@ -96,9 +96,9 @@ pub fn select_platform(index: &serde_json::Value) -> Option<&serde_json::Value> 
 
 /// Checks `sha256:<64 hex>` and returns the hex.
 pub fn digest_hex(d: &str) -> Result<&str> {
-    let hex = d.strip_prefix("sha256:").ok_or_else(|| Error::invalid(format!("unsupported digest {d:?}")))?;
+    let hex = d.strip_prefix("sha256:").ok_or_else(|| ImageError::Invalid(format!("unsupported digest {d:?}")))?;
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::invalid(format!("malformed digest {d:?}")));
+        return Err(ImageError::Invalid(format!("malformed digest {d:?}")));
     }
     Ok(hex)
 }
@@ -193,28 +193,31 @@ impl Content {
     fn read_json(&self, digest: &str) -> Result<serde_json::Value> {
         let p = self.blob_path(digest)?;
         let data = std::fs::read(&p).ctx(|| format!("reading {}", p.display()))?;
-        serde_json::from_slice(&data).map_err(|e| Error::invalid(format!("blob {digest} is not valid JSON: {e}")))
+        serde_json::from_slice(&data)
+            .map_err(|e| ImageError::BadContent(format!("blob {digest} is not valid JSON: {e}")))
     }
 }
 
 /// Runs blocking work on a shared image store on a blocking thread, holding
 /// the store's lock only for that work.
-pub async fn with_store<T: Send + 'static>(
+/// The work's error type is the caller's (it may fail for reasons of its
+/// own); a failure of the blocking thread itself is an [`ImageError`].
+pub async fn with_store<T: Send + 'static, E: From<ImageError> + Send + 'static>(
     store: &Arc<tokio::sync::Mutex<ImageStore>>,
-    work: impl FnOnce(&mut ImageStore) -> Result<T> + Send + 'static,
-) -> Result<T> {
+    work: impl FnOnce(&mut ImageStore) -> std::result::Result<T, E> + Send + 'static,
+) -> std::result::Result<T, E> {
     run_locked(store.clone().lock_owned().await, work).await
 }
 
 /// Runs blocking work on a store whose lock the caller already holds, on a
 /// blocking thread; the lock goes when the work ends.
-pub async fn run_locked<T: Send + 'static>(
+pub async fn run_locked<T: Send + 'static, E: From<ImageError> + Send + 'static>(
     mut guard: tokio::sync::OwnedMutexGuard<ImageStore>,
-    work: impl FnOnce(&mut ImageStore) -> Result<T> + Send + 'static,
-) -> Result<T> {
+    work: impl FnOnce(&mut ImageStore) -> std::result::Result<T, E> + Send + 'static,
+) -> std::result::Result<T, E> {
     tokio::task::spawn_blocking(move || work(&mut guard))
         .await
-        .map_err(|e| Error::internal(format!("image store work: {e}")))?
+        .map_err(|e| E::from(ImageError::Internal(format!("image store work: {e}"))))?
 }
 
 /// Deletes a blob (a file) or a snapshot (a folder).
@@ -273,7 +276,7 @@ impl Verifier {
     pub fn update(&mut self, data: &[u8]) -> Result<()> {
         self.seen += data.len() as u64;
         if let Some(s) = self.size.filter(|s| self.seen > *s) {
-            return Err(Error::invalid(format!(
+            return Err(ImageError::BadContent(format!(
                 "blob {} is longer than the {s} bytes its descriptor says",
                 self.digest
             )));
@@ -285,14 +288,14 @@ impl Verifier {
     /// Checks the digest and the size.
     pub fn finish(self) -> Result<()> {
         if let Some(s) = self.size.filter(|s| self.seen != *s) {
-            return Err(Error::invalid(format!(
+            return Err(ImageError::BadContent(format!(
                 "blob {} is {} bytes, its descriptor says {s}",
                 self.digest, self.seen
             )));
         }
         let got = format!("sha256:{}", hex::encode(self.hasher.finalize()));
         if got != self.digest {
-            return Err(Error::invalid(format!("blob {} has digest {got}: content is damaged", self.digest)));
+            return Err(ImageError::BadContent(format!("blob {} has digest {got}: content is damaged", self.digest)));
         }
         Ok(())
     }
@@ -334,23 +337,28 @@ impl ImageStore {
     pub fn import_layout(&mut self, dir: &Path, name: Option<&str>) -> Result<ImageRecord> {
         let index_path = dir.join("index.json");
         let index: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&index_path).map_err(|e| Error::invalid(format!("{}: {e}", index_path.display())))?,
+            &std::fs::read(&index_path).map_err(|e| ImageError::Invalid(format!("{}: {e}", index_path.display())))?,
         )
-        .map_err(|e| Error::invalid(format!("{} is not valid JSON: {e}", index_path.display())))?;
+        .map_err(|e| ImageError::Invalid(format!("{} is not valid JSON: {e}", index_path.display())))?;
         let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
-        let top =
-            manifests.first().ok_or_else(|| Error::invalid(format!("{} lists no manifests", index_path.display())))?;
+        let top = manifests
+            .first()
+            .ok_or_else(|| ImageError::Invalid(format!("{} lists no manifests", index_path.display())))?;
         let annotated = top["annotations"]["io.containerd.image.name"]
             .as_str()
             .or_else(|| top["annotations"]["org.opencontainers.image.ref.name"].as_str());
-        let name = name.or(annotated).ok_or_else(|| Error::invalid("the layout names no image; give a name"))?;
+        let name =
+            name.or(annotated).ok_or_else(|| ImageError::Invalid("the layout names no image; give a name".into()))?;
         let reference = Reference::parse(name)?;
 
         let copy = |store: &Self, desc: &serde_json::Value| -> Result<String> {
-            let digest =
-                desc["digest"].as_str().ok_or_else(|| Error::invalid("descriptor without digest"))?.to_string();
+            let digest = desc["digest"]
+                .as_str()
+                .ok_or_else(|| ImageError::Invalid("descriptor without digest".into()))?
+                .to_string();
             let src = dir.join("blobs/sha256").join(digest_hex(&digest)?);
-            let mut f = std::fs::File::open(&src).map_err(|e| Error::invalid(format!("{}: {e}", src.display())))?;
+            let mut f =
+                std::fs::File::open(&src).map_err(|e| ImageError::Invalid(format!("{}: {e}", src.display())))?;
             store.content.put_blob(&digest, desc["size"].as_u64(), &mut f)?;
             Ok(digest)
         };
@@ -365,7 +373,7 @@ impl ImageStore {
             let nested = self.content.read_json(&d)?;
             desc = select_platform(&nested)
                 .cloned()
-                .ok_or_else(|| Error::not_found(format!("{name} has no linux/{} image", host_arch())))?;
+                .ok_or_else(|| ImageError::NotFound(format!("{name} has no linux/{} image", host_arch())))?;
         }
         let manifest_digest = copy(self, &desc)?;
         let manifest = self.content.read_json(&manifest_digest)?;
@@ -396,16 +404,18 @@ impl ImageStore {
         manifest_digest: &str,
         manifest: &serde_json::Value,
     ) -> Result<ImageRecord> {
-        let config_digest =
-            manifest["config"]["digest"].as_str().ok_or_else(|| Error::invalid("manifest has no config"))?;
+        let config_digest = manifest["config"]["digest"]
+            .as_str()
+            .ok_or_else(|| ImageError::BadContent("manifest has no config".into()))?;
         let config = self.content.read_json(config_digest)?;
         let mut size = manifest["config"]["size"].as_u64().unwrap_or(0);
         let mut layers = Vec::new();
         for l in manifest["layers"].as_array().cloned().unwrap_or_default() {
-            let d = l["digest"].as_str().ok_or_else(|| Error::invalid("layer without digest"))?.to_string();
+            let d =
+                l["digest"].as_str().ok_or_else(|| ImageError::BadContent("layer without digest".into()))?.to_string();
             size += l["size"].as_u64().unwrap_or(0);
             if !self.content.snapshot_path(&d)?.exists() {
-                return Err(Error::internal(format!("layer {d} is not unpacked")));
+                return Err(ImageError::Internal(format!("layer {d} is not unpacked")));
             }
             layers.push(d);
         }

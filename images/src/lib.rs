@@ -4,6 +4,7 @@
 //! images pulled once however many ask (`pull`), stored by digest and
 //! collected when nothing uses them (`images`), and layers unpacked into
 //! snapshots (`unpack`).
+pub mod error;
 pub mod images;
 pub mod pull;
 pub mod reference;
@@ -11,4 +12,5 @@ pub mod registry;
 pub mod registry_config;
 pub mod unpack;
 
+pub use error::ImageError;
 pub use pull::PullObserver;

@@ -20,11 +20,11 @@ use futures::{StreamExt, TryStreamExt};
 use slog::{info, warn, Logger};
 use tokio::io::AsyncWriteExt;
 
+use crate::error::{ImageError, IoContext, Result};
 use crate::images::{select_platform, Content, ImageRecord, ImageStore, Lease, Verifier};
 use crate::reference::Reference;
 use crate::registry::{http_client, Credentials, Session};
 use crate::registry_config::FileConfig;
-use berth_core::error::{Error, Kind, Result};
 
 /// Layers fetched at once per pull (containerd's default is 3 too).
 const PARALLEL_LAYERS: usize = 3;
@@ -243,12 +243,11 @@ impl Puller {
         layers_out: Arc<Mutex<Vec<(String, u64)>>>,
     ) -> Result<ImageRecord> {
         let name = reference.digested().or_else(|| reference.tagged()).unwrap_or_else(|| reference.repository());
-        let _admitted =
-            self.admitted.acquire().await.map_err(|_| Error::new(Kind::Unavailable, "berthd is shutting down"))?;
+        let _admitted = self.admitted.acquire().await.map_err(|_| ImageError::ShuttingDown)?;
         let started = Instant::now();
         let wanted = reference.digest.clone().or_else(|| reference.tag.clone()).unwrap_or_else(|| "latest".into());
         let endpoints = self.config.read().unwrap_or_else(|e| e.into_inner()).endpoints(&reference.domain);
-        let mut failures: Vec<Error> = Vec::new();
+        let mut attempts: Vec<(String, ImageError)> = Vec::new();
         for ep in endpoints {
             let what = if ep.mirror { "mirror" } else { "registry" };
             let url = ep.base_url.clone();
@@ -265,16 +264,12 @@ impl Puller {
                 }
                 Err(e) => {
                     warn!(self.log, "pull attempt failed"; "image" => &name, "from" => &url, "error" => %e);
-                    failures.push(e.context(format!("{what} {url}")));
+                    attempts.push((format!("{what} {url}"), e));
                 }
             }
         }
-        // The last endpoint is the registry itself (unless skipped): its
-        // error decides the status a client sees.
         self.metrics.observe_pull(false, started.elapsed().as_secs_f64());
-        let kind = failures.last().map(|e| e.kind).unwrap_or(Kind::Internal);
-        let detail: Vec<String> = failures.iter().map(|e| e.message.clone()).collect();
-        Err(Error::new(kind, format!("pulling {name}: {}", detail.join("; "))))
+        Err(ImageError::PullFailed { image: name, attempts })
     }
 
     async fn pull_from(
@@ -305,20 +300,21 @@ impl Puller {
                             .collect()
                     })
                     .unwrap_or_default();
-                Error::not_found(format!(
+                ImageError::NotFound(format!(
                     "the image has no linux/{} variant (it has: {})",
                     crate::images::host_arch(),
                     have.join(", ")
                 ))
             })?;
-            let digest = desc["digest"].as_str().ok_or_else(|| Error::invalid("index entry has no digest"))?;
+            let digest =
+                desc["digest"].as_str().ok_or_else(|| ImageError::BadContent("index entry has no digest".into()))?;
             leases.push(self.content.lease(digest));
             let m = session.manifest(digest).await?;
             if desc["size"].as_u64().is_some_and(|s| s != m.bytes.len() as u64) {
-                return Err(Error::invalid(format!("manifest {digest} is not the size its index says")));
+                return Err(ImageError::BadContent(format!("manifest {digest} is not the size its index says")));
             }
             if INDEX_TYPES.contains(&m.media_type.as_str()) {
-                return Err(Error::invalid(format!("index entry {digest} is another index")));
+                return Err(ImageError::BadContent(format!("index entry {digest} is another index")));
             }
             self.put_small(&m.digest, &m.bytes).await?;
             (m.digest, m.bytes)
@@ -329,7 +325,7 @@ impl Puller {
             parse_manifest(&manifest_bytes).map_err(|e| e.context(format!("manifest {manifest_digest}")))?;
         leases.push(self.content.lease(&config.0));
         if config.1 > MAX_CONFIG_BYTES {
-            return Err(Error::invalid(format!("image config is {} bytes, more than Berth reads", config.1)));
+            return Err(ImageError::BadContent(format!("image config is {} bytes, more than Berth reads", config.1)));
         }
         if !self.content.blob_path(&config.0)?.exists() {
             let bytes = self.fetch_small(session, &config.0, config.1).await?;
@@ -383,11 +379,12 @@ impl Puller {
             progress.update(|p| p.state = LayerState::Downloading);
             let mut body = BlobBody::open(session, digest, size).await?;
             let tmp = self.content.temp_blob();
-            let file = tokio::fs::File::create(&tmp.0)
-                .await
-                .map_err(|e| Error::internal(format!("creating {}: {e}", tmp.0.display())))?;
+            let file = tokio::fs::File::create(&tmp.0).await.ctx(|| format!("creating {}", tmp.0.display()))?;
             let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
-            let write_err = |e: std::io::Error| Error::internal(format!("writing layer {digest}: {e}"));
+            let write_err = |e: std::io::Error| ImageError::Io {
+                what: format!("writing layer {digest}"),
+                source: std::sync::Arc::new(e),
+            };
             while let Some(chunk) = body.chunk().await? {
                 out.write_all(&chunk).await.map_err(write_err)?;
                 progress.update(|p| p.done += chunk.len() as u64);
@@ -405,7 +402,7 @@ impl Puller {
         let (b, s) = (blob.clone(), snap);
         let unpacked = tokio::task::spawn_blocking(move || crate::unpack::unpack_layer(&b, &s))
             .await
-            .map_err(|e| Error::internal(format!("unpacking layer {digest}: {e}")))?;
+            .map_err(|e| ImageError::Internal(format!("unpacking layer {digest}: {e}")))?;
         if let Err(e) = unpacked {
             // The blob matches its digest but is not a usable layer: keep
             // nothing of it, so a retry does not trust it.
@@ -432,7 +429,7 @@ impl Puller {
             content.put_blob(&digest, Some(bytes.len() as u64), &mut &bytes[..]).map(|_| ())
         })
         .await
-        .map_err(|e| Error::internal(format!("storing a blob: {e}")))?
+        .map_err(|e| ImageError::Internal(format!("storing a blob: {e}")))?
     }
 }
 
@@ -454,7 +451,7 @@ impl<'a> BlobBody<'a> {
     async fn chunk(&mut self) -> Result<Option<bytes::Bytes>> {
         let chunk = self.resp.chunk().await.map_err(|e| {
             let host = &self.session.endpoint.host;
-            Error::new(Kind::Unavailable, format!("registry {host}: reading {}: {e}", self.digest))
+            ImageError::Unreachable(format!("registry {host}: reading {}: {e}", self.digest))
         })?;
         match (chunk, self.check.take()) {
             (Some(c), Some(mut check)) => {
@@ -469,7 +466,7 @@ impl<'a> BlobBody<'a> {
 }
 
 fn parse_json(bytes: &[u8], what: &str) -> Result<serde_json::Value> {
-    serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("{what} is not valid JSON: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| ImageError::BadContent(format!("{what} is not valid JSON: {e}")))
 }
 
 /// A descriptor as a manifest gives it: a digest (checked) and a size.
@@ -480,7 +477,7 @@ pub type Descriptor = (String, u64);
 pub fn parse_manifest(bytes: &[u8]) -> Result<(serde_json::Value, Descriptor, Vec<Descriptor>)> {
     let manifest = parse_json(bytes, "manifest")?;
     if manifest["schemaVersion"].as_i64() != Some(2) {
-        return Err(Error::invalid(format!(
+        return Err(ImageError::BadContent(format!(
             "schemaVersion {} (Docker schema 1 is not supported)",
             manifest["schemaVersion"]
         )));
@@ -490,7 +487,7 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<(serde_json::Value, Descriptor, Ve
     for l in manifest["layers"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let media = l["mediaType"].as_str().unwrap_or("");
         if !LAYER_TYPES.contains(&media) {
-            return Err(Error::invalid(format!("layer media type {media:?} is not supported")));
+            return Err(ImageError::BadContent(format!("layer media type {media:?} is not supported")));
         }
         layers.push(descriptor(l)?);
     }
@@ -498,8 +495,8 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<(serde_json::Value, Descriptor, Ve
 }
 
 fn descriptor(d: &serde_json::Value) -> Result<(String, u64)> {
-    let digest = d["digest"].as_str().ok_or_else(|| Error::invalid("descriptor without digest"))?;
+    let digest = d["digest"].as_str().ok_or_else(|| ImageError::BadContent("descriptor without digest".into()))?;
     crate::images::digest_hex(digest)?;
-    let size = d["size"].as_u64().ok_or_else(|| Error::invalid(format!("descriptor {digest} has no size")))?;
+    let size = d["size"].as_u64().ok_or_else(|| ImageError::BadContent(format!("descriptor {digest} has no size")))?;
     Ok((digest.to_string(), size))
 }

@@ -1,6 +1,6 @@
 //! Image references normalized as kubelet and containerd do:
 //! `busybox` is `docker.io/library/busybox:latest`.
-use berth_core::error::{Error, Result};
+use crate::error::{ImageError, Result};
 
 /// A parsed, normalized image reference.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub struct Reference {
 impl Reference {
     /// Parses and normalizes a reference.
     pub fn parse(s: &str) -> Result<Self> {
-        let bad = |why: &str| Error::invalid(format!("invalid image reference {s:?}: {why}"));
+        let bad = |why: &str| ImageError::Invalid(format!("invalid image reference {s:?}: {why}"));
         if s.is_empty() || s.len() > 4096 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad("empty or contains spaces or control characters"));
         }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
+use crate::error::{ImageError, Result};
 use crate::registry_config::Endpoint;
-use berth_core::error::{Error, Kind, Result};
 
 /// Manifest media types a pull accepts, most wanted first.
 pub const MANIFEST_TYPES: &[&str] = &[
@@ -62,9 +62,11 @@ impl Credentials {
         if !auth.is_empty() {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(auth.trim())
-                .map_err(|e| Error::invalid(format!("auth is not base64: {e}")))?;
-            let text = String::from_utf8(raw).map_err(|_| Error::invalid("auth is not UTF-8"))?;
-            let (u, p) = text.split_once(':').ok_or_else(|| Error::invalid("auth must be base64 of user:password"))?;
+                .map_err(|e| ImageError::Invalid(format!("auth is not base64: {e}")))?;
+            let text = String::from_utf8(raw).map_err(|_| ImageError::Invalid("auth is not UTF-8".into()))?;
+            let (u, p) = text
+                .split_once(':')
+                .ok_or_else(|| ImageError::Invalid("auth must be base64 of user:password".into()))?;
             (username, password) = (u.to_string(), p.to_string());
         }
         let c = Credentials {
@@ -111,14 +113,14 @@ pub fn http_client(ca: Option<&PathBuf>) -> Result<reqwest::Client> {
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(60));
     if let Some(ca) = ca {
-        let pem = std::fs::read(ca).map_err(|e| Error::invalid(format!("reading CA {}: {e}", ca.display())))?;
+        let pem = std::fs::read(ca).map_err(|e| ImageError::Invalid(format!("reading CA {}: {e}", ca.display())))?;
         for cert in reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| Error::invalid(format!("CA {} is not PEM: {e}", ca.display())))?
+            .map_err(|e| ImageError::Invalid(format!("CA {} is not PEM: {e}", ca.display())))?
         {
             b = b.add_root_certificate(cert);
         }
     }
-    b.build().map_err(|e| Error::internal(format!("building HTTP client: {e}")))
+    b.build().map_err(|e| ImageError::Internal(format!("building HTTP client: {e}")))
 }
 
 impl Session {
@@ -148,7 +150,7 @@ impl Session {
         let bytes = read_limited(resp, MAX_MANIFEST_BYTES, "manifest").await.map_err(|e| self.context(e))?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         if reference.starts_with("sha256:") && digest != reference {
-            return Err(Error::invalid(format!(
+            return Err(ImageError::BadContent(format!(
                 "{}: manifest {reference} arrived with digest {digest}: content is damaged",
                 self.endpoint.host
             )));
@@ -169,11 +171,11 @@ impl Session {
         self.get(&self.url("blobs", digest), None).await
     }
 
-    fn context(&self, e: Error) -> Error {
+    fn context(&self, e: ImageError) -> ImageError {
         e.context(format!("registry {}", self.endpoint.host))
     }
 
-    fn net_error(&self, e: reqwest::Error) -> Error {
+    fn net_error(&self, e: reqwest::Error) -> ImageError {
         // reqwest's Display hides the cause (refused, TLS, timeout); show it.
         let mut msg = e.to_string();
         let mut src = std::error::Error::source(&e);
@@ -181,8 +183,12 @@ impl Session {
             msg = format!("{msg}: {s}");
             src = s.source();
         }
-        let kind = if e.is_timeout() { Kind::DeadlineExceeded } else { Kind::Unavailable };
-        Error::new(kind, format!("registry {}: {msg}", self.endpoint.base_url))
+        let msg = format!("registry {}: {msg}", self.endpoint.base_url);
+        if e.is_timeout() {
+            ImageError::TimedOut(msg)
+        } else {
+            ImageError::Unreachable(msg)
+        }
     }
 
     async fn get(&self, url: &str, accept: Option<&str>) -> Result<reqwest::Response> {
@@ -222,7 +228,7 @@ impl Session {
         }
     }
 
-    fn status_error(&self, status: reqwest::StatusCode, url: &str, body: &str) -> Error {
+    fn status_error(&self, status: reqwest::StatusCode, url: &str, body: &str) -> ImageError {
         let detail = registry_message(body);
         let host = &self.endpoint.host;
         match status.as_u16() {
@@ -232,13 +238,11 @@ impl Session {
                     Some(_) => "the given token".to_string(),
                     None => "anonymous access (give credentials)".to_string(),
                 };
-                Error::new(Kind::Unauthenticated, format!("registry {host} refused {who} for {}{detail}", self.repo))
+                ImageError::Refused(format!("registry {host} refused {who} for {}{detail}", self.repo))
             }
-            404 => Error::not_found(format!("registry {host} has no {url}{detail}")),
-            429 | 500..=599 => {
-                Error::new(Kind::Unavailable, format!("registry {host} answered {status} for {url}{detail}"))
-            }
-            _ => Error::internal(format!("registry {host} answered {status} for {url}{detail}")),
+            404 => ImageError::NotFound(format!("registry {host} has no {url}{detail}")),
+            429 | 500..=599 => ImageError::Unreachable(format!("registry {host} answered {status} for {url}{detail}")),
+            _ => ImageError::Registry(format!("registry {host} answered {status} for {url}{detail}")),
         }
     }
 
@@ -253,22 +257,23 @@ impl Session {
                     return Ok(());
                 }
                 _ => {
-                    return Err(Error::new(
-                        Kind::Unauthenticated,
-                        format!("registry {host} needs a user name and password for {}", self.repo),
-                    ))
+                    return Err(ImageError::Refused(format!(
+                        "registry {host} needs a user name and password for {}",
+                        self.repo
+                    )))
                 }
             }
         }
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(Error::new(
-                Kind::Unauthenticated,
-                format!("registry {host} asks for auth scheme {scheme:?}, which Berth does not speak"),
-            ));
+            return Err(ImageError::Refused(format!(
+                "registry {host} asks for auth scheme {scheme:?}, which Berth does not speak"
+            )));
         }
-        let realm = params.iter().find(|(k, _)| k == "realm").map(|(_, v)| v.clone()).ok_or_else(|| {
-            Error::new(Kind::Unauthenticated, format!("registry {host}: bearer challenge has no realm"))
-        })?;
+        let realm = params
+            .iter()
+            .find(|(k, _)| k == "realm")
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| ImageError::Refused(format!("registry {host}: bearer challenge has no realm")))?;
         let service = params.iter().find(|(k, _)| k == "service").map(|(_, v)| v.clone()).unwrap_or_default();
         let scope = params
             .iter()
@@ -297,7 +302,7 @@ impl Session {
                 .body(body)
         } else {
             let mut url = url::Url::parse(realm)
-                .map_err(|e| Error::internal(format!("registry {host}: token realm {realm:?}: {e}")))?;
+                .map_err(|e| ImageError::Registry(format!("registry {host}: token realm {realm:?}: {e}")))?;
             url.query_pairs_mut().append_pair("service", service).append_pair("scope", scope);
             let req = self.client.get(url);
             if creds.username.is_empty() {
@@ -314,24 +319,23 @@ impl Session {
             String::from_utf8_lossy(&read_prefix(resp, MAX_ERROR_BODY).await).into_owned()
         };
         if !status.is_success() {
-            let mut e = self.status_error(status, realm, &body);
             if status.as_u16() == 401 || status.as_u16() == 403 {
-                e.message = format!("token service {realm} for registry {host} refused the credentials");
-                if creds == Credentials::default() {
-                    e.message.push_str(" (none were given)");
-                }
-                e.message.push_str(&registry_message(&body));
+                let none = if creds == Credentials::default() { " (none were given)" } else { "" };
+                return Err(ImageError::Refused(format!(
+                    "token service {realm} for registry {host} refused the credentials{none}{}",
+                    registry_message(&body)
+                )));
             }
-            return Err(e);
+            return Err(self.status_error(status, realm, &body));
         }
         let v: serde_json::Value = serde_json::from_str(&body)
-            .map_err(|e| Error::internal(format!("token service {realm} answered no JSON: {e}")))?;
+            .map_err(|e| ImageError::Registry(format!("token service {realm} answered no JSON: {e}")))?;
         v["token"]
             .as_str()
             .or_else(|| v["access_token"].as_str())
             .filter(|t| !t.is_empty())
             .map(str::to_string)
-            .ok_or_else(|| Error::internal(format!("token service {realm} answered no token")))
+            .ok_or_else(|| ImageError::Registry(format!("token service {realm} answered no token")))
     }
 }
 
@@ -347,9 +351,9 @@ const MAX_TOKEN_RESPONSE: usize = 1 << 20;
 /// The whole body, refused past `max` bytes.
 async fn read_limited(mut resp: reqwest::Response, max: usize, what: &str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| Error::new(Kind::Unavailable, format!("reading: {e}")))? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| ImageError::Unreachable(format!("reading: {e}")))? {
         if out.len() + chunk.len() > max {
-            return Err(Error::invalid(format!("{what} is larger than {max} bytes")));
+            return Err(ImageError::BadContent(format!("{what} is larger than {max} bytes")));
         }
         out.extend_from_slice(&chunk);
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use berth_core::error::{Error, Result};
+use crate::error::{ImageError, Result};
 
 /// The key of the entry that applies to every registry without its own.
 pub const CATCH_ALL: &str = "*";
@@ -66,11 +66,13 @@ impl FileConfig {
                 check_host(bare).map_err(|e| e.context(format!("mirror of {host}")))?;
             }
             if h.skip_upstream && h.mirrors.is_empty() {
-                return Err(Error::invalid(format!("registries.\"{host}\": skip_upstream needs at least one mirror")));
+                return Err(ImageError::Invalid(format!(
+                    "registries.\"{host}\": skip_upstream needs at least one mirror"
+                )));
             }
             if let Some(ca) = &h.ca {
                 if !ca.is_file() {
-                    return Err(Error::invalid(format!(
+                    return Err(ImageError::Invalid(format!(
                         "registries.\"{host}\": CA file {} does not exist",
                         ca.display()
                     )));
@@ -120,7 +122,7 @@ impl FileConfig {
 fn split_scheme(m: &str) -> Result<(Option<&str>, &str)> {
     let (scheme, rest) = match m.split_once("://") {
         Some((s @ ("http" | "https"), rest)) => (Some(s), rest),
-        Some((s, _)) => return Err(Error::invalid(format!("mirror {m:?}: scheme {s:?} is not http or https"))),
+        Some((s, _)) => return Err(ImageError::Invalid(format!("mirror {m:?}: scheme {s:?} is not http or https"))),
         None => (None, m),
     };
     Ok((scheme, rest.trim_end_matches('/')))
@@ -133,7 +135,7 @@ fn check_host(host: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid(format!("{host:?} is not a registry host (host[:port])")))
+        Err(ImageError::Invalid(format!("{host:?} is not a registry host (host[:port])")))
     }
 }
 

@@ -8,16 +8,16 @@
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
-use berth_core::error::{Error, Result};
+use crate::error::{ImageError, IoContext, Result};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 /// Unpacks `blob` into `dest` (which must not exist yet).
 pub fn unpack_layer(blob: &Path, dest: &Path) -> Result<()> {
-    let parent = dest.parent().ok_or_else(|| Error::internal("snapshot has no parent folder"))?;
+    let parent = dest.parent().ok_or_else(|| ImageError::Internal("snapshot has no parent folder".into()))?;
     let tmp = parent.join(format!(".tmp-{}", berth_core::ids::new_id()));
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::internal(format!("creating {}: {e}", tmp.display())))?;
+    std::fs::create_dir_all(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
     let result = unpack_into(blob, &tmp).and_then(|()| match std::fs::rename(&tmp, dest) {
         Ok(()) => Ok(()),
         // Another unpack of the same layer (an import, a pull) finished
@@ -26,7 +26,7 @@ pub fn unpack_layer(blob: &Path, dest: &Path) -> Result<()> {
             let _ = std::fs::remove_dir_all(&tmp);
             Ok(())
         }
-        Err(e) => Err(Error::internal(format!("renaming snapshot into place: {e}"))),
+        Err(e) => Err(ImageError::Io { what: "renaming snapshot into place".into(), source: std::sync::Arc::new(e) }),
     });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -35,12 +35,11 @@ pub fn unpack_layer(blob: &Path, dest: &Path) -> Result<()> {
 }
 
 fn open_layer(blob: &Path) -> Result<Box<dyn Read>> {
-    let mut f =
-        std::fs::File::open(blob).map_err(|e| Error::internal(format!("opening layer {}: {e}", blob.display())))?;
+    let mut f = std::fs::File::open(blob).ctx(|| format!("opening layer {}", blob.display()))?;
     let mut magic = [0u8; 4];
     let mut n = 0;
     while n < magic.len() {
-        match f.read(&mut magic[n..]).map_err(|e| Error::internal(format!("reading layer: {e}")))? {
+        match f.read(&mut magic[n..]).ctx(|| "reading layer".into())? {
             0 => break,
             r => n += r,
         }
@@ -52,8 +51,7 @@ fn open_layer(blob: &Path) -> Result<Box<dyn Read>> {
     if magic[..n].starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::read::GzDecoder::new(stream)))
     } else if magic[..n] == [0x28, 0xb5, 0x2f, 0xfd] {
-        let z = zstd::stream::read::Decoder::new(stream)
-            .map_err(|e| Error::internal(format!("starting zstd decoder: {e}")))?;
+        let z = zstd::stream::read::Decoder::new(stream).ctx(|| "starting zstd decoder".into())?;
         Ok(Box::new(z))
     } else {
         Ok(Box::new(stream))
@@ -68,7 +66,7 @@ fn clean_path(p: &Path) -> Result<PathBuf> {
             Component::Normal(n) => out.push(n),
             Component::CurDir | Component::RootDir => {}
             Component::ParentDir | Component::Prefix(_) => {
-                return Err(Error::invalid(format!("layer entry {} leaves the layer root", p.display())))
+                return Err(ImageError::BadContent(format!("layer entry {} leaves the layer root", p.display())))
             }
         }
     }
@@ -83,10 +81,13 @@ fn safe_dir(root: &Path, rel: &Path) -> Result<PathBuf> {
         cur.push(c);
         match std::fs::symlink_metadata(&cur) {
             Ok(m) if m.file_type().is_dir() => {}
-            Ok(_) => return Err(Error::invalid(format!("layer path {} goes through a non-directory", rel.display()))),
-            Err(_) => {
-                std::fs::create_dir(&cur).map_err(|e| Error::internal(format!("creating {}: {e}", cur.display())))?
+            Ok(_) => {
+                return Err(ImageError::BadContent(format!(
+                    "layer path {} goes through a non-directory",
+                    rel.display()
+                )))
             }
+            Err(_) => std::fs::create_dir(&cur).ctx(|| format!("creating {}", cur.display()))?,
         }
     }
     Ok(cur)
@@ -96,7 +97,7 @@ fn unpack_into(blob: &Path, root: &Path) -> Result<()> {
     let damaged = |e: std::io::Error| {
         // tar wraps the cause; show it, it is what a person can act on.
         let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
-        Error::invalid(format!("layer {} is damaged: {e}{cause}", blob.display()))
+        ImageError::BadContent(format!("layer {} is damaged: {e}{cause}", blob.display()))
     };
     let mut archive = tar::Archive::new(open_layer(blob)?);
     archive.set_preserve_permissions(true);
@@ -124,7 +125,8 @@ fn unpack_into(blob: &Path, root: &Path) -> Result<()> {
                 nix::sys::stat::Mode::empty(),
                 nix::sys::stat::makedev(0, 0),
             )
-            .map_err(|e| Error::internal(format!("creating whiteout {}: {e}", target.display())))?;
+            .map_err(std::io::Error::from)
+            .ctx(|| format!("creating whiteout {}", target.display()))?;
             continue;
         }
         let kind = entry.header().entry_type();
@@ -140,7 +142,7 @@ fn unpack_into(blob: &Path, root: &Path) -> Result<()> {
         // `root`; a refusal is a damaged (or hostile) layer.
         let unpacked = entry.unpack_in(root).map_err(damaged)?;
         if !unpacked {
-            return Err(Error::invalid(format!("layer entry {} leaves the layer root", path.display())));
+            return Err(ImageError::BadContent(format!("layer entry {} leaves the layer root", path.display())));
         }
     }
     Ok(())
@@ -149,7 +151,7 @@ fn unpack_into(blob: &Path, root: &Path) -> Result<()> {
 /// A device node or fifo with the entry's mode, owner and device numbers.
 fn make_node(target: &Path, h: &tar::Header, kind: tar::EntryType) -> Result<()> {
     use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-    let bad = |e: std::io::Error| Error::invalid(format!("bad header: {e}"));
+    let bad = |e: std::io::Error| ImageError::BadContent(format!("bad header: {e}"));
     let mode = h.mode().map_err(bad)? & 0o7777;
     let major = h.device_major().map_err(bad)?.unwrap_or(0);
     let minor = h.device_minor().map_err(bad)?.unwrap_or(0);
@@ -163,11 +165,11 @@ fn make_node(target: &Path, h: &tar::Header, kind: tar::EntryType) -> Result<()>
     if std::fs::symlink_metadata(target).is_ok_and(|m| !m.is_dir()) {
         let _ = std::fs::remove_file(target);
     }
-    let err = |what: &str, e: nix::Error| Error::internal(format!("{what} {}: {e}", target.display()));
+    let err = |what: &str, e: nix::Error| ImageError::Internal(format!("{what} {}: {e}", target.display()));
     mknod(target, flag, Mode::from_bits_truncate(mode), makedev(major.into(), minor.into()))
         .map_err(|e| err("creating", e))?;
     let (uid, gid) = (h.uid().map_err(bad)?, h.gid().map_err(bad)?);
-    let owner = |n: u64| Error::invalid(format!("{}: owner id {n} is beyond 32 bits", target.display()));
+    let owner = |n: u64| ImageError::BadContent(format!("{}: owner id {n} is beyond 32 bits", target.display()));
     nix::unistd::fchownat(
         nix::fcntl::AT_FDCWD,
         target,
@@ -188,13 +190,17 @@ fn make_node(target: &Path, h: &tar::Header, kind: tar::EntryType) -> Result<()>
 
 fn set_opaque(dir: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| Error::invalid("NUL in layer path"))?;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| ImageError::BadContent("NUL in layer path".into()))?;
     let name = c"trusted.overlay.opaque";
     // SAFETY: both strings are NUL-terminated and live across the call; the
     // value pointer and length describe a 1-byte buffer.
     let rc = unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
     if rc != 0 {
-        return Err(Error::internal(format!("marking {} opaque: {}", dir.display(), std::io::Error::last_os_error())));
+        return Err(ImageError::Io {
+            what: format!("marking {} opaque", dir.display()),
+            source: std::sync::Arc::new(std::io::Error::last_os_error()),
+        });
     }
     Ok(())
 }

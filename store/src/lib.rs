@@ -9,7 +9,68 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
-use berth_core::error::{Error, Result};
+use berth_core::error::{Error, Kind};
+
+/// A metadata store operation failed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another berthd has the file open.
+    #[error("metadata store {} is in use by another berthd", .path.display())]
+    InUse {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The file is not a database, or cannot be read.
+    #[error("metadata store {} is damaged or unreadable: {detail}", .path.display())]
+    Damaged {
+        /// The database file.
+        path: PathBuf,
+        /// What the database said.
+        detail: String,
+    },
+    /// A write step failed.
+    #[error("metadata store {}: {step}: {detail}", .path.display())]
+    Write {
+        /// The database file.
+        path: PathBuf,
+        /// The step (begin, insert, commit...).
+        step: &'static str,
+        /// What the database said.
+        detail: String,
+    },
+    /// A record could not be encoded.
+    #[error("encoding {id}: {detail}")]
+    Encode {
+        /// The record.
+        id: String,
+        /// Why.
+        detail: String,
+    },
+    /// The folder for the file could not be made.
+    #[error("creating {}: {source}", .dir.display())]
+    Folder {
+        /// The folder.
+        dir: PathBuf,
+        /// Why.
+        source: Arc<std::io::Error>,
+    },
+    /// The blocking thread running the write failed.
+    #[error("metadata store write: {0}")]
+    Blocking(String),
+}
+
+/// Result with [`StoreError`].
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        let kind = match e {
+            StoreError::InUse { .. } => Kind::FailedPrecondition,
+            _ => Kind::Internal,
+        };
+        Error::new(kind, e.to_string())
+    }
+}
 
 /// The open database.
 #[derive(Clone)]
@@ -18,8 +79,8 @@ pub struct Db {
     path: PathBuf,
 }
 
-fn damaged(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::internal(format!("metadata store {} is damaged or unreadable: {e}", path.display()))
+fn damaged(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Damaged { path: path.to_path_buf(), detail: e.to_string() }
 }
 
 impl Db {
@@ -28,12 +89,11 @@ impl Db {
     /// as if it had no metadata.
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Folder { dir: dir.to_path_buf(), source: Arc::new(e) })?;
         }
         let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                Error::precondition(format!("metadata store {} is in use by another berthd", path.display()))
-            }
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.to_path_buf() },
             other => damaged(path, other),
         })?;
         Ok(Db { db: Arc::new(db), path: path.to_path_buf() })
@@ -62,8 +122,8 @@ impl Store {
         Ok(Store { db: db.clone(), table })
     }
 
-    fn fail(&self, what: &str, e: impl std::fmt::Display) -> Error {
-        Error::internal(format!("metadata store {}: {what}: {e}", self.db.path.display()))
+    fn fail(&self, step: &'static str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Write { path: self.db.path.clone(), step, detail: e.to_string() }
     }
 
     /// Writes a record; committed when this returns. The commit (an fsync)
@@ -126,12 +186,12 @@ impl Store {
 }
 
 fn encode<T: Serialize>(id: &str, value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| Error::internal(format!("encoding {id}: {e}")))
+    serde_json::to_vec(value).map_err(|e| StoreError::Encode { id: id.to_string(), detail: e.to_string() })
 }
 
 /// Runs a database write on a blocking thread.
 async fn blocking(f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("metadata store write: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Blocking(e.to_string()))?
 }
 
 #[cfg(test)]
@@ -155,7 +215,8 @@ mod tests {
         assert_eq!(s.load_all::<Vec<i32>>().unwrap(), vec![vec![3]]);
         // A second opener is refused while the first holds it.
         let e = Db::open(&path).err().unwrap();
-        assert!(e.message.contains("in use"), "{}", e.message);
+        assert!(matches!(e, StoreError::InUse { .. }), "{e}");
+        assert_eq!(Error::from(e).kind, Kind::FailedPrecondition);
     }
 
     #[test]
@@ -164,6 +225,7 @@ mod tests {
         let path = dir.path().join("m.redb");
         std::fs::write(&path, vec![0x5a; 8192]).unwrap();
         let e = Db::open(&path).err().unwrap();
-        assert!(e.message.contains("m.redb"), "{}", e.message);
+        assert!(matches!(e, StoreError::Damaged { .. }), "{e}");
+        assert!(e.to_string().contains("m.redb"), "{e}");
     }
 }

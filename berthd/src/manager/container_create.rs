@@ -99,7 +99,8 @@ impl Manager {
                 let store = self.images.lock().await;
                 lock(&self.containers).insert(id.clone(), meta.clone());
                 let snapshots = |layers: &[String], what: String| -> Result<Vec<PathBuf>> {
-                    let paths = layers.iter().map(|l| store.snapshot_path(l)).collect::<Result<Vec<_>>>()?;
+                    let paths =
+                        layers.iter().map(|l| store.snapshot_path(l)).collect::<std::result::Result<Vec<_>, _>>()?;
                     if paths.iter().any(|p| !p.is_dir()) {
                         return Err(Error::not_found(format!(
                             "{what} was removed while the container was being created; pull it again"

@@ -64,7 +64,7 @@ impl Manager {
         let name = name.to_string();
         let trash = self
             .with_image_store_in_use(move |store, in_use| match store.resolve(&name).map(|r| r.id.clone()) {
-                Some(id) => store.remove(&id, in_use),
+                Some(id) => Ok(store.remove(&id, in_use)?),
                 None => Ok(Default::default()),
             })
             .await?;

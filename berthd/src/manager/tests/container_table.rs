@@ -133,7 +133,7 @@ async fn an_image_volume_keeps_its_layers_until_the_container_goes() {
     image(&m, &rig.dir.path().join("layout"), IMAGE).await;
     image(&m, &rig.dir.path().join("volume-layout"), VOLUME).await;
     let layer = m.image(VOLUME).await.expect("imported").layers[0].clone();
-    let snapshot = m.with_image_store(move |s| s.snapshot_path(&layer)).await.expect("snapshot path");
+    let snapshot = m.with_image_store(move |s| Ok(s.snapshot_path(&layer)?)).await.expect("snapshot path");
     let pod_id = m.run_pod_sandbox(pod("p"), "").await.expect("pod");
     let mut cc = container("c", IMAGE);
     cc.mounts = vec![cri::Mount {

@@ -111,7 +111,7 @@ async fn image(m: &Manager, dir: &std::path::Path, name: &str) {
     std::fs::write(dir.join("index.json"), index.to_string()).expect("index");
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
     let (dir, name) = (dir.to_path_buf(), name.to_string());
-    m.with_image_store(move |s| s.import_layout(&dir, Some(&name))).await.expect("image imports");
+    m.with_image_store(move |s| Ok(s.import_layout(&dir, Some(&name))?)).await.expect("image imports");
 }
 
 /// A container config for `name` from `image`.
