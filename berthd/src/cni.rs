@@ -12,7 +12,56 @@ use protocol::cri;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use berth_core::error::{Error, Result};
+use berth_core::error::Error;
+
+/// A CNI configuration or plugin failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CniError {
+    /// The configuration file cannot be read or used.
+    #[error("{0}")]
+    Config(String),
+    /// A plugin named in the configuration cannot be run.
+    #[error("{0}")]
+    Plugin(String),
+    /// A plugin ran past cni.plugin_timeout and was killed.
+    #[error("CNI plugin {plugin} {command} timed out after {after:?} (cni.plugin_timeout)")]
+    TimedOut {
+        /// The plugin type.
+        plugin: String,
+        /// ADD or DEL.
+        command: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// A plugin exited non-zero.
+    #[error("CNI plugin {plugin} {command} failed: {message}")]
+    Failed {
+        /// The plugin type.
+        plugin: String,
+        /// ADD or DEL.
+        command: String,
+        /// Its CNI error (msg, details) and stderr.
+        message: String,
+    },
+    /// A plugin succeeded but printed no CNI result.
+    #[error("CNI plugin {plugin} printed no valid result: {detail}")]
+    BadResult {
+        /// The plugin type.
+        plugin: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// Result with [`CniError`].
+pub type Result<T> = std::result::Result<T, CniError>;
+
+impl From<CniError> for Error {
+    fn from(e: CniError) -> Self {
+        // Every CNI failure is the node's, never the caller's.
+        Error::internal(e.to_string())
+    }
+}
 
 /// Where configurations and plugins are.
 #[derive(Clone, Debug)]
@@ -62,9 +111,9 @@ impl Cni {
         files.sort();
         let Some(path) = files.first() else { return Ok(None) };
         let text =
-            std::fs::read_to_string(path).map_err(|e| Error::internal(format!("reading {}: {e}", path.display())))?;
+            std::fs::read_to_string(path).map_err(|e| CniError::Config(format!("reading {}: {e}", path.display())))?;
         let v: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::internal(format!("CNI configuration {} is not JSON: {e}", path.display())))?;
+            .map_err(|e| CniError::Config(format!("CNI configuration {} is not JSON: {e}", path.display())))?;
         let name = v["name"].as_str().unwrap_or("").to_string();
         let cni_version = v["cniVersion"].as_str().unwrap_or("0.4.0").to_string();
         let plugins = match v["plugins"].as_array() {
@@ -72,7 +121,7 @@ impl Cni {
             None => vec![v.clone()],
         };
         if name.is_empty() || plugins.iter().any(|p| p["type"].as_str().is_none()) {
-            return Err(Error::internal(format!(
+            return Err(CniError::Config(format!(
                 "CNI configuration {} needs a name and a type for every plugin",
                 path.display()
             )));
@@ -82,13 +131,13 @@ impl Cni {
 
     fn find(&self, plugin: &str) -> Result<PathBuf> {
         if plugin.contains('/') {
-            return Err(Error::internal(format!("CNI plugin type {plugin:?} must be a plain name")));
+            return Err(CniError::Plugin(format!("CNI plugin type {plugin:?} must be a plain name")));
         }
         self.bin_dirs
             .iter()
             .map(|d| d.join(plugin))
             .find(|p| p.is_file())
-            .ok_or_else(|| Error::internal(format!("CNI plugin {plugin:?} not found in {:?}", self.bin_dirs)))
+            .ok_or_else(|| CniError::Plugin(format!("CNI plugin {plugin:?} not found in {:?}", self.bin_dirs)))
     }
 
     async fn exec(
@@ -126,7 +175,7 @@ impl Cni {
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
             pod.metadata.namespace, pod.metadata.name, pod.id, pod.metadata.uid
         );
-        let path = std::env::join_paths(&self.bin_dirs).map_err(|e| Error::internal(format!("CNI path: {e}")))?;
+        let path = std::env::join_paths(&self.bin_dirs).map_err(|e| CniError::Plugin(format!("CNI path: {e}")))?;
         let mut cmd = tokio::process::Command::new(self.find(kind)?);
         cmd.env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", pod.id)
@@ -138,20 +187,15 @@ impl Cni {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| Error::internal(format!("starting CNI plugin {kind}: {e}")))?;
+        let mut child = cmd.spawn().map_err(|e| CniError::Plugin(format!("starting CNI plugin {kind}: {e}")))?;
         if let Some(mut stdin) = child.stdin.take() {
             let data = serde_json::to_vec(&conf).unwrap_or_default();
             let _ = stdin.write_all(&data).await;
         }
         let out = tokio::time::timeout(self.timeout, child.wait_with_output())
             .await
-            .map_err(|_| {
-                Error::internal(format!(
-                    "CNI plugin {kind} {command} timed out after {:?} (cni.plugin_timeout)",
-                    self.timeout
-                ))
-            })?
-            .map_err(|e| Error::internal(format!("CNI plugin {kind}: {e}")))?;
+            .map_err(|_| CniError::TimedOut { plugin: kind.into(), command: command.into(), after: self.timeout })?
+            .map_err(|e| CniError::Plugin(format!("CNI plugin {kind}: {e}")))?;
         if !out.status.success() {
             let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
             let msg = v["msg"]
@@ -160,17 +204,21 @@ impl Cni {
                 .unwrap_or_else(|| String::from_utf8_lossy(&out.stdout).trim().to_string());
             let details = v["details"].as_str().unwrap_or("");
             let stderr = String::from_utf8_lossy(&out.stderr);
-            return Err(Error::internal(format!(
-                "CNI plugin {kind} {command} failed: {msg}{}{}",
-                if details.is_empty() { String::new() } else { format!(" ({details})") },
-                if stderr.trim().is_empty() { String::new() } else { format!("; stderr: {}", stderr.trim()) }
-            )));
+            return Err(CniError::Failed {
+                plugin: kind.into(),
+                command: command.into(),
+                message: format!(
+                    "{msg}{}{}",
+                    if details.is_empty() { String::new() } else { format!(" ({details})") },
+                    if stderr.trim().is_empty() { String::new() } else { format!("; stderr: {}", stderr.trim()) }
+                ),
+            });
         }
         if command == "DEL" || out.stdout.is_empty() {
             return Ok(prev.cloned().unwrap_or(Value::Null));
         }
         serde_json::from_slice(&out.stdout)
-            .map_err(|e| Error::internal(format!("CNI plugin {kind} printed no valid result: {e}")))
+            .map_err(|e| CniError::BadResult { plugin: kind.into(), detail: e.to_string() })
     }
 
     /// Runs ADD through the list; returns the final result.

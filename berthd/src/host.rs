@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::rootfs::Result;
 use async_trait::async_trait;
-use berth_core::error::Result;
 
 /// What the manager asks of the host.
 #[async_trait]

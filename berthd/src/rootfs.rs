@@ -5,7 +5,58 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use berth_core::error::{Error, Result};
+use berth_core::error::Error;
+
+/// A mount or unmount of a container's filesystem failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The image gives nothing to mount.
+    #[error("image has no layers")]
+    NoLayers,
+    /// More layers than one classic mount takes, where Berth has no other way.
+    #[error("an image volume of {0} layers does not fit one mount; at most about 40 layers")]
+    TooManyLayers(usize),
+    /// A mount point could not be made.
+    #[error("creating {}: {source}", .path.display())]
+    MountPoint {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The kernel refused the mount or unmount.
+    #[error("{what} {}: {source}{hint}", .target.display())]
+    Kernel {
+        /// What was being done ("mounting rootfs at", ...).
+        what: String,
+        /// Where.
+        target: PathBuf,
+        /// Why.
+        source: std::io::Error,
+        /// A hint for the user ("" for none).
+        hint: &'static str,
+    },
+}
+
+/// Result with [`MountError`].
+pub type Result<T> = std::result::Result<T, MountError>;
+
+impl From<MountError> for Error {
+    fn from(e: MountError) -> Self {
+        match e {
+            MountError::NoLayers | MountError::TooManyLayers(_) => Error::invalid(e.to_string()),
+            _ => Error::internal(e.to_string()),
+        }
+    }
+}
+
+fn kernel(what: impl Into<String>, target: &Path, source: impl Into<std::io::Error>) -> MountError {
+    MountError::Kernel { what: what.into(), target: target.to_path_buf(), source: source.into(), hint: "" }
+}
+
+fn mount_point(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(|source| MountError::MountPoint { path: path.to_path_buf(), source })
+}
 
 /// Mount options must fit in one page; past this, layers go one at a time.
 const MAX_MOUNT_OPTIONS: usize = 4000;
@@ -19,25 +70,26 @@ const MAX_MOUNT_OPTIONS: usize = 4000;
 /// to 500).
 pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
     if lowers.is_empty() {
-        return Err(Error::invalid("image has no layers"));
+        return Err(MountError::NoLayers);
     }
     for d in [upper, work, target] {
-        std::fs::create_dir_all(d).map_err(|e| Error::internal(format!("creating {}: {e}", d.display())))?;
+        mount_point(d)?;
     }
     // overlayfs lists the top layer first.
     let lower: Vec<String> = lowers.iter().rev().map(|p| p.display().to_string()).collect();
     let opts = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), upper.display(), work.display());
     if opts.len() <= MAX_MOUNT_OPTIONS {
         return mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
-            .map_err(|e| Error::internal(format!("mounting rootfs at {}: {e}", target.display())));
+            .map_err(|e| kernel("mounting rootfs at", target, e));
     }
     new_api::mount_overlay(&lower, upper, work, target).map_err(|e| {
-        let why = if e.raw_os_error() == Some(libc::EINVAL) {
+        let hint = if e.raw_os_error() == Some(libc::EINVAL) {
             " (taking layers one by one needs Linux 6.8 or later)"
         } else {
             ""
         };
-        Error::internal(format!("mounting rootfs of {} layers at {}: {e}{why}", lowers.len(), target.display()))
+        let what = format!("mounting rootfs of {} layers at", lowers.len());
+        MountError::Kernel { what, target: target.to_path_buf(), source: e, hint }
     })
 }
 
@@ -45,10 +97,10 @@ pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Pat
 /// volume: one layer is bound read-only; several are an overlay with no
 /// upper layer, which overlayfs serves read-only.
 pub fn mount_read_only(lowers: &[PathBuf], target: &Path) -> Result<()> {
-    std::fs::create_dir_all(target).map_err(|e| Error::internal(format!("creating {}: {e}", target.display())))?;
-    let failed = |e: nix::Error| Error::internal(format!("mounting an image volume at {}: {e}", target.display()));
+    mount_point(target)?;
+    let failed = |e: nix::Error| kernel("mounting an image volume at", target, e);
     match lowers {
-        [] => Err(Error::invalid("image has no layers")),
+        [] => Err(MountError::NoLayers),
         [only] => {
             mount(Some(only.as_path()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(failed)?;
             let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
@@ -61,10 +113,7 @@ pub fn mount_read_only(lowers: &[PathBuf], target: &Path) -> Result<()> {
             let lower: Vec<String> = lowers.iter().rev().map(|p| p.display().to_string()).collect();
             let opts = format!("lowerdir={}", lower.join(":"));
             if opts.len() > MAX_MOUNT_OPTIONS {
-                return Err(Error::invalid(format!(
-                    "an image volume of {} layers does not fit one mount; at most about 40 layers",
-                    lowers.len()
-                )));
+                return Err(MountError::TooManyLayers(lowers.len()));
             }
             mount(Some("overlay"), target, Some("overlay"), MsFlags::MS_RDONLY, Some(opts.as_str())).map_err(failed)
         }
@@ -165,6 +214,6 @@ mod new_api {
 pub fn unmount(target: &Path) -> Result<()> {
     match umount2(target, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-        Err(e) => Err(Error::internal(format!("unmounting {}: {e}", target.display()))),
+        Err(e) => Err(kernel("unmounting", target, e)),
     }
 }

@@ -1,11 +1,119 @@
-//! Starting a sandbox's berth-shim and talking to it over ttrpc.
+//! Starting a sandbox's berth-shim and talking to it over ttrpc. Every call
+//! fails with a [`ShimCallError`], whose variants say whether the shim could
+//! not be started, reached or understood, or answered with an error; the
+//! manager matches on them, and they become its kinds in one `From`.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use protocol::shim::{self as api, ShimClient, API_VERSION};
 pub use protocol::shim_launch::ShimArgs;
 
-use berth_core::error::{Error, Kind, Result};
+use berth_core::error::{Error, Kind};
+
+/// A shim could not be started, reached or understood, or refused a call.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimCallError {
+    /// berth-shim did not report readiness in time.
+    #[error("berth-shim did not get ready within {}s", .0.as_secs())]
+    StartTimedOut(Duration),
+    /// The binary could not be run.
+    #[error("starting {}: {source}", .binary.display())]
+    Spawn {
+        /// The berth-shim binary.
+        binary: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// berth-shim exited with an error before it served.
+    #[error("berth-shim failed: {0}")]
+    StartFailed(String),
+    /// berth-shim exited successfully without its ready line.
+    #[error("berth-shim printed no pid")]
+    NoPid,
+    /// The shim's socket cannot be connected to.
+    #[error("connecting to shim at {}: {detail}", .socket.display())]
+    Unreachable {
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        detail: String,
+    },
+    /// The socket accepted but the shim did not answer Connect.
+    #[error("shim at {} does not answer: {detail}", .socket.display())]
+    Silent {
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        detail: String,
+    },
+    /// A shim of another build: left alone.
+    #[error("shim at {} speaks shim API {theirs}, this berthd speaks {API_VERSION}; leaving it alone", .socket.display())]
+    OtherVersion {
+        /// The socket.
+        socket: PathBuf,
+        /// The API version it speaks.
+        theirs: u32,
+    },
+    /// A signal number that is not one.
+    #[error("signal {0} is not a signal")]
+    BadSignal(i32),
+    /// The shim answered the call with an error status.
+    #[error("{message}")]
+    Answered {
+        /// The status code.
+        code: ttrpc::Code,
+        /// The shim's message.
+        message: String,
+    },
+    /// The call got no answer (the connection broke, or its deadline passed).
+    #[error("shim: {0}")]
+    NoAnswer(String),
+}
+
+impl ShimCallError {
+    /// The shim does not know the container.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ShimCallError::Answered { code: ttrpc::Code::NOT_FOUND, .. })
+    }
+}
+
+impl From<ttrpc::Error> for ShimCallError {
+    fn from(e: ttrpc::Error) -> Self {
+        match e {
+            ttrpc::Error::RpcStatus(s) => ShimCallError::Answered { code: s.code(), message: s.message().to_string() },
+            other => ShimCallError::NoAnswer(other.to_string()),
+        }
+    }
+}
+
+impl From<ShimCallError> for Error {
+    fn from(e: ShimCallError) -> Self {
+        let kind = match &e {
+            ShimCallError::StartTimedOut(_)
+            | ShimCallError::Spawn { .. }
+            | ShimCallError::StartFailed(_)
+            | ShimCallError::NoPid => Kind::Internal,
+            ShimCallError::Unreachable { .. } | ShimCallError::Silent { .. } | ShimCallError::NoAnswer(_) => {
+                Kind::Unavailable
+            }
+            ShimCallError::OtherVersion { .. } => Kind::FailedPrecondition,
+            ShimCallError::BadSignal(_) => Kind::InvalidArgument,
+            ShimCallError::Answered { code, .. } => match code {
+                ttrpc::Code::NOT_FOUND => Kind::NotFound,
+                ttrpc::Code::ALREADY_EXISTS => Kind::AlreadyExists,
+                ttrpc::Code::INVALID_ARGUMENT => Kind::InvalidArgument,
+                ttrpc::Code::FAILED_PRECONDITION => Kind::FailedPrecondition,
+                ttrpc::Code::DEADLINE_EXCEEDED => Kind::DeadlineExceeded,
+                ttrpc::Code::UNAVAILABLE => Kind::Unavailable,
+                _ => Kind::Internal,
+            },
+        };
+        Error::new(kind, e.to_string())
+    }
+}
+
+/// Result with [`ShimCallError`].
+pub type Result<T> = std::result::Result<T, ShimCallError>;
 
 /// How long a shim may take to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -37,14 +145,12 @@ pub async fn start(l: &ShimLaunch) -> Result<u32> {
     cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
     let out = tokio::time::timeout(START_TIMEOUT, cmd.output())
         .await
-        .map_err(|_| Error::internal(format!("berth-shim did not get ready within {}s", START_TIMEOUT.as_secs())))?
-        .map_err(|e| Error::internal(format!("starting {}: {e}", l.binary.display())))?;
+        .map_err(|_| ShimCallError::StartTimedOut(START_TIMEOUT))?
+        .map_err(|source| ShimCallError::Spawn { binary: l.binary.clone(), source })?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(Error::internal(format!("berth-shim failed: {}", err.trim())));
+        return Err(ShimCallError::StartFailed(String::from_utf8_lossy(&out.stderr).trim().to_string()));
     }
-    protocol::shim_launch::parse_ready(&String::from_utf8_lossy(&out.stdout))
-        .ok_or_else(|| Error::internal("berth-shim printed no pid"))
+    protocol::shim_launch::parse_ready(&String::from_utf8_lossy(&out.stdout)).ok_or(ShimCallError::NoPid)
 }
 
 /// How the manager starts a new pod's shim: a berth-shim process on a
@@ -86,9 +192,8 @@ impl Shim {
     /// Connects and checks the API version.
     pub async fn connect(dir: &Path) -> Result<Shim> {
         let sock = socket_path(dir);
-        let unavailable = |e: &dyn std::fmt::Display| {
-            Error::new(Kind::Unavailable, format!("connecting to shim at {}: {e}", sock.display()))
-        };
+        let unavailable =
+            |e: &dyn std::fmt::Display| ShimCallError::Unreachable { socket: sock.clone(), detail: e.to_string() };
         let dial = protocol::socket_path::SocketPath::new(&sock).map_err(|e| unavailable(&e))?;
         let stream = tokio::net::UnixStream::connect(dial.path()).await.map_err(|e| unavailable(&e))?;
         let client = ttrpc::r#async::Client::new(stream.into());
@@ -96,23 +201,11 @@ impl Shim {
         let info = client
             .connect(ctx(Some(Duration::from_secs(5))), &api::ConnectRequest::new())
             .await
-            .map_err(|e| Error::new(Kind::Unavailable, format!("shim at {} does not answer: {e}", sock.display())))?;
+            .map_err(|e| ShimCallError::Silent { socket: sock.clone(), detail: e.to_string() })?;
         if info.api_version != API_VERSION {
-            return Err(Error::new(
-                Kind::FailedPrecondition,
-                format!(
-                    "shim at {} speaks shim API {}, this berthd speaks {API_VERSION}; leaving it alone",
-                    sock.display(),
-                    info.api_version
-                ),
-            ));
+            return Err(ShimCallError::OtherVersion { socket: sock, theirs: info.api_version });
         }
         Ok(Shim { client, info })
-    }
-
-    /// The raw client.
-    pub fn api(&self) -> &ShimClient {
-        &self.client
     }
 
     /// How long one OCI runtime call may take in this shim (what it said at
@@ -146,7 +239,7 @@ impl Shim {
     pub async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
         let mut r = api::KillRequest::new();
         r.id = id.to_string();
-        r.signal = u32::try_from(signal).map_err(|_| Error::invalid(format!("signal {signal} is not a signal")))?;
+        r.signal = u32::try_from(signal).map_err(|_| ShimCallError::BadSignal(signal))?;
         r.all = all;
         self.client.kill(ctx(Some(self.runtime_timeout() + QUICK_TIMEOUT)), &r).await?;
         Ok(())
@@ -159,6 +252,74 @@ impl Shim {
             Ok(Ok(_)) => Ok(true),
             Ok(Err(e)) => Err(e.into()),
         }
+    }
+
+    /// Waits, with no deadline, for the container to stop; its final state.
+    pub async fn wait_exit(&self, id: &str) -> Result<api::ContainerState> {
+        Ok(self.client.wait(ctx(None), &req(id)).await?)
+    }
+
+    /// Creates a container from its bundle.
+    pub async fn create(&self, r: &api::CreateRequest) -> Result<api::ContainerState> {
+        Ok(self.client.create(self.runtime_ctx(), r).await?)
+    }
+
+    /// Starts a created container.
+    pub async fn start(&self, id: &str) -> Result<api::ContainerState> {
+        Ok(self.client.start(self.runtime_ctx(), &req(id)).await?)
+    }
+
+    /// Removes a stopped (or created) container from the shim and the runtime.
+    pub async fn delete(&self, id: &str) -> Result<api::ContainerState> {
+        Ok(self.client.delete(self.runtime_ctx(), &req(id)).await?)
+    }
+
+    /// Applies new resources to a running container.
+    pub async fn update(&self, r: &api::UpdateRequest) -> Result<()> {
+        self.client.update(self.runtime_ctx(), r).await?;
+        Ok(())
+    }
+
+    /// Runs a command in a running container; `deadline` bounds the call.
+    pub async fn exec_sync(
+        &self,
+        r: &api::ExecSyncRequest,
+        deadline: Option<Duration>,
+    ) -> Result<api::ExecSyncResponse> {
+        Ok(self.client.exec_sync(ctx(deadline), r).await?)
+    }
+
+    /// Reopens a container's log file (after rotation).
+    pub async fn reopen_log(&self, id: &str) -> Result<()> {
+        self.client.reopen_log(ctx(Some(CALL_TIMEOUT)), &req(id)).await?;
+        Ok(())
+    }
+
+    /// Resizes a terminal container's pty.
+    pub async fn resize_pty(&self, id: &str, width: u32, height: u32) -> Result<()> {
+        let mut r = api::ResizePtyRequest::new();
+        r.id = id.to_string();
+        (r.width, r.height) = (width, height);
+        self.client.resize_pty(ctx(Some(QUICK_TIMEOUT)), &r).await?;
+        Ok(())
+    }
+
+    /// Closes the stdin the shim holds open for a container.
+    pub async fn close_io(&self, id: &str) -> Result<()> {
+        self.client.close_io(ctx(Some(QUICK_TIMEOUT)), &req(id)).await?;
+        Ok(())
+    }
+
+    /// CPU and memory of a running container.
+    pub async fn stats(&self, id: &str) -> Result<api::StatsResponse> {
+        Ok(self.client.stats(ctx(Some(CALL_TIMEOUT)), &req(id)).await?)
+    }
+
+    /// Kills and deletes every container, releases the pod's namespaces and
+    /// ends the shim.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.client.shutdown(ctx(Some(CALL_TIMEOUT)), &api::Empty::new()).await?;
+        Ok(())
     }
 }
 
@@ -200,6 +361,8 @@ mod tests {
             .register_service(create_shim(Arc::new(FutureShim)));
         server.start().await.unwrap();
         let e = Shim::connect(dir.path()).await.err().expect("an unknown version must be refused");
+        assert!(matches!(e, ShimCallError::OtherVersion { theirs, .. } if theirs == API_VERSION + 1), "{e}");
+        let e = Error::from(e);
         assert_eq!(e.kind, Kind::FailedPrecondition);
         assert!(e.message.contains(&format!("speaks shim API {}", API_VERSION + 1)), "{}", e.message);
         assert!(e.message.contains("leaving it alone"), "{}", e.message);

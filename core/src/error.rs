@@ -84,26 +84,6 @@ impl<T> IoContext<T> for std::io::Result<T> {
     }
 }
 
-impl From<ttrpc::Error> for Error {
-    fn from(e: ttrpc::Error) -> Self {
-        match e {
-            ttrpc::Error::RpcStatus(s) => {
-                let kind = match s.code() {
-                    ttrpc::Code::NOT_FOUND => Kind::NotFound,
-                    ttrpc::Code::ALREADY_EXISTS => Kind::AlreadyExists,
-                    ttrpc::Code::INVALID_ARGUMENT => Kind::InvalidArgument,
-                    ttrpc::Code::FAILED_PRECONDITION => Kind::FailedPrecondition,
-                    ttrpc::Code::DEADLINE_EXCEEDED => Kind::DeadlineExceeded,
-                    ttrpc::Code::UNAVAILABLE => Kind::Unavailable,
-                    _ => Kind::Internal,
-                };
-                Error::new(kind, s.message().to_string())
-            }
-            other => Error::new(Kind::Unavailable, format!("shim: {other}")),
-        }
-    }
-}
-
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let code = match e.kind {

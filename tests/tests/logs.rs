@@ -384,11 +384,7 @@ async fn tty_output_is_logged_and_resize_reaches_the_container() {
     // The shim's own API resizes the terminal (CRI does it through the
     // streaming server, which kubelet drives).
     let shim = berthd::shim_client::Shim::connect(&d.dir.path().join("s/sandboxes").join(&pod)).await.unwrap();
-    let mut req = protocol::shim::ResizePtyRequest::new();
-    req.id = c.clone();
-    req.width = 123;
-    req.height = 45;
-    shim.api().resize_pty(berthd::shim_client::ctx(Some(Duration::from_secs(5))), &req).await.unwrap();
+    shim.resize_pty(&c, 123, 45).await.unwrap();
     let mut seen = String::new();
     for _ in 0..100 {
         let data = std::fs::read(&path).unwrap_or_default();
@@ -421,10 +417,7 @@ async fn stdin_stays_open_until_closed() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(d.status(&c).await.state, cri::ContainerState::ContainerRunning as i32, "stdin was not kept open");
     let shim = berthd::shim_client::Shim::connect(&d.dir.path().join("s/sandboxes").join(&pod)).await.unwrap();
-    shim.api()
-        .close_io(berthd::shim_client::ctx(Some(Duration::from_secs(5))), &berthd::shim_client::req(&c))
-        .await
-        .unwrap();
+    shim.close_io(&c).await.unwrap();
     let st = d.wait_state(&c, cri::ContainerState::ContainerExited, Duration::from_secs(5)).await;
     assert_eq!(st.exit_code, 0);
     let (out, _) = split_streams(&std::fs::read(&st.log_path).unwrap());

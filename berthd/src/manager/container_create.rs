@@ -171,7 +171,7 @@ impl Manager {
             req.terminal = config.tty;
             req.stdin = config.stdin;
             req.stdin_once = config.stdin_once;
-            shim.api().create(shim.runtime_ctx(), &req).await?;
+            shim.create(&req).await?;
             failpoint::hit("create-container/shim-created");
             meta.phase = Phase::Ready;
             self.container_store.put(&id, &meta).await?;

@@ -19,7 +19,7 @@ impl Manager {
         // The shim enforces the timeout; the call's own deadline only guards
         // against a shim that stops answering.
         let deadline = (timeout > 0).then(|| client_seconds(timeout) + CALL_TIMEOUT);
-        let resp = shim.api().exec_sync(shim_client::ctx(deadline), &req).await?;
+        let resp = shim.exec_sync(&req, deadline).await?;
         if resp.timed_out {
             return Err(Error::new(
                 Kind::DeadlineExceeded,
@@ -91,7 +91,7 @@ impl Manager {
         }
         let sb = self.sandbox(&meta.sandbox_id)?;
         let shim = self.shim_of(&sb).await?;
-        shim.api().reopen_log(shim_client::ctx(Some(CALL_TIMEOUT)), &shim_client::req(id)).await?;
+        shim.reopen_log(id).await?;
         Ok(())
     }
 }

@@ -15,9 +15,9 @@ impl Manager {
                 self.note_log_error(&meta.id, &s.message);
                 RuntimeState::from_shim(&s)
             }
-            Err(e) if e.kind == Kind::NotFound => RuntimeState::unknown_to_shim(),
+            Err(e) if e.is_not_found() => RuntimeState::unknown_to_shim(),
             Err(e) => sb
-                .after_failed_call(&*self.host, e.message)
+                .after_failed_call(&*self.host, e.to_string())
                 .await
                 .state_of(&meta.sandbox_id, &meta.id)
                 .unwrap_or_else(RuntimeState::unknown_to_shim),
@@ -115,7 +115,7 @@ impl Manager {
                             Ok(list) => ShimView::Listed(
                                 list.iter().map(|s| (s.id.clone(), RuntimeState::from_shim(s))).collect(),
                             ),
-                            Err(e) => sb.after_failed_call(&*self.host, e.message).await,
+                            Err(e) => sb.after_failed_call(&*self.host, e.to_string()).await,
                         },
                     },
                 },

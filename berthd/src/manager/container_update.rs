@@ -13,7 +13,7 @@ impl Manager {
         let mut req = api::UpdateRequest::new();
         req.id = id.to_string();
         req.resources = json;
-        shim.api().update(shim.runtime_ctx(), &req).await?;
+        shim.update(&req).await?;
         failpoint::hit("update-container/applied");
         meta.config.linux.get_or_insert_with(Default::default).resources = Some(res);
         self.container_store.put(id, &meta).await?;

@@ -48,7 +48,7 @@ impl Manager {
         let (sid, id) = (sandbox_id.to_string(), container_id.to_string());
         tokio::spawn(async move {
             let Some(shim) = sb.shim.lock().await.clone() else { return };
-            if let Ok(st) = shim.api().wait(shim_client::ctx(None), &shim_client::req(&id)).await {
+            if let Ok(st) = shim.wait_exit(&id).await {
                 let Some(m) = weak.upgrade() else { return };
                 info!(m.log, "container exited"; "container_id" => &id, "exit_code" => st.exit_code, "signal" => st.exit_signal);
                 m.emit(&sid, &id, cri::ContainerEventType::ContainerStoppedEvent).await;

@@ -106,7 +106,7 @@ impl Manager {
                 }
             }
         }
-        self.host.unmount(&bundle.join("rootfs"))
+        Ok(self.host.unmount(&bundle.join("rootfs"))?)
     }
 }
 

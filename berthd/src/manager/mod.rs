@@ -334,7 +334,7 @@ impl Manager {
         match self.network.load() {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(format!("no CNI configuration in {}", self.network.conf_dir().display())),
-            Err(e) => Err(e.message),
+            Err(e) => Err(e.to_string()),
         }
     }
 }

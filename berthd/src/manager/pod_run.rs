@@ -154,7 +154,7 @@ impl Manager {
         let sandbox_id = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if let Ok(shim) = Shim::connect(dir).await {
             let pid = shim.info.shim_pid;
-            let _ = shim.api().shutdown(shim_client::ctx(Some(CALL_TIMEOUT)), &api::Empty::new()).await;
+            let _ = shim.shutdown().await;
             drop(shim);
             let _ = tokio::time::timeout(SHIM_EXIT_WAIT, self.host.shim_exited(pid, sandbox_id)).await;
         } else if let Some(pid) =

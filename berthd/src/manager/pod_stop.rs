@@ -56,6 +56,6 @@ impl Manager {
         self.network
             .del(&net, &pod, meta.network.as_ref())
             .await
-            .map_err(|e| e.context(format!("releasing the network of pod sandbox {}", meta.id)))
+            .map_err(|e| Error::from(e).context(format!("releasing the network of pod sandbox {}", meta.id)))
     }
 }

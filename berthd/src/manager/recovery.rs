@@ -59,7 +59,7 @@ impl Manager {
                     *sb.shim.lock().await = Some(s);
                     r.recovered += 1;
                 }
-                Err(e) if e.kind == Kind::FailedPrecondition => {
+                Err(e @ crate::shim_client::ShimCallError::OtherVersion { .. }) => {
                     // A shim this berthd cannot speak to: left alone, and
                     // every call on its pod says why.
                     error!(self.log, "sandbox shim refused"; "sandbox_id" => &meta.id, "error" => %e);
@@ -211,7 +211,7 @@ impl Manager {
         };
         match shim {
             Some(shim) => {
-                shim.api().delete(shim.runtime_ctx(), &shim_client::req(&meta.id)).await?;
+                shim.delete(&meta.id).await?;
             }
             None => self.force_delete_in_runtime(&meta.id).await,
         }

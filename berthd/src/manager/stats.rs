@@ -109,7 +109,7 @@ impl Manager {
         };
         let sb = self.sandbox(&meta.sandbox_id)?;
         if let Ok(shim) = self.shim_of(&sb).await {
-            if let Ok(r) = shim.api().stats(shim_client::ctx(Some(CALL_TIMEOUT)), &shim_client::req(id)).await {
+            if let Ok(r) = shim.stats(id).await {
                 stats.cpu = Some(self.cpu_rates.usage(id, now, r.cpu_nanos));
                 stats.memory = Some(cri::MemoryUsage {
                     timestamp: now,

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use berth_core::error::{Error, Result};
 use protocol::shim::{self as api, API_VERSION};
 use ttrpc::r#async::TtrpcContext;
 
-use crate::cni::{Network, PodNetwork, PodRef};
+use crate::cni::{CniError, Network, PodNetwork, PodRef};
 use crate::host::Host;
-use crate::shim_client::{ShimLaunch, ShimLauncher};
+use crate::rootfs::{MountError, Result as MountResult};
+use crate::shim_client::{ShimCallError, ShimLaunch, ShimLauncher};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -74,16 +74,16 @@ impl Host for FakeHost {
             ended.await;
         }
     }
-    fn mount_overlay(&self, _lowers: &[PathBuf], _upper: &Path, _work: &Path, target: &Path) -> Result<()> {
+    fn mount_overlay(&self, _lowers: &[PathBuf], _upper: &Path, _work: &Path, target: &Path) -> MountResult<()> {
         self.record(format!("mount {}", target.display()));
         // What the mount would show there: an empty root to build in.
-        std::fs::create_dir_all(target).map_err(|e| Error::internal(e.to_string()))
+        std::fs::create_dir_all(target).map_err(|source| MountError::MountPoint { path: target.into(), source })
     }
-    fn mount_read_only(&self, _lowers: &[PathBuf], target: &Path) -> Result<()> {
+    fn mount_read_only(&self, _lowers: &[PathBuf], target: &Path) -> MountResult<()> {
         self.record(format!("mount-ro {}", target.display()));
-        std::fs::create_dir_all(target).map_err(|e| Error::internal(e.to_string()))
+        std::fs::create_dir_all(target).map_err(|source| MountError::MountPoint { path: target.into(), source })
     }
-    fn unmount(&self, target: &Path) -> Result<()> {
+    fn unmount(&self, target: &Path) -> MountResult<()> {
         self.record(format!("unmount {}", target.display()));
         Ok(())
     }
@@ -113,20 +113,29 @@ impl FakeNetwork {
 
 #[async_trait]
 impl PodNetwork for FakeNetwork {
-    fn load(&self) -> Result<Option<Network>> {
+    fn load(&self) -> std::result::Result<Option<Network>, CniError> {
         Ok(Some(Network { name: "fake".into(), cni_version: "1.0.0".into(), plugins: vec![serde_json::json!({})] }))
     }
     fn conf_dir(&self) -> &Path {
         &self.conf_dir
     }
-    async fn add(&self, _net: &Network, pod: &PodRef<'_>) -> Result<serde_json::Value> {
+    async fn add(&self, _net: &Network, pod: &PodRef<'_>) -> std::result::Result<serde_json::Value, CniError> {
         lock(&self.calls).push(format!("ADD {}", pod.id));
         if self.fail_add.load(Ordering::SeqCst) {
-            return Err(Error::internal("CNI ADD failed (as the test asked)"));
+            return Err(CniError::Failed {
+                plugin: "fake".into(),
+                command: "ADD".into(),
+                message: "as the test asked".into(),
+            });
         }
         Ok(serde_json::json!({"ips": [{"address": "10.0.0.2/24"}]}))
     }
-    async fn del(&self, _net: &Network, pod: &PodRef<'_>, _result: Option<&serde_json::Value>) -> Result<()> {
+    async fn del(
+        &self,
+        _net: &Network,
+        pod: &PodRef<'_>,
+        _result: Option<&serde_json::Value>,
+    ) -> std::result::Result<(), CniError> {
         lock(&self.calls).push(format!("DEL {}", pod.id));
         Ok(())
     }
@@ -288,9 +297,9 @@ impl FakeShims {
 
 #[async_trait]
 impl ShimLauncher for FakeShims {
-    async fn start(&self, l: &ShimLaunch) -> Result<u32> {
+    async fn start(&self, l: &ShimLaunch) -> std::result::Result<u32, ShimCallError> {
         if self.fail_start.load(Ordering::SeqCst) {
-            return Err(Error::internal("berth-shim failed: (as the test asked)"));
+            return Err(ShimCallError::StartFailed("(as the test asked)".into()));
         }
         let pid = self.next_pid.fetch_add(1, Ordering::SeqCst);
         let mode = if self.refuse_new.load(Ordering::SeqCst) { Mode::Refusing } else { Mode::Answering };
@@ -308,12 +317,13 @@ impl ShimLauncher for FakeShims {
         // A long state folder makes a long path: bound as berth-shim binds it.
         let listener = protocol::socket_path::SocketPath::new(&sock)
             .and_then(|p| tokio::net::UnixListener::bind(p.path()))
-            .map_err(|e| Error::internal(format!("binding {}: {e}", sock.display())))?;
-        std::fs::write(l.args.dir.join("shim.pid"), pid.to_string()).map_err(|e| Error::internal(e.to_string()))?;
+            .map_err(|e| ShimCallError::StartFailed(format!("binding {}: {e}", sock.display())))?;
+        std::fs::write(l.args.dir.join("shim.pid"), pid.to_string())
+            .map_err(|e| ShimCallError::StartFailed(e.to_string()))?;
         let service: Arc<dyn api::shim_ttrpc::Shim + Send + Sync> = shim.clone();
         let mut server =
             ttrpc::r#async::Server::new().add_listener(listener.into()).register_service(api::create_shim(service));
-        server.start().await.map_err(|e| Error::internal(e.to_string()))?;
+        server.start().await.map_err(|e| ShimCallError::StartFailed(e.to_string()))?;
         lock(&self.servers).push(server);
         self.host.spawn(pid, &shim.sandbox_id);
         lock(&self.shims).insert(l.args.id.clone(), shim);
