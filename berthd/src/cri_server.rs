@@ -419,7 +419,14 @@ impl RuntimeService for CriServer {
         &self,
         _req: Request<cri::StreamPodSandboxMetricsRequest>,
     ) -> Reply<Self::StreamPodSandboxMetricsStream> {
-        Err(unimplemented("StreamPodSandboxMetrics"))
+        let pods = self.mgr.list_pod_sandbox_metrics().await?;
+        if pods.is_empty() {
+            return Ok(Response::new(once(cri::StreamPodSandboxMetricsResponse::default())));
+        }
+        // A pod a message: a node's metrics need not fit one gRPC message.
+        let messages =
+            pods.into_iter().map(|p| Ok(cri::StreamPodSandboxMetricsResponse { pod_sandbox_metrics: vec![p] }));
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages.collect::<Vec<_>>()))))
     }
 
     async fn runtime_config(&self, _req: Request<cri::RuntimeConfigRequest>) -> Reply<cri::RuntimeConfigResponse> {

@@ -92,6 +92,22 @@ impl Cgroups {
         self.v1.get("cpuacct").and_then(|d| Self::read_u64(d.join("cpuacct.usage")))
     }
 
+    /// The `cgroup.procs` file listing the cgroup's processes (v2, or the v1
+    /// pids hierarchy, or any v1 hierarchy: each lists the same processes).
+    pub fn procs_file(&self) -> Option<PathBuf> {
+        if let Some(d) = &self.v2 {
+            return Some(d.join("cgroup.procs"));
+        }
+        ["pids", "memory", "cpu", "cpuacct"].iter().find_map(|c| self.v1.get(*c)).map(|d| d.join("cgroup.procs"))
+    }
+
+    /// The cgroup's pid limit; None when there is none (`max`) or no pids
+    /// controller.
+    pub fn pids_max(&self) -> Option<u64> {
+        let dir = self.v2.as_ref().or_else(|| self.v1.get("pids"))?;
+        Self::read_u64(dir.join("pids.max"))
+    }
+
     /// Memory (usage, working set) in bytes; the working set leaves out
     /// inactive file cache, as kubelet counts it.
     pub fn memory(&self) -> Option<(u64, u64)> {

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod io_server;
 pub mod namespaces;
 pub mod oci_runtime;
+pub mod process_stats;
 pub mod reaper;
 pub mod runc;
 pub mod service;

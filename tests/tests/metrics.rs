@@ -158,3 +158,113 @@ async fn cri_pod_sandbox_metrics_use_cadvisor_names() {
     let ws = cm[0].metrics.iter().find(|m| m.name == "container_memory_working_set_bytes").expect("working set");
     assert!(ws.value.as_ref().unwrap().value > 0);
 }
+
+/// What kubelet's PodAndContainerStatsFromCRI path reads beyond CPU and
+/// memory: each container's processes, threads, file descriptors and
+/// sockets, and the pod's network counters per interface (its own network
+/// namespace, not the node's); the streaming variant gives the same.
+#[tokio::test]
+async fn cri_pod_metrics_count_processes_and_the_pod_network() {
+    if !berth_tests::cni_available() {
+        berth_tests::skip(false, "no CNI plugins installed: the pod network metrics were not checked");
+        return;
+    }
+    let mut d = Daemon::start().await;
+    let net = berth_tests::TestNet::new(&d);
+    let cfg = d.pod_config("netmetrics");
+    let pod = d.run_pod(&cfg).await;
+    // Three processes at least (nc and two sleeps; the shell, unless it
+    // runs its last command in its own place), a listening socket held by nc, and packets sent to the bridge's gateway (a closed port: the
+    // answer is a reset).
+    let script =
+        format!("nc -l -p 8080 & sleep 100000 & wget -q -T 2 http://{}.1:9/ 2>/dev/null; sleep 100000", net.prefix);
+    let c = d.create(&pod, &cfg, "netbusy", &["sh", "-c", &script]).await;
+    d.start_container(&c).await;
+    d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+    let desc =
+        d.rt.list_metric_descriptors(cri::ListMetricDescriptorsRequest {}).await.unwrap().into_inner().descriptors;
+    let value = |ms: &[cri::Metric], name: &str| ms.iter().find(|m| m.name == name).and_then(|m| m.value);
+    let mut last = None;
+    for _ in 0..100 {
+        let pods =
+            d.rt.list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {}).await.unwrap().into_inner().pod_metrics;
+        assert_eq!(pods.len(), 1);
+        let p = pods.into_iter().next().unwrap();
+        let cm = &p.container_metrics[0].metrics;
+        let ready = value(cm, "container_processes").is_some_and(|v| v.value >= 3)
+            && value(cm, "container_sockets").is_some_and(|v| v.value >= 1)
+            && value(&p.metrics, "container_network_transmit_packets_total").is_some_and(|v| v.value >= 1);
+        last = Some(p);
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = last.unwrap();
+    let cm = &p.container_metrics[0].metrics;
+    // nc, sleep and sleep (wget has ended).
+    assert!(value(cm, "container_processes").unwrap().value >= 3, "{cm:?}");
+    assert!(value(cm, "container_threads").unwrap().value >= 3, "{cm:?}");
+    assert!(value(cm, "container_file_descriptors").unwrap().value >= 4, "{cm:?}");
+    assert!(value(cm, "container_sockets").unwrap().value >= 1, "{cm:?}");
+    for name in ["container_network_transmit_packets_total", "container_network_transmit_bytes_total"] {
+        assert!(value(&p.metrics, name).is_some_and(|v| v.value > 0), "{name}: {:?}", p.metrics);
+    }
+    for m in p.metrics.iter().chain(cm) {
+        let d = desc.iter().find(|d| d.name == m.name).unwrap_or_else(|| panic!("{} has no descriptor", m.name));
+        assert_eq!(d.label_keys.len(), m.label_values.len(), "{}", m.name);
+    }
+    for m in &p.metrics {
+        assert_eq!(m.label_values[0], pod);
+        assert_eq!(m.label_values[3], "eth0", "only the pod's own interfaces: {m:?}");
+    }
+    // PodSandboxStats carries the same (kubelet's summary reads it there).
+    let ps =
+        d.rt.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap();
+    let linux = ps.linux.unwrap();
+    let nic = linux.network.expect("network usage").default_interface.expect("a default interface");
+    assert_eq!(nic.name, "eth0");
+    assert!(nic.tx_bytes.unwrap().value > 0);
+    assert!(linux.process.expect("process usage").process_count.unwrap().value >= 3);
+    let mut stream =
+        d.rt.stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest {})
+            .await
+            .expect("StreamPodSandboxMetrics is served")
+            .into_inner();
+    let mut streamed = Vec::new();
+    while let Some(msg) = stream.message().await.unwrap() {
+        streamed.extend(msg.pod_sandbox_metrics);
+    }
+    assert_eq!(streamed.len(), 1);
+    assert_eq!(streamed[0].pod_sandbox_id, pod);
+    assert!(value(&streamed[0].metrics, "container_network_transmit_packets_total").is_some());
+}
+
+/// A pod on the node's network reports no network metrics of its own: the
+/// node's interfaces are not the pod's.
+#[tokio::test]
+async fn a_host_network_pod_reports_no_network_metrics() {
+    let mut d = Daemon::start().await;
+    let mut cfg = d.pod_config("hostnetmetrics");
+    let sc = cfg.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default);
+    sc.namespace_options.get_or_insert_with(Default::default).network = cri::NamespaceMode::Node as i32;
+    let pod = d.run_pod(&cfg).await;
+    let c = d.create(&pod, &cfg, "idle", &["sleep", "100000"]).await;
+    d.start_container(&c).await;
+    d.wait_state(&c, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
+    let pods =
+        d.rt.list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {}).await.unwrap().into_inner().pod_metrics;
+    assert_eq!(pods.len(), 1);
+    assert!(pods[0].metrics.is_empty(), "{:?}", pods[0].metrics);
+    let ps = d.rt.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod }).await.unwrap().into_inner();
+    let linux = ps.stats.unwrap().linux.unwrap();
+    assert!(linux.network.is_none(), "{:?}", linux.network);
+    assert!(linux.process.is_some());
+    let cm = &pods[0].container_metrics[0].metrics;
+    assert!(cm.iter().any(|m| m.name == "container_processes"), "{cm:?}");
+}

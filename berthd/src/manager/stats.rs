@@ -85,6 +85,12 @@ impl Manager {
     /// Stats of one container: CPU and memory from its cgroups (through the
     /// shim) while it runs, and its writable layer's disk usage.
     pub async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
+        Ok(self.container_stats_and_counts(id).await?.0)
+    }
+
+    /// [`Self::container_stats`], with what the shim counted (processes,
+    /// interfaces) while the container runs.
+    async fn container_stats_and_counts(&self, id: &str) -> Result<(cri::ContainerStats, Option<api::StatsResponse>)> {
         let meta = self.container(id)?;
         let now = now_nanos();
         let md = meta.config.metadata.clone();
@@ -108,18 +114,16 @@ impl Manager {
             ..Default::default()
         };
         let sb = self.sandbox(&meta.sandbox_id)?;
-        if let Ok(shim) = self.shim_of(&sb).await {
-            if let Ok(r) = shim.stats(id).await {
-                stats.cpu = Some(self.cpu_rates.usage(id, now, r.cpu_nanos));
-                stats.memory = Some(cri::MemoryUsage {
-                    timestamp: now,
-                    working_set_bytes: Some(cri::UInt64Value { value: r.memory_working_set }),
-                    usage_bytes: Some(cri::UInt64Value { value: r.memory_usage }),
-                    ..Default::default()
-                });
-            }
-        }
-        Ok(stats)
+        let Ok(shim) = self.shim_of(&sb).await else { return Ok((stats, None)) };
+        let Ok(r) = shim.stats(id).await else { return Ok((stats, None)) };
+        stats.cpu = Some(self.cpu_rates.usage(id, now, r.cpu_nanos));
+        stats.memory = Some(cri::MemoryUsage {
+            timestamp: now,
+            working_set_bytes: Some(cri::UInt64Value { value: r.memory_working_set }),
+            usage_bytes: Some(cri::UInt64Value { value: r.memory_usage }),
+            ..Default::default()
+        });
+        Ok((stats, Some(r)))
     }
 
     /// ListPodSandboxMetrics: every ready pod with its running containers'
@@ -133,6 +137,13 @@ impl Manager {
             .await?;
         let mut out = Vec::new();
         for pod in pods {
+            let host_network = self.sandbox(&pod.id).is_ok_and(|sb| {
+                let meta = lock(&sb.meta);
+                let ns = meta.config.linux.as_ref().and_then(|l| l.security_context.as_ref());
+                ns.and_then(|s| s.namespace_options.as_ref())
+                    .is_some_and(|n| n.network == cri::NamespaceMode::Node as i32)
+            });
+            let mut interfaces = None;
             let listed = self
                 .list_containers(Some(cri::ContainerFilter {
                     pod_sandbox_id: pod.id.clone(),
@@ -142,21 +153,34 @@ impl Manager {
                 .await?;
             let mut container_metrics = Vec::new();
             for c in listed {
-                let (Ok(stats), Ok((status, _))) =
-                    (self.container_stats(&c.id).await, self.container_status(&c.id, false).await)
+                let (Ok((stats, counts)), Ok((status, _))) =
+                    (self.container_stats_and_counts(&c.id).await, self.container_status(&c.id, false).await)
                 else {
                     continue;
                 };
+                // Every container of a pod sees the pod's interfaces; the
+                // node's are not the pod's to report.
+                if interfaces.is_none() && !host_network {
+                    interfaces = counts.as_ref().map(|r| r.interfaces.clone()).filter(|i| !i.is_empty());
+                }
                 let facts = crate::pod_metrics::ContainerFacts {
                     stats: &stats,
                     name: c.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or(""),
                     image: c.image.as_ref().map(|i| i.image.as_str()).unwrap_or(""),
                     started_at: status.started_at,
                     now: now_nanos(),
+                    counts: counts.as_ref(),
                 };
                 container_metrics.push(crate::pod_metrics::container_metrics(&facts));
             }
-            out.push(cri::PodSandboxMetrics { pod_sandbox_id: pod.id, metrics: Vec::new(), container_metrics });
+            let pod_name = pod.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("");
+            let metrics = crate::pod_metrics::pod_network_metrics(
+                &pod.id,
+                pod_name,
+                interfaces.as_deref().unwrap_or_default(),
+                now_nanos(),
+            );
+            out.push(cri::PodSandboxMetrics { pod_sandbox_id: pod.id, metrics, container_metrics });
         }
         Ok(out)
     }
@@ -166,6 +190,14 @@ impl Manager {
         &self,
         filter: Option<cri::ContainerStatsFilter>,
     ) -> Result<Vec<cri::ContainerStats>> {
+        Ok(self.list_container_stats_and_counts(filter).await?.into_iter().map(|(s, _)| s).collect())
+    }
+
+    /// [`Self::list_container_stats`] with each container's counts.
+    async fn list_container_stats_and_counts(
+        &self,
+        filter: Option<cri::ContainerStatsFilter>,
+    ) -> Result<Vec<(cri::ContainerStats, Option<api::StatsResponse>)>> {
         let f = filter.unwrap_or_default();
         let listed = self
             .list_containers(Some(cri::ContainerFilter {
@@ -177,7 +209,7 @@ impl Manager {
             .await?;
         let mut out = Vec::new();
         for c in listed {
-            if let Ok(s) = self.container_stats(&c.id).await {
+            if let Ok(s) = self.container_stats_and_counts(&c.id).await {
                 out.push(s);
             }
         }
@@ -187,13 +219,30 @@ impl Manager {
     /// PodSandboxStats: the sum of its running containers, and each of them.
     pub async fn pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats> {
         let (status, _) = self.pod_sandbox_status(id, false).await?;
-        let containers = self
-            .list_container_stats(Some(cri::ContainerStatsFilter {
+        let counted = self
+            .list_container_stats_and_counts(Some(cri::ContainerStatsFilter {
                 pod_sandbox_id: id.to_string(),
                 ..Default::default()
             }))
             .await?;
         let now = now_nanos();
+        let counts: Vec<&api::StatsResponse> = counted.iter().filter_map(|(_, c)| c.as_ref()).collect();
+        let process = (!counts.is_empty()).then(|| cri::ProcessUsage {
+            timestamp: now,
+            process_count: Some(cri::UInt64Value { value: counts.iter().map(|c| c.processes).sum() }),
+        });
+        let host_network = status
+            .linux
+            .as_ref()
+            .and_then(|l| l.namespaces.as_ref())
+            .and_then(|n| n.options.as_ref())
+            .is_some_and(|o| o.network == cri::NamespaceMode::Node as i32);
+        let network = counts
+            .iter()
+            .find(|c| !c.interfaces.is_empty())
+            .filter(|_| !host_network)
+            .map(|c| network_usage(&c.interfaces, now));
+        let containers: Vec<cri::ContainerStats> = counted.into_iter().map(|(s, _)| s).collect();
         let sum = |f: &dyn Fn(&cri::ContainerStats) -> Option<u64>| -> Option<cri::UInt64Value> {
             let vals: Vec<u64> = containers.iter().filter_map(f).collect();
             (!vals.is_empty()).then(|| cri::UInt64Value { value: vals.iter().sum() })
@@ -220,8 +269,10 @@ impl Manager {
             linux: Some(cri::LinuxPodSandboxStats {
                 cpu: Some(cpu),
                 memory: Some(memory),
+                network,
+                process,
                 containers,
-                ..Default::default()
+                io: None,
             }),
             windows: None,
         })
@@ -248,4 +299,19 @@ impl Manager {
         }
         Ok(out)
     }
+}
+
+/// A pod's interfaces as CRI's NetworkUsage: `eth0` (CNI's interface) is the
+/// default one when it is there, else the first.
+fn network_usage(interfaces: &[protocol::shim::InterfaceStats], now: i64) -> cri::NetworkUsage {
+    let usage = |i: &protocol::shim::InterfaceStats| cri::NetworkInterfaceUsage {
+        name: i.name.clone(),
+        rx_bytes: Some(cri::UInt64Value { value: i.rx_bytes }),
+        rx_errors: Some(cri::UInt64Value { value: i.rx_errors }),
+        tx_bytes: Some(cri::UInt64Value { value: i.tx_bytes }),
+        tx_errors: Some(cri::UInt64Value { value: i.tx_errors }),
+    };
+    let all: Vec<cri::NetworkInterfaceUsage> = interfaces.iter().map(usage).collect();
+    let default_interface = all.iter().find(|i| i.name == "eth0").or_else(|| all.first()).cloned();
+    cri::NetworkUsage { timestamp: now, default_interface, interfaces: all }
 }
