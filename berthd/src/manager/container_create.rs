@@ -67,7 +67,7 @@ impl Manager {
         let shim = self.shim_of(&sb).await?;
 
         let key = container_key(sandbox_id, &md);
-        self.reserve(
+        let name = self.reserve(
             key.clone(),
             &format!("container name {:?} (attempt {}) in pod sandbox {sandbox_id}", md.name, md.attempt),
         )?;
@@ -184,6 +184,7 @@ impl Manager {
             self.rollback_container(&meta).await;
             return Err(e);
         }
+        name.keep();
         info!(self.log, "container created"; "container_id" => &id, "sandbox_id" => sandbox_id, "name" => &md.name);
         self.emit(sandbox_id, &id, cri::ContainerEventType::ContainerCreatedEvent).await;
         Ok(id)

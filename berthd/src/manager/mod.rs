@@ -34,6 +34,7 @@ mod host;
 mod image_use;
 mod image_volumes;
 mod live;
+mod names;
 mod pod_remove;
 mod pod_run;
 mod pod_status;
@@ -145,7 +146,7 @@ pub struct Manager {
     shims: Arc<dyn shim_client::ShimLauncher>,
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
     containers: Mutex<HashMap<String, ContainerMeta>>,
-    names: Mutex<HashSet<String>>,
+    names: names::Names,
     /// Log-writing errors already reported, by container.
     log_errors: Mutex<HashMap<String, String>>,
     sandbox_store: Store,
@@ -248,7 +249,7 @@ impl Manager {
             shims: seams.shims,
             sandboxes: Mutex::new(HashMap::new()),
             containers: Mutex::new(HashMap::new()),
-            names: Mutex::new(HashSet::new()),
+            names: names::Names::default(),
             log_errors: Mutex::new(HashMap::new()),
             sandbox_store,
             container_store,
@@ -264,11 +265,11 @@ impl Manager {
             me: std::sync::OnceLock::new(),
         };
         for s in m.sandbox_store.load_all::<SandboxMeta>()? {
-            lock(&m.names).insert(sandbox_key(&s.config.metadata.clone().unwrap_or_default()));
+            m.names.hold(sandbox_key(&s.config.metadata.clone().unwrap_or_default()));
             lock(&m.sandboxes).insert(s.id.clone(), Sandbox::new(s, None));
         }
         for c in m.container_store.load_all::<ContainerMeta>()? {
-            lock(&m.names).insert(container_key(&c.sandbox_id, &c.config.metadata.clone().unwrap_or_default()));
+            m.names.hold(container_key(&c.sandbox_id, &c.config.metadata.clone().unwrap_or_default()));
             lock(&m.containers).insert(c.id.clone(), c);
         }
         Ok(m)
@@ -318,15 +319,12 @@ impl Manager {
         Ok(s)
     }
 
-    fn reserve(&self, key: String, what: &str) -> Result<()> {
-        if !lock(&self.names).insert(key) {
-            return Err(Error::exists(format!("{what} is already in use")));
-        }
-        Ok(())
+    fn reserve(&self, key: String, what: &str) -> Result<names::Reservation<'_>> {
+        self.names.reserve(key).ok_or_else(|| Error::exists(format!("{what} is already in use")))
     }
 
     fn release(&self, key: &str) {
-        lock(&self.names).remove(key);
+        self.names.release(key);
     }
 
     /// Whether pods get CNI networking (a configuration is there).

@@ -52,17 +52,12 @@ impl Manager {
         spec::check_sysctls(&linux.sysctls, host_network, host_ipc)?;
 
         let key = sandbox_key(&md);
-        self.reserve(
+        let name = self.reserve(
             key.clone(),
             &format!("pod sandbox name {:?} (namespace {:?}, attempt {})", md.name, md.namespace, md.attempt),
         )?;
-        let _admitted = match self.pod_starts.acquire().await {
-            Ok(p) => p,
-            Err(_) => {
-                self.release(&key);
-                return Err(Error::new(Kind::Unavailable, "berthd is shutting down"));
-            }
-        };
+        let _admitted =
+            self.pod_starts.acquire().await.map_err(|_| Error::new(Kind::Unavailable, "berthd is shutting down"))?;
         let id = ids::new_id();
         let dir = self.cfg.state.join("sandboxes").join(&id);
         let launch = ShimLaunch {
@@ -139,9 +134,9 @@ impl Manager {
             }
             self.teardown_sandbox_dir(&dir, meta.pod_init_pid).await;
             let _ = self.sandbox_store.delete(&id).await;
-            self.release(&key);
             return Err(e);
         }
+        name.keep();
         info!(self.log, "pod sandbox ready"; "sandbox_id" => &id, "name" => &md.name, "namespace" => &md.namespace);
         self.emit(&id, &id, cri::ContainerEventType::ContainerCreatedEvent).await;
         self.emit(&id, &id, cri::ContainerEventType::ContainerStartedEvent).await;
