@@ -1,16 +1,18 @@
 //! What runs in a container, counted as cAdvisor counts it: the processes
 //! of its cgroup, their threads, open file descriptors and sockets, and the
-//! counters of the network interfaces its init sees. Every walk is bounded.
+//! counters of the network interfaces its init sees. Every walk is bounded,
+//! since it runs on the shim's one thread (a container of a few processes
+//! takes well under a millisecond).
 use std::path::Path;
 
 use protocol::shim::InterfaceStats;
 
 use crate::cgroup::Cgroups;
 
-/// Processes looked at, at most (a fork bomb must not make Stats slow).
-const MAX_PROCESSES: usize = 16 * 1024;
+/// Processes looked at, at most (a fork bomb must not stall the shim).
+const MAX_PROCESSES: usize = 4096;
 /// Entries of one process's fd or task folder counted, at most.
-const MAX_ENTRIES: usize = 1 << 20;
+const MAX_ENTRIES: usize = 64 * 1024;
 
 /// The counts of one container.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

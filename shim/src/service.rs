@@ -317,16 +317,13 @@ impl Shim for ShimService {
             r.memory_usage = usage;
             r.memory_working_set = working_set;
         }
-        // /proc walks: off the shim's one async thread.
-        let counted = tokio::task::spawn_blocking(move || {
-            (crate::process_stats::count(&cg), crate::process_stats::interfaces(pid))
-        })
-        .await;
-        if let Ok((p, interfaces)) = counted {
-            (r.processes, r.threads, r.file_descriptors, r.sockets, r.threads_max) =
-                (p.processes, p.threads, p.file_descriptors, p.sockets, p.threads_max);
-            r.interfaces = interfaces;
-        }
+        // Inline on the shim's one thread, bounded: a blocking thread would
+        // cost every shim ~56 kB for good (glibc keeps a finished thread's
+        // stack for reuse), once kubelet has polled stats.
+        let p = crate::process_stats::count(&cg);
+        (r.processes, r.threads, r.file_descriptors, r.sockets, r.threads_max) =
+            (p.processes, p.threads, p.file_descriptors, p.sockets, p.threads_max);
+        r.interfaces = crate::process_stats::interfaces(pid);
         Ok(r)
     }
 
