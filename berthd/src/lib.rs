@@ -27,4 +27,5 @@ pub mod shim_client;
 pub mod spec;
 pub mod stats;
 pub mod usage_cache;
+pub mod user_namespaces;
 pub mod users;

@@ -175,3 +175,46 @@ async fn the_largest_timeouts_are_long_timeouts() {
     // Still serving.
     d.rt.version(cri::VersionRequest::default()).await.expect("berthd still answers");
 }
+
+/// A pod or container asking for a user namespace (kubelet's `hostUsers:
+/// false`) is refused, not run in the node's user namespace as if it had
+/// asked for nothing: Berth does not advertise user namespaces yet. The
+/// modes the CRI allows no runtime (CONTAINER, TARGET) are refused too; the
+/// node's (NODE) runs.
+#[tokio::test]
+async fn user_namespaces_asked_for_are_refused_not_ignored() {
+    let mut d = Daemon::start().await;
+    let userns = |mode: cri::NamespaceMode| cri::UserNamespace {
+        mode: mode as i32,
+        uids: vec![cri::IdMapping { host_id: 65536, container_id: 0, length: 65536 }],
+        gids: vec![cri::IdMapping { host_id: 65536, container_id: 0, length: 65536 }],
+    };
+    let with_userns = |cfg: &mut cri::PodSandboxConfig, u: cri::UserNamespace| {
+        let sc = cfg.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default);
+        sc.namespace_options.get_or_insert_with(Default::default).userns_options = Some(u);
+    };
+    for mode in [cri::NamespaceMode::Pod, cri::NamespaceMode::Container, cri::NamespaceMode::Target] {
+        let mut cfg = d.pod_config(&format!("userns-{}", mode as i32));
+        with_userns(&mut cfg, userns(mode));
+        let e =
+            d.rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cfg), runtime_handler: String::new() })
+                .await
+                .expect_err("a user namespace that is not made must not be run without");
+        assert_eq!(e.code(), Code::InvalidArgument, "{mode:?}: {e:?}");
+        assert!(e.message().contains("user namespace"), "{mode:?}: {}", e.message());
+    }
+    assert_eq!(counts(&mut d).await, (0, 0), "a refused pod left something");
+
+    let mut cfg = d.pod_config("userns-node");
+    with_userns(&mut cfg, cri::UserNamespace { mode: cri::NamespaceMode::Node as i32, ..Default::default() });
+    let pod = d.run_pod(&cfg).await;
+    let mut cc = container_config("c", &["sleep", "1000"]);
+    let sc = cc.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default);
+    sc.namespace_options.get_or_insert_with(Default::default).userns_options = Some(userns(cri::NamespaceMode::Pod));
+    let e = d.create_with(&pod, &cfg, cc).await.expect_err("the container's own user namespace is refused");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("user namespace"), "{}", e.message());
+    assert_eq!(counts(&mut d).await, (1, 0));
+    let c = d.create(&pod, &cfg, "plain", &["sleep", "1000"]).await;
+    d.start_container(&c).await;
+}

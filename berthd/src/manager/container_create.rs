@@ -27,6 +27,8 @@ impl Manager {
         }
         let md = config.metadata.clone().ok_or_else(|| Error::invalid("container config has no metadata"))?;
         ids::check_name("container name", &md.name)?;
+        let own_ns = config.linux.as_ref().and_then(|l| l.security_context.as_ref()?.namespace_options.as_ref());
+        crate::user_namespaces::check(own_ns, &format!("container {:?}", md.name))?;
         let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         if image_name.is_empty() {
             return Err(Error::invalid("container config names no image"));

@@ -35,6 +35,7 @@ impl Manager {
         let linux = config.linux.clone().unwrap_or_default();
         crate::pod_cgroup::check_parent(&linux.cgroup_parent, self.cfg.cgroup_driver)?;
         let ns = linux.security_context.clone().unwrap_or_default().namespace_options.unwrap_or_default();
+        crate::user_namespaces::check(Some(&ns), &format!("pod sandbox {:?}", md.name))?;
         let host_network = ns.network == cri::NamespaceMode::Node as i32;
         let host_ipc = ns.ipc == cri::NamespaceMode::Node as i32;
         let pod_pid = ns.pid == cri::NamespaceMode::Pod as i32;
