@@ -8,9 +8,12 @@
 #
 # Measured: RunPodSandbox; CreateContainer+StartContainer until Running;
 # ExecSync `true`; StopContainer of a container that exits on SIGTERM;
-# StopPodSandbox+RemovePodSandbox; 20 pods started at once (pods/s); PSS/RSS
-# of the per-pod processes (Berth: the shim; containerd: its shim and the
-# pause process) at 1, 10 and 50 idle pods, the daemon's RSS and its CPU over 10 s idle; daemon
+# StopPodSandbox+RemovePodSandbox; the same lifecycle through a berthctl
+# process per call (RunPodSandbox, CreateContainer, StartContainer,
+# StopPodSandbox, RemovePodSandbox, each from spawn to exit, as a user or
+# crictl sees them); 20 pods started at once (pods/s); PSS/RSS
+# of the per-pod processes (Berth: the shim and the pod's pid 1; containerd:
+# its shim and the pause process) at 1, 10 and 50 idle pods, the daemon's RSS and its CPU over 10 s idle; daemon
 # restart with 50 pods until ListContainers lists them all; 1 GiB of
 # 100-byte log lines (MB/s, CPU seconds outside the container per GiB); cold
 # and cached pulls of a 50 MiB 5-layer image from a registry on loopback;

@@ -1,6 +1,7 @@
 //! berth-bench: Berth and containerd (CRI plugin, containerd-shim-runc-v2)
 //! side by side on this machine, driven through the same CRI client code
-//! (berthctl's), with the same runc, the same images (built locally) and the
+//! (berthctl's, in-process, and the berthctl binary as a process per call,
+//! as a user or crictl drives a runtime), with the same runc, the same images (built locally) and the
 //! same CNI network; lifecycle rounds alternate A B A B. Prints a table of
 //! medians, p90s and ratios and writes it as JSON. Run through
 //! scripts/bench.sh, which installs containerd and builds release binaries.
@@ -76,6 +77,13 @@ impl Target {
         }
     }
 
+    fn socket(&self) -> PathBuf {
+        match &self.engine {
+            Engine::Berth(d) => d.socket.clone(),
+            Engine::Containerd(c) => c.socket.clone(),
+        }
+    }
+
     fn img(&self) -> ImageServiceClient<Channel> {
         match &self.engine {
             Engine::Berth(d) => d.img.clone(),
@@ -103,7 +111,14 @@ impl Target {
     /// The processes the runtime adds per pod.
     async fn pod_pids(&mut self, pod: &str) -> Vec<i32> {
         match &mut self.engine {
-            Engine::Berth(d) => vec![d.shim_pid(pod).await],
+            // The shim, and the pod's pid 1 when the pod shares a pid
+            // namespace (kubelet's default for a pod is one per container;
+            // the bench's pods share one, as crictl's do).
+            Engine::Berth(d) => {
+                let info = d.pod_info(pod).await;
+                let pids = [info["pid"].as_i64(), info["podInitPid"].as_i64()];
+                pids.into_iter().flatten().filter(|p| *p > 0).filter_map(|p| i32::try_from(p).ok()).collect()
+            }
             Engine::Containerd(c) => c.pod_pids(pod).await,
         }
     }
@@ -219,6 +234,66 @@ async fn lifecycle_round(t: &Target, i: usize, out: &mut Lifecycle) {
     let s = Instant::now();
     remove_pod(&mut rt, &pod).await;
     out.remove.push(ms(s.elapsed()));
+}
+
+/// One lifecycle as a user drives it: a berthctl process per CRI call (as
+/// crictl would be), each timed from spawn to exit.
+#[derive(Default)]
+struct ClientSteps {
+    run_pod: Vec<f64>,
+    create: Vec<f64>,
+    start: Vec<f64>,
+    stop_pod: Vec<f64>,
+    remove_pod: Vec<f64>,
+    whole: Vec<f64>,
+}
+
+/// Runs `berthctl --runtime-endpoint SOCKET args...`; its stdout and how long
+/// it took.
+async fn berthctl(socket: &Path, args: &[&str]) -> (String, f64) {
+    let s = Instant::now();
+    let out = tokio::process::Command::new(berth_tests::bin_dir().join("berthctl"))
+        .arg("--runtime-endpoint")
+        .arg(format!("unix://{}", socket.display()))
+        .args(args)
+        .output()
+        .await
+        .expect("berthctl runs");
+    let took = ms(s.elapsed());
+    assert!(out.status.success(), "berthctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    (String::from_utf8_lossy(&out.stdout).trim().to_string(), took)
+}
+
+async fn client_round(t: &Target, i: usize, dir: &Path, out: &mut ClientSteps) {
+    let name = format!("cli-{i}");
+    let pod_json = dir.join(format!("{}-{name}-pod.json", t.name));
+    let ctr_json = dir.join(format!("{}-{name}-ctr.json", t.name));
+    let pod_cfg = json!({
+        "metadata": {"name": name, "namespace": "bench", "uid": format!("uid-{name}"), "attempt": 0},
+        "hostname": name, "log_directory": t.logs.join(&name).display().to_string(), "linux": {},
+    });
+    let ctr_cfg = json!({
+        "metadata": {"name": "c", "attempt": 0}, "image": {"image": berth_tests::TEST_IMAGE},
+        "command": TERM_EXITS, "log_path": "c.log", "linux": {},
+    });
+    std::fs::write(&pod_json, pod_cfg.to_string()).expect("pod config");
+    std::fs::write(&ctr_json, ctr_cfg.to_string()).expect("container config");
+    let (sock, pj, cj) = (t.socket(), pod_json.display().to_string(), ctr_json.display().to_string());
+    let (pod, a) = berthctl(&sock, &["runp", &pj]).await;
+    let (c, b) = berthctl(&sock, &["create", &pod, &cj, &pj]).await;
+    let (_, s) = berthctl(&sock, &["start", &c]).await;
+    let (_, st) = berthctl(&sock, &["stopp", &pod]).await;
+    let (_, r) = berthctl(&sock, &["rmp", &pod]).await;
+    for (v, x) in [
+        (&mut out.run_pod, a),
+        (&mut out.create, b),
+        (&mut out.start, s),
+        (&mut out.stop_pod, st),
+        (&mut out.remove_pod, r),
+        (&mut out.whole, a + b + s + st + r),
+    ] {
+        v.push(x);
+    }
 }
 
 /// Memory of the per-pod processes at `levels` idle pods, the daemon's RSS at
@@ -554,6 +629,15 @@ async fn main() {
     }
     let (floor_start, floor_run) = runc_floor(n);
 
+    eprintln!("the same lifecycle through a berthctl process per call, {n} rounds, A B A B");
+    let configs = tempfile::tempdir().expect("temp dir");
+    let mut clients: Vec<ClientSteps> = targets.iter().map(|_| ClientSteps::default()).collect();
+    for i in 0..n {
+        for (t, c) in targets.iter().zip(clients.iter_mut()) {
+            client_round(t, i, configs.path(), c).await;
+        }
+    }
+
     eprintln!("throughput: {burst} pods at once");
     let mut rates: Vec<Vec<f64>> = targets.iter().map(|_| Vec::new()).collect();
     for round in 0..3 {
@@ -617,6 +701,17 @@ async fn main() {
         ("ExecSync `true` round trip", lifes(|l| &l.exec)),
         ("StopContainer (exits on SIGTERM)", lifes(|l| &l.stop)),
         ("StopPodSandbox+RemovePodSandbox", lifes(|l| &l.remove)),
+    ] {
+        rows.push(row(name, "ms", b, c));
+    }
+    let steps = |f: fn(&ClientSteps) -> &Vec<f64>| (f(&clients[0]).clone(), other.then(|| f(&clients[1]).clone()));
+    for (name, (b, c)) in [
+        ("berthctl process: RunPodSandbox", steps(|l| &l.run_pod)),
+        ("berthctl process: CreateContainer", steps(|l| &l.create)),
+        ("berthctl process: StartContainer", steps(|l| &l.start)),
+        ("berthctl process: StopPodSandbox", steps(|l| &l.stop_pod)),
+        ("berthctl process: RemovePodSandbox", steps(|l| &l.remove_pod)),
+        ("berthctl process: the whole lifecycle", steps(|l| &l.whole)),
     ] {
         rows.push(row(name, "ms", b, c));
     }
