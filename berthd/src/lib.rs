@@ -26,6 +26,7 @@ pub mod settings;
 pub mod shim_client;
 pub mod spec;
 pub mod stats;
+pub mod step_times;
 pub mod usage_cache;
 pub mod user_namespaces;
 pub mod users;

@@ -189,9 +189,12 @@ async fn serve(args: ShimArgs, pinned: namespaces::Pinned, log: Logger, ready: &
     }
 
     shutdown.notified().await;
-    // Let the Shutdown reply reach berthd, then go: a graceful server
-    // shutdown would wait for berthd to hang up first.
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // Give the Shutdown reply a moment to be written, then go: a graceful
+    // server shutdown would wait for berthd to hang up first. berthd does
+    // not need the reply (everything was released before it; berthd waits
+    // for this process's exit on a pidfd), so the pause is short: it was
+    // 20 ms, most of RemovePodSandbox's time.
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     let _ = server.stop_listen().await;
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_file(args.dir.join("shim.pid"));

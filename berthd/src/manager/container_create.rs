@@ -90,8 +90,10 @@ impl Manager {
             phase: Phase::Creating,
             user: None,
         };
+        let mut steps = crate::step_times::StepTimes::start();
         let result = async {
             self.container_store.put(&id, &meta).await?;
+            steps.mark("recorded");
             failpoint::hit("create-container/recorded");
             let (lowers, volume_lowers) = {
                 // Under the store lock: from here the container's layers
@@ -120,6 +122,7 @@ impl Manager {
             let layer_root = self.cfg.root.join("containers").join(&id);
             let rootfs_dir = bundle.join("rootfs");
             self.host.mount_overlay(&lowers, &layer_root.join("upper"), &layer_root.join("work"), &rootfs_dir)?;
+            steps.mark("rootfs");
             failpoint::hit("create-container/rootfs-mounted");
             let mut spec_config = config.clone();
             self.mount_image_volumes(&bundle, &volumes, &volume_lowers, &mut spec_config)?;
@@ -162,6 +165,7 @@ impl Manager {
                 &bundle.join("config.json"),
                 &serde_json::to_vec(&spec).map_err(|e| Error::internal(format!("encoding config.json: {e}")))?,
             )?;
+            steps.mark("bundle");
             failpoint::hit("create-container/bundle-written");
             let mut req = api::CreateRequest::new();
             req.id = id.clone();
@@ -174,9 +178,11 @@ impl Manager {
             req.stdin = config.stdin;
             req.stdin_once = config.stdin_once;
             shim.create(&req).await?;
+            steps.mark("runtime");
             failpoint::hit("create-container/shim-created");
             meta.phase = Phase::Ready;
             self.container_store.put(&id, &meta).await?;
+            steps.mark("committed");
             lock(&self.containers).insert(id.clone(), meta.clone());
             Ok::<_, Error>(())
         }
@@ -187,7 +193,8 @@ impl Manager {
             return Err(e);
         }
         name.keep();
-        info!(self.log, "container created"; "container_id" => &id, "sandbox_id" => sandbox_id, "name" => &md.name);
+        info!(self.log, "container created"; "container_id" => &id, "sandbox_id" => sandbox_id, "name" => &md.name,
+              "steps_ms" => %steps);
         self.emit(sandbox_id, &id, cri::ContainerEventType::ContainerCreatedEvent).await;
         Ok(id)
     }

@@ -6,13 +6,16 @@ impl Manager {
     pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
         let Some(sb) = absent_ok(self.sandbox(id))? else { return Ok(()) };
         let _op = sb.op.lock().await;
+        let mut steps = crate::step_times::StepTimes::start();
         for c in self.containers_of(id) {
             self.stop_container(&c.id, 0).await?;
         }
+        steps.mark("containers");
         failpoint::hit("stop-pod-sandbox/containers-stopped");
         let current = lock(&sb.meta).clone();
         if !current.network_released {
             self.release_network(&current).await?;
+            steps.mark("network");
             failpoint::hit("stop-pod-sandbox/network-released");
         }
         let (was_stopped, meta) = {
@@ -23,7 +26,8 @@ impl Manager {
             (was, m.clone())
         };
         self.sandbox_store.put(id, &meta).await?;
-        info!(self.log, "pod sandbox stopped"; "sandbox_id" => id);
+        steps.mark("recorded");
+        info!(self.log, "pod sandbox stopped"; "sandbox_id" => id, "steps_ms" => %steps);
         if !was_stopped {
             self.emit(id, id, cri::ContainerEventType::ContainerStoppedEvent).await;
         }
