@@ -310,9 +310,13 @@ impl Shim {
         Ok(())
     }
 
-    /// CPU and memory of a running container.
-    pub async fn stats(&self, id: &str) -> Result<api::StatsResponse> {
-        Ok(self.client.stats(ctx(Some(CALL_TIMEOUT)), &req(id)).await?)
+    /// CPU and memory of a running container; with `counts`, also its
+    /// processes and the interfaces it sees (a /proc walk in the shim).
+    pub async fn stats(&self, id: &str, counts: bool) -> Result<api::StatsResponse> {
+        let mut r = api::StatsRequest::new();
+        r.id = id.to_string();
+        r.counts = counts;
+        Ok(self.client.stats(ctx(Some(CALL_TIMEOUT)), &r).await?)
     }
 
     /// Kills and deletes every container, releases the pod's namespaces and

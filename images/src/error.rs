@@ -103,7 +103,7 @@ impl ImageError {
             // failure decides.
             ImageError::PullFailed { attempts, .. } => attempts.last().map_or(Kind::Internal, |(_, e)| e.kind()),
             ImageError::In { source, .. } => source.kind(),
-            ImageError::Store(e) => Error::from(e.clone()).kind,
+            ImageError::Store(e) => e.kind(),
         }
     }
 }

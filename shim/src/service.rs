@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use protocol::shim::{
     ConnectRequest, ConnectResponse, ContainerRequest, ContainerState, CreateRequest, Empty, ExecSyncRequest,
-    ExecSyncResponse, KillRequest, ListResponse, Shim, Status, API_VERSION,
+    ExecSyncResponse, KillRequest, ListResponse, Shim, StatsRequest, Status, API_VERSION,
 };
 use slog::{info, warn, Logger};
 use tokio::sync::Notify;
@@ -300,7 +300,7 @@ impl Shim for ShimService {
         Ok(Empty::new())
     }
 
-    async fn stats(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> TResult<protocol::shim::StatsResponse> {
+    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TResult<protocol::shim::StatsResponse> {
         let c = self.get(&req.id)?;
         let (pid, st) = {
             let r = c.record();
@@ -320,6 +320,9 @@ impl Shim for ShimService {
         // Inline on the shim's one thread, bounded: a blocking thread would
         // cost every shim ~56 kB for good (glibc keeps a finished thread's
         // stack for reuse), once kubelet has polled stats.
+        if !req.counts {
+            return Ok(r);
+        }
         let p = crate::process_stats::count(&cg);
         (r.processes, r.threads, r.file_descriptors, r.sockets, r.threads_max) =
             (p.processes, p.threads, p.file_descriptors, p.sockets, p.threads_max);

@@ -62,13 +62,19 @@ pub enum StoreError {
 /// Result with [`StoreError`].
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Self {
-        let kind = match e {
+impl StoreError {
+    /// The kind a CRI client sees.
+    pub fn kind(&self) -> Kind {
+        match self {
             StoreError::InUse { .. } => Kind::FailedPrecondition,
             _ => Kind::Internal,
-        };
-        Error::new(kind, e.to_string())
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::new(e.kind(), e.to_string())
     }
 }
 

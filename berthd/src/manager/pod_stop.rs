@@ -37,8 +37,7 @@ impl Manager {
     /// CNI DEL for a pod (nothing for host-network pods or without a CNI
     /// configuration).
     pub(super) async fn release_network(&self, meta: &SandboxMeta) -> Result<()> {
-        let host_network = !meta.pinned.iter().any(|p| p == NS_NET);
-        if host_network {
+        if meta.host_network() {
             return Ok(());
         }
         // A record from before ADD-time configurations were kept (or a

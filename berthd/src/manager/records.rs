@@ -57,6 +57,14 @@ pub struct SandboxMeta {
     pub network_config: Option<crate::cni::Network>,
 }
 
+impl SandboxMeta {
+    /// Whether the pod runs on the node's network (no network namespace of
+    /// its own was pinned).
+    pub fn host_network(&self) -> bool {
+        !self.pinned.iter().any(|p| p == NS_NET)
+    }
+}
+
 /// Durable record of a container.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContainerMeta {

@@ -85,12 +85,16 @@ impl Manager {
     /// Stats of one container: CPU and memory from its cgroups (through the
     /// shim) while it runs, and its writable layer's disk usage.
     pub async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
-        Ok(self.container_stats_and_counts(id).await?.0)
+        Ok(self.container_stats_and_counts(id, false).await?.0)
     }
 
-    /// [`Self::container_stats`], with what the shim counted (processes,
-    /// interfaces) while the container runs.
-    async fn container_stats_and_counts(&self, id: &str) -> Result<(cri::ContainerStats, Option<api::StatsResponse>)> {
+    /// [`Self::container_stats`], with the shim's answer while the container
+    /// runs; with `counts`, that answer has its processes and interfaces.
+    async fn container_stats_and_counts(
+        &self,
+        id: &str,
+        counts: bool,
+    ) -> Result<(cri::ContainerStats, Option<api::StatsResponse>)> {
         let meta = self.container(id)?;
         let now = now_nanos();
         let md = meta.config.metadata.clone();
@@ -115,7 +119,7 @@ impl Manager {
         };
         let sb = self.sandbox(&meta.sandbox_id)?;
         let Ok(shim) = self.shim_of(&sb).await else { return Ok((stats, None)) };
-        let Ok(r) = shim.stats(id).await else { return Ok((stats, None)) };
+        let Ok(r) = shim.stats(id, counts).await else { return Ok((stats, None)) };
         stats.cpu = Some(self.cpu_rates.usage(id, now, r.cpu_nanos));
         stats.memory = Some(cri::MemoryUsage {
             timestamp: now,
@@ -137,12 +141,7 @@ impl Manager {
             .await?;
         let mut out = Vec::new();
         for pod in pods {
-            let host_network = self.sandbox(&pod.id).is_ok_and(|sb| {
-                let meta = lock(&sb.meta);
-                let ns = meta.config.linux.as_ref().and_then(|l| l.security_context.as_ref());
-                ns.and_then(|s| s.namespace_options.as_ref())
-                    .is_some_and(|n| n.network == cri::NamespaceMode::Node as i32)
-            });
+            let host_network = self.sandbox(&pod.id).is_ok_and(|sb| lock(&sb.meta).host_network());
             let mut interfaces = None;
             let listed = self
                 .list_containers(Some(cri::ContainerFilter {
@@ -154,7 +153,7 @@ impl Manager {
             let mut container_metrics = Vec::new();
             for c in listed {
                 let (Ok((stats, counts)), Ok((status, _))) =
-                    (self.container_stats_and_counts(&c.id).await, self.container_status(&c.id, false).await)
+                    (self.container_stats_and_counts(&c.id, true).await, self.container_status(&c.id, false).await)
                 else {
                     continue;
                 };
@@ -190,13 +189,15 @@ impl Manager {
         &self,
         filter: Option<cri::ContainerStatsFilter>,
     ) -> Result<Vec<cri::ContainerStats>> {
-        Ok(self.list_container_stats_and_counts(filter).await?.into_iter().map(|(s, _)| s).collect())
+        Ok(self.list_container_stats_and_counts(filter, false).await?.into_iter().map(|(s, _)| s).collect())
     }
 
-    /// [`Self::list_container_stats`] with each container's counts.
+    /// [`Self::list_container_stats`] with each container's shim answer
+    /// (with its processes and interfaces when `counts`).
     async fn list_container_stats_and_counts(
         &self,
         filter: Option<cri::ContainerStatsFilter>,
+        counts: bool,
     ) -> Result<Vec<(cri::ContainerStats, Option<api::StatsResponse>)>> {
         let f = filter.unwrap_or_default();
         let listed = self
@@ -209,7 +210,7 @@ impl Manager {
             .await?;
         let mut out = Vec::new();
         for c in listed {
-            if let Ok(s) = self.container_stats_and_counts(&c.id).await {
+            if let Ok(s) = self.container_stats_and_counts(&c.id, counts).await {
                 out.push(s);
             }
         }
@@ -220,10 +221,10 @@ impl Manager {
     pub async fn pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats> {
         let (status, _) = self.pod_sandbox_status(id, false).await?;
         let counted = self
-            .list_container_stats_and_counts(Some(cri::ContainerStatsFilter {
-                pod_sandbox_id: id.to_string(),
-                ..Default::default()
-            }))
+            .list_container_stats_and_counts(
+                Some(cri::ContainerStatsFilter { pod_sandbox_id: id.to_string(), ..Default::default() }),
+                true,
+            )
             .await?;
         let now = now_nanos();
         let counts: Vec<&api::StatsResponse> = counted.iter().filter_map(|(_, c)| c.as_ref()).collect();
@@ -231,12 +232,7 @@ impl Manager {
             timestamp: now,
             process_count: Some(cri::UInt64Value { value: counts.iter().map(|c| c.processes).sum() }),
         });
-        let host_network = status
-            .linux
-            .as_ref()
-            .and_then(|l| l.namespaces.as_ref())
-            .and_then(|n| n.options.as_ref())
-            .is_some_and(|o| o.network == cri::NamespaceMode::Node as i32);
+        let host_network = self.sandbox(id).is_ok_and(|sb| lock(&sb.meta).host_network());
         let network = counts
             .iter()
             .find(|c| !c.interfaces.is_empty())
