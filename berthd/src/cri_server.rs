@@ -367,8 +367,7 @@ impl RuntimeService for CriServer {
                     name: name.to_string(),
                     features: Some(cri::RuntimeHandlerFeatures {
                         recursive_read_only_mounts: features.recursive_read_only_mounts,
-                        // Pod user namespaces are not built yet.
-                        user_namespaces: false,
+                        user_namespaces: features.user_namespaces,
                     }),
                 })
                 .collect(),

@@ -3,7 +3,10 @@
 //! bundle holds its env (Secrets); the metadata store holds both configs.
 //! So, as containerd and moby settled after CVE-2021-41103 and
 //! CVE-2021-41091: the root and state folders are 0711 (traversable, not
-//! listable), every folder holding container or image content 0700,
+//! listable), and so are the state folders of bundles and sandboxes (a
+//! user namespaced container's root, no root of the node, must reach its
+//! own bundle and pod files, which are 0710 to its group alone); every
+//! folder holding container or image content 0700,
 //! metadata and bundle files 0600, whatever the umask. Folders an older
 //! berthd left looser are tightened at start.
 use std::os::unix::fs::PermissionsExt;

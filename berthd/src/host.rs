@@ -28,11 +28,30 @@ pub trait Host: Send + Sync {
     /// Mounts an overlay of `lowers` (top first) with `upper` and `work` at
     /// `target`.
     fn mount_overlay(&self, lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()>;
+    /// [`Host::mount_overlay`] with each lower layer idmapped through the
+    /// user namespace pinned at `userns` (staged in `staging`) and the
+    /// upper layer owned by `root` (uid, gid on the node).
+    #[allow(clippy::too_many_arguments)]
+    fn mount_overlay_idmapped(
+        &self,
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        target: &Path,
+        userns: &Path,
+        root: (u32, u32),
+        staging: &Path,
+    ) -> Result<()>;
+    /// Attaches at `target` a clone of `source` idmapped through the user
+    /// namespace pinned at `userns`.
+    fn bind_idmapped(&self, source: &Path, target: &Path, userns: &Path) -> Result<()>;
     /// Mounts `lowers` (bottom first) read-only at `target`: one layer
     /// bound, several as an overlay without an upper layer.
     fn mount_read_only(&self, lowers: &[PathBuf], target: &Path) -> Result<()>;
     /// Unmounts `target` if it is mounted.
     fn unmount(&self, target: &Path) -> Result<()>;
+    /// Unmounts everything at or under `dir`; an error if a mount remains.
+    fn unmount_all_under(&self, dir: &Path) -> Result<()>;
     /// Unmounts the pinned namespace files in `dir` and `dir` itself.
     fn release_ns_dir(&self, dir: &Path);
     /// Runs the OCI runtime with `args` (with a timeout; failures are
@@ -98,12 +117,33 @@ impl Host for RealHost {
         crate::rootfs::mount_overlay(lowers, upper, work, target)
     }
 
+    fn mount_overlay_idmapped(
+        &self,
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        target: &Path,
+        userns: &Path,
+        root: (u32, u32),
+        staging: &Path,
+    ) -> Result<()> {
+        crate::idmapped::mount_overlay(lowers, upper, work, target, userns, root, staging)
+    }
+
+    fn bind_idmapped(&self, source: &Path, target: &Path, userns: &Path) -> Result<()> {
+        crate::idmapped::bind(source, target, userns)
+    }
+
     fn mount_read_only(&self, lowers: &[PathBuf], target: &Path) -> Result<()> {
         crate::rootfs::mount_read_only(lowers, target)
     }
 
     fn unmount(&self, target: &Path) -> Result<()> {
         crate::rootfs::unmount(target)
+    }
+
+    fn unmount_all_under(&self, dir: &Path) -> Result<()> {
+        crate::rootfs::unmount_all_under(dir)
     }
 
     fn release_ns_dir(&self, dir: &Path) {

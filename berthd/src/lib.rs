@@ -8,6 +8,7 @@ pub mod cri_server;
 pub mod dir_modes;
 pub mod h2_authority;
 pub mod host;
+pub mod idmapped;
 pub mod log_rotation;
 pub mod logging;
 pub mod manager;

@@ -210,10 +210,72 @@ mod new_api {
     }
 }
 
+/// mountinfo writes space, tab, newline and backslash as octal escapes.
+pub fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+/// The mount points at or under `dir` in a mountinfo text, deepest first.
+fn mount_points_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    points
+}
+
+/// Unmounts whatever is mounted at or under `dir`, deepest first: before a
+/// folder is removed, no mount in it may remain, or the removal would
+/// reach into what is mounted (a volume's host folder).
+pub fn unmount_all_under(dir: &Path) -> Result<()> {
+    let Ok(dir) = std::fs::canonicalize(dir) else { return Ok(()) };
+    let info =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| kernel("reading the mounts under", &dir, e))?;
+    for p in mount_points_under(&info, &dir) {
+        // Mounted over more than once: each unmount takes the top one.
+        while umount2(&p, MntFlags::MNT_DETACH).is_ok() {}
+    }
+    let info =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| kernel("reading the mounts under", &dir, e))?;
+    match mount_points_under(&info, &dir).first() {
+        None => Ok(()),
+        Some(p) => Err(kernel("unmounting", p, std::io::Error::from_raw_os_error(libc::EBUSY))),
+    }
+}
+
 /// Unmounts `target` if it is mounted; a target that is not is fine.
 pub fn unmount(target: &Path) -> Result<()> {
     match umount2(target, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
         Err(e) => Err(kernel("unmounting", target, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_under_a_folder_deepest_first() {
+        let info = "\
+22 1 8:1 / / rw shared:1 - ext4 /dev/vda rw
+30 22 0:40 / /run/berth/containers/a/rootfs rw - overlay overlay rw
+31 22 8:1 /srv/v /run/berth/containers/a/idmapped/volume-0 rw - ext4 /dev/vda rw,idmapped
+32 22 8:1 /srv/x /run/berth/containers/a\\040b rw - ext4 /dev/vda rw
+33 22 8:1 /srv/y /run/berth/containers/ab rw - ext4 /dev/vda rw
+";
+        let got = mount_points_under(info, Path::new("/run/berth/containers/a"));
+        assert_eq!(
+            got,
+            vec![
+                PathBuf::from("/run/berth/containers/a/idmapped/volume-0"),
+                PathBuf::from("/run/berth/containers/a/rootfs"),
+            ]
+        );
+        assert_eq!(mount_points_under(info, Path::new("/run/berth/containers/a b")).len(), 1);
     }
 }

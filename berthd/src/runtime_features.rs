@@ -21,14 +21,20 @@ pub struct Features {
     /// Recursive read-only mounts: the runtime knows the `rro` option and
     /// the kernel has mount_setattr (5.12).
     pub recursive_read_only_mounts: bool,
+    /// Pods with a user namespace of their own (KEP-127): berthd makes
+    /// the idmapped mounts itself, so it needs only the kernel: user
+    /// namespaces and overlayfs on idmapped layers (5.19).
+    pub user_namespaces: bool,
 }
 
 impl Features {
     /// Probes `runtime` (a runc-compatible binary) and the running kernel.
     pub fn probe(runtime: &Path) -> Features {
         let options = runtime_mount_options(runtime);
-        let rro = options.iter().any(|o| o == "rro") && kernel_at_least(&uname_release(), (5, 12));
-        Features { recursive_read_only_mounts: rro }
+        let release = uname_release();
+        let rro = options.iter().any(|o| o == "rro") && kernel_at_least(&release, (5, 12));
+        let user_namespaces = kernel_at_least(&release, (5, 19)) && Path::new("/proc/self/ns/user").exists();
+        Features { recursive_read_only_mounts: rro, user_namespaces }
     }
 }
 
@@ -101,7 +107,9 @@ mod tests {
 
     #[test]
     fn a_runtime_without_features_has_none() {
-        assert_eq!(Features::probe(Path::new("/bin/false")), Features::default());
-        assert_eq!(Features::probe(Path::new("/nonexistent/runc")), Features::default());
+        // User namespaces are the kernel's (berthd makes the idmapped mounts).
+        for runtime in ["/bin/false", "/nonexistent/runc"] {
+            assert!(!Features::probe(Path::new(runtime)).recursive_read_only_mounts, "{runtime}");
+        }
     }
 }

@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder,
-    Spec, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 use protocol::cri;
 
 use crate::users;
 use berth_core::error::{Error, Result};
-use protocol::shim_launch::{NS_DIR, NS_IPC, NS_NET, NS_PID, NS_UTS};
+use protocol::shim_launch::{NS_DIR, NS_IPC, NS_NET, NS_PID, NS_USER, NS_UTS};
 
 /// What the sandbox provides to its containers.
 #[derive(Clone, Debug)]
@@ -30,6 +30,8 @@ pub struct SandboxView {
     pub cgroup_driver: crate::settings::CgroupDriver,
     /// Namespaced sysctls of the pod.
     pub sysctls: std::collections::HashMap<String, String>,
+    /// The pod's own user namespace, which its containers join.
+    pub user: Option<protocol::shim_launch::UserNamespace>,
     /// The pod's namespace options, for containers that give none.
     pub namespace_options: cri::NamespaceOption,
 }
@@ -333,7 +335,7 @@ fn source_mount(mountinfo: &str, path: &Path) -> Option<SourceMount> {
     for l in mountinfo.lines() {
         let Some((left, _)) = l.split_once(" - ") else { continue };
         let fields: Vec<&str> = left.split(' ').collect();
-        let Some(mp) = fields.get(4).map(|m| PathBuf::from(unescape_mountinfo(m))) else { continue };
+        let Some(mp) = fields.get(4).map(|m| PathBuf::from(crate::rootfs::unescape_mountinfo(m))) else { continue };
         if !path.starts_with(&mp)
             || best.as_ref().is_some_and(|b| b.mount_point.components().count() > mp.components().count())
         {
@@ -347,11 +349,6 @@ fn source_mount(mountinfo: &str, path: &Path) -> Option<SourceMount> {
         });
     }
     best
-}
-
-/// mountinfo writes space, tab, newline and backslash as octal escapes.
-fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
 /// A bidirectional mount needs a shared host source, a host-to-container
@@ -557,6 +554,16 @@ pub fn build(
     let ns_opts = sc.namespace_options.clone().unwrap_or_else(|| sandbox.namespace_options.clone());
     let mut namespaces = vec![LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Mount).build().map_err(oci)?];
     let ns_dir = sandbox.dir.join(NS_DIR);
+    if sandbox.user.is_some() {
+        // runc joins it first: it owns the pod's other namespaces.
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .path(ns_dir.join(NS_USER))
+                .build()
+                .map_err(oci)?,
+        );
+    }
     for (name, typ) in
         [(NS_NET, LinuxNamespaceType::Network), (NS_IPC, LinuxNamespaceType::Ipc), (NS_UTS, LinuxNamespaceType::Uts)]
     {
@@ -600,6 +607,15 @@ pub fn build(
         .cgroups_path(cgroups_path)
         .build()
         .map_err(oci)?;
+    if let Some(u) = &sandbox.user {
+        // runc (before 1.2) wants the mappings of a user namespace it joins
+        // by path; they are the pod's.
+        let map = |r: protocol::shim_launch::IdRange| {
+            LinuxIdMappingBuilder::default().container_id(0u32).host_id(r.host_id).size(r.length).build().map_err(oci)
+        };
+        linux.set_uid_mappings(Some(vec![map(u.uids)?]));
+        linux.set_gid_mappings(Some(vec![map(u.gids)?]));
+    }
     // runc makes the container's / rslave unless told otherwise, and a
     // bind of a slave copy never reaches the host's peer group: a
     // bidirectional mount needs the rootfs rshared, a host-to-container one

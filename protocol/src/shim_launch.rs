@@ -17,6 +17,46 @@ pub const NS_IPC: &str = "ipc";
 pub const NS_UTS: &str = "uts";
 /// Pin of the pod's pid namespace (pid POD only).
 pub const NS_PID: &str = "pid";
+/// Pin of the pod's user namespace (user namespace POD only), which owns
+/// the pod's other namespaces.
+pub const NS_USER: &str = "user";
+
+/// The one id range a pod's user namespace maps: container ids
+/// `0..length` are host ids `host_id..host_id + length` (as kubelet
+/// allocates them, KEP-127).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdRange {
+    /// The host id of container id 0.
+    pub host_id: u32,
+    /// How many ids are mapped.
+    pub length: u32,
+}
+
+impl IdRange {
+    /// The line of `/proc/<pid>/uid_map` (or `gid_map`) for this range.
+    pub fn map_line(&self) -> String {
+        format!("0 {} {}\n", self.host_id, self.length)
+    }
+
+    fn to_arg(self) -> String {
+        format!("{}:{}", self.host_id, self.length)
+    }
+
+    fn parse(s: &str) -> Option<IdRange> {
+        let (h, l) = s.split_once(':')?;
+        let r = IdRange { host_id: h.parse().ok()?, length: l.parse().ok()? };
+        (r.length > 0 && r.host_id.checked_add(r.length).is_some()).then_some(r)
+    }
+}
+
+/// A pod's own user namespace: its uid and gid ranges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserNamespace {
+    /// The uid range.
+    pub uids: IdRange,
+    /// The gid range.
+    pub gids: IdRange,
+}
 
 /// Longest log line before the shim splits it, unless told otherwise.
 pub const DEFAULT_MAX_LOG_LINE: usize = 16 * 1024;
@@ -42,6 +82,9 @@ pub struct ShimArgs {
     pub host_ipc: bool,
     /// Give the pod one pid namespace.
     pub pod_pid: bool,
+    /// Give the pod a user namespace of its own, made first so that it
+    /// owns the others (None: the node's).
+    pub user: Option<UserNamespace>,
     /// runc's systemd cgroup driver.
     pub systemd_cgroup: bool,
     /// Longest log line before splitting.
@@ -78,6 +121,9 @@ impl ShimArgs {
     /// The pins this shim makes, in `<dir>/ns/`.
     pub fn pins(&self) -> Vec<&'static str> {
         let mut pins = Vec::new();
+        if self.user.is_some() {
+            pins.push(NS_USER);
+        }
         if !self.host_network {
             pins.push(NS_NET);
         }
@@ -114,6 +160,9 @@ impl ShimArgs {
             a.push("--hostname".into());
             a.push(h.clone().into());
         }
+        if let Some(u) = &self.user {
+            a.extend(["--uid-map".into(), u.uids.to_arg().into(), "--gid-map".into(), u.gids.to_arg().into()]);
+        }
         for (on, flag) in [
             (self.host_network, "--host-network"),
             (self.host_ipc, "--host-ipc"),
@@ -140,10 +189,12 @@ impl ShimArgs {
             host_network: false,
             host_ipc: false,
             pod_pid: false,
+            user: None,
             systemd_cgroup: false,
             max_log_line: DEFAULT_MAX_LOG_LINE,
             runtime_timeout: DEFAULT_RUNTIME_TIMEOUT,
         };
+        let (mut uids, mut gids) = (None, None);
         let mut it = args.into_iter();
         while let Some(a) = it.next() {
             let mut val = || it.next().ok_or_else(|| ArgsError::MissingValue(a.clone()));
@@ -158,6 +209,11 @@ impl ShimArgs {
                 "--host-ipc" => s.host_ipc = true,
                 "--pod-pid" => s.pod_pid = true,
                 "--systemd-cgroup" => s.systemd_cgroup = true,
+                "--uid-map" | "--gid-map" => {
+                    let v = val()?;
+                    let r = IdRange::parse(&v).ok_or_else(|| bad(v, "HOST_ID:LENGTH (a length above 0)"))?;
+                    *if a == "--uid-map" { &mut uids } else { &mut gids } = Some(r);
+                }
                 "--runtime-timeout-ms" => {
                     let v = val()?;
                     match v.parse::<u64>() {
@@ -172,6 +228,12 @@ impl ShimArgs {
                 other => return Err(ArgsError::Unknown(other.to_string())),
             }
         }
+        s.user = match (uids, gids) {
+            (Some(uids), Some(gids)) => Some(UserNamespace { uids, gids }),
+            (None, None) => None,
+            (Some(_), None) => return Err(ArgsError::Required("--gid-map (with --uid-map)")),
+            (None, Some(_)) => return Err(ArgsError::Required("--uid-map (with --gid-map)")),
+        };
         s.id = id.ok_or(ArgsError::Required("--id"))?;
         s.dir = dir.ok_or(ArgsError::Required("--dir"))?;
         Ok(s)
@@ -203,13 +265,17 @@ mod tests {
             host_network: false,
             host_ipc: true,
             pod_pid: true,
+            user: Some(UserNamespace {
+                uids: IdRange { host_id: 65536, length: 65536 },
+                gids: IdRange { host_id: 131072, length: 1000 },
+            }),
             systemd_cgroup: true,
             max_log_line: 1000,
             runtime_timeout: Duration::from_millis(2500),
         };
         let argv: Vec<String> = a.to_args().into_iter().map(|s| s.to_string_lossy().to_string()).collect();
         assert_eq!(ShimArgs::parse(argv).unwrap(), a);
-        assert_eq!(a.pins(), vec![NS_NET, NS_UTS, NS_PID]);
+        assert_eq!(a.pins(), vec![NS_USER, NS_NET, NS_UTS, NS_PID]);
         assert_eq!(parse_ready(&ready_line(42)), Some(42));
     }
 
@@ -223,5 +289,12 @@ mod tests {
             Err(ArgsError::BadValue { .. })
         ));
         assert_eq!(p(&["--nope"]).unwrap_err(), ArgsError::Unknown("--nope".into()));
+        for bad in ["0:0", "1", "x:1", "4294967295:2"] {
+            assert!(
+                matches!(p(&["--id", "a", "--dir", "/d", "--uid-map", bad]), Err(ArgsError::BadValue { .. })),
+                "{bad}"
+            );
+        }
+        assert!(matches!(p(&["--id", "a", "--dir", "/d", "--uid-map", "1:1"]), Err(ArgsError::Required(_))));
     }
 }

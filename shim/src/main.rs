@@ -132,6 +132,7 @@ fn daemon(args: ShimArgs, ready: &mut Option<File>) -> Result<()> {
         ipc: !args.host_ipc,
         hostname: args.hostname.clone(),
         pod_pid: args.pod_pid,
+        user: args.user,
     };
     let pinned = namespaces::create(&args.dir.join(NS_DIR), &ns).context("creating sandbox namespaces")?;
     std::fs::write(args.dir.join("shim.pid"), std::process::id().to_string()).context("writing shim.pid")?;

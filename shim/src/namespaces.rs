@@ -2,7 +2,11 @@
 //! threads (forking from a multi-threaded process is unsafe).
 //!
 //! A short-lived child unshares net, ipc and uts (and pid when the pod shares
-//! one), sets the hostname and brings loopback up; the shim bind-mounts its
+//! one), sets the hostname and brings loopback up; for a pod with a user
+//! namespace of its own it unshares that first, waits for the shim to write
+//! its id maps, becomes the namespace's root and makes the others inside
+//! it, so that the pod's root owns its network, ipc and uts namespaces and
+//! no others; the shim bind-mounts its
 //! `/proc/<pid>/ns/*` files into `<sandbox>/ns/`, which containers join by
 //! path. With a pod pid namespace, the child's own child stays as its pid 1
 //! (reaping orphans, as a pause process would) for as long as the sandbox
@@ -10,7 +14,7 @@
 //! propagate to other mount namespaces, where they would keep the namespaces
 //! alive after removal.
 #![allow(unsafe_code)] // syscalls libc and nix do not wrap safely; each block has its SAFETY note
-use protocol::shim_launch::{NS_IPC, NS_NET, NS_PID, NS_UTS};
+use protocol::shim_launch::{UserNamespace, NS_IPC, NS_NET, NS_PID, NS_USER, NS_UTS};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -33,6 +37,8 @@ pub struct NamespaceOptions {
     pub hostname: Option<String>,
     /// A pid namespace shared by the pod's containers.
     pub pod_pid: bool,
+    /// A user namespace of the pod's own, owning the others.
+    pub user: Option<UserNamespace>,
 }
 
 /// Pinned namespaces of one sandbox.
@@ -82,6 +88,10 @@ fn io<T>(r: std::io::Result<T>, what: impl Into<String>) -> Result<T, NsError> {
 pub fn create(dir: &Path, opts: &NamespaceOptions) -> Result<Pinned, NsError> {
     let mut flags = CloneFlags::empty();
     let mut names = Vec::new();
+    if opts.user.is_some() {
+        // Pinned first: the others are made inside it.
+        names.push(NS_USER);
+    }
     if opts.network {
         flags |= CloneFlags::CLONE_NEWNET;
         names.push(NS_NET);
@@ -113,13 +123,15 @@ pub fn create(dir: &Path, opts: &NamespaceOptions) -> Result<Pinned, NsError> {
 
     let (ready_r, ready_w) = sys(pipe(), "pipe")?;
     let (go_r, go_w) = sys(pipe(), "pipe")?;
+    let (mapped_r, mapped_w) = sys(pipe(), "pipe")?;
     // SAFETY: the shim calls this before it starts any thread (see main), so
     // the child is a full copy of a single-threaded process and may run any code.
     match sys(unsafe { fork() }, "fork namespace holder")? {
         ForkResult::Child => {
             drop(ready_r);
             drop(go_w);
-            let code = match holder(flags, opts, ready_w, go_r) {
+            drop(mapped_w);
+            let code = match holder(flags, opts, ready_w, go_r, mapped_r) {
                 Ok(()) => 0,
                 Err(_) => 1,
             };
@@ -130,7 +142,13 @@ pub fn create(dir: &Path, opts: &NamespaceOptions) -> Result<Pinned, NsError> {
         ForkResult::Parent { child } => {
             drop(ready_w);
             drop(go_r);
-            let result = pin(dir, &names, File::from(ready_r), &mut pinned);
+            drop(mapped_r);
+            let mut ready = File::from(ready_r);
+            let result = match &opts.user {
+                Some(user) => map_ids(child, user, &mut ready, mapped_w),
+                None => Ok(()),
+            }
+            .and_then(|()| pin(dir, &names, ready, &mut pinned));
             // Either way the holder may go now: the pins (and the pod init)
             // keep the namespaces.
             let _ = File::from(go_w).write_all(b"g");
@@ -142,6 +160,35 @@ pub fn create(dir: &Path, opts: &NamespaceOptions) -> Result<Pinned, NsError> {
             Ok(pinned)
         }
     }
+}
+
+/// Longest line the holder sends before its pid.
+const MAX_HOLDER_LINE: usize = 4096;
+
+/// Writes the holder's id maps once it has unshared its user namespace,
+/// then lets it go on. Written by the shim, root of the node's user
+/// namespace: the holder has no rights there to write them itself.
+fn map_ids(child: Pid, user: &UserNamespace, ready: &mut File, mapped: OwnedFd) -> Result<(), NsError> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < MAX_HOLDER_LINE {
+        match ready.read(&mut b) {
+            Ok(0) => break,
+            Ok(_) if b[0] == b'\n' => break,
+            Ok(_) => line.push(b[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return io(Err(e), "read namespace holder"),
+        }
+    }
+    let line = String::from_utf8_lossy(&line);
+    if line != "user" {
+        return Err(NsError::Child(line.trim().to_string()));
+    }
+    for (file, range) in [("uid_map", user.uids), ("gid_map", user.gids)] {
+        let path = format!("/proc/{child}/{file}");
+        io(std::fs::write(&path, range.map_line()), format!("write {path} ({})", range.map_line().trim()))?;
+    }
+    io(File::from(mapped).write_all(b"m"), "tell the namespace holder its ids are mapped")
 }
 
 fn pin(dir: &Path, names: &[&'static str], mut ready: File, pinned: &mut Pinned) -> Result<(), NsError> {
@@ -170,9 +217,12 @@ fn pin(dir: &Path, names: &[&'static str], mut ready: File, pinned: &mut Pinned)
 
 /// Runs in the forked holder: enters the new namespaces and reports the pid
 /// whose namespace files the parent should pin.
-fn holder(flags: CloneFlags, opts: &NamespaceOptions, ready: OwnedFd, go: OwnedFd) -> Result<(), ()> {
+fn holder(flags: CloneFlags, opts: &NamespaceOptions, ready: OwnedFd, go: OwnedFd, mapped: OwnedFd) -> Result<(), ()> {
     let mut ready = File::from(ready);
     let setup = || -> Result<(), String> {
+        if opts.user.is_some() {
+            enter_user_namespace(&mut ready, mapped)?;
+        }
         unshare(flags).map_err(|e| format!("unshare: {e}"))?;
         if let Some(h) = &opts.hostname {
             sethostname(h).map_err(|e| format!("sethostname: {e}"))?;
@@ -212,6 +262,25 @@ fn holder(flags: CloneFlags, opts: &NamespaceOptions, ready: OwnedFd, go: OwnedF
         let _ = File::from(go).read(&mut b);
         Ok(())
     }
+}
+
+/// Unshares the user namespace, waits for the shim to map it and becomes
+/// its root (a host id of the pod's range, with every capability there and
+/// none on the node), without the node's supplementary groups.
+fn enter_user_namespace(ready: &mut File, mapped: OwnedFd) -> Result<(), String> {
+    unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("unshare user namespace: {e}"))?;
+    ready.write_all(b"user\n").map_err(|e| format!("tell the shim: {e}"))?;
+    let mut b = [0u8; 1];
+    match File::from(mapped).read(&mut b) {
+        Ok(1) => {}
+        _ => return Err("the shim did not map the user namespace's ids".into()),
+    }
+    let root = nix::unistd::Gid::from_raw(0);
+    nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    nix::unistd::setresgid(root, root, root).map_err(|e| format!("setresgid 0: {e}"))?;
+    let root = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setresuid(root, root, root).map_err(|e| format!("setresuid 0: {e}"))?;
+    Ok(())
 }
 
 /// pid 1 of the pod pid namespace: reaps orphans until told to stop.

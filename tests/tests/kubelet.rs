@@ -240,7 +240,8 @@ async fn evented_pleg_sees_pods_and_containers_with_their_statuses() {
 
 /// Status advertises per runtime handler what works: recursive read-only
 /// mounts when runc knows `rro` and the kernel has mount_setattr (5.12),
-/// as containerd 2.x does; user namespaces not yet.
+/// as containerd 2.x does; user namespaces when the kernel has overlayfs
+/// on idmapped layers (5.19).
 #[tokio::test]
 async fn runtime_handlers_advertise_what_works() {
     let mut d = Daemon::start().await;
@@ -253,11 +254,12 @@ async fn runtime_handlers_advertise_what_works() {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"rro\""));
     let release = nix::sys::utsname::uname().unwrap().release().to_string_lossy().to_string();
     let mut v = release.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse::<u32>().ok());
-    let kernel_ok = (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (5, 12);
+    let kernel = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    let kernel_ok = kernel >= (5, 12);
     for h in &st.runtime_handlers {
         let f = h.features.unwrap();
         assert_eq!(f.recursive_read_only_mounts, runc_rro && kernel_ok, "handler {:?}", h.name);
-        assert!(!f.user_namespaces);
+        assert_eq!(f.user_namespaces, kernel >= (5, 19), "handler {:?}", h.name);
     }
     // The handlers named there are the ones RunPodSandbox takes.
     for handler in names {

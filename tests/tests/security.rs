@@ -410,6 +410,10 @@ async fn local_users_reach_no_container_content() {
     assert_eq!(mode(&state) & 0o066, 0, "state is {:o}", mode(&state));
     assert_eq!(mode(&root.join("metadata.redb")), 0o600);
     assert_eq!(mode(&state.join("containers").join(&c).join("config.json")), 0o600);
+    // The folders of bundles and sandboxes are traversable (a user
+    // namespaced container's root must reach its own); each one is private.
+    assert_eq!(mode(&state.join("containers").join(&c)), 0o700);
+    assert_eq!(mode(&state.join("sandboxes").join(&pod)), 0o700);
 
     // Loose folders from an older berthd are tightened at start.
     for p in [&root, &state, &root.join("containers"), &state.join("containers")] {
@@ -419,7 +423,7 @@ async fn local_users_reach_no_container_content() {
     assert_eq!(mode(&root), 0o711);
     assert_eq!(mode(&state), 0o711);
     assert_eq!(mode(&root.join("containers")), 0o700);
-    assert_eq!(mode(&state.join("containers")), 0o700);
+    assert_eq!(mode(&state.join("containers")), 0o711);
     let (ok, _) = nobody(&["cat", upper.join("tmp/file").to_str().unwrap()]);
     assert!(!ok);
 }

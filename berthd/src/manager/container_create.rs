@@ -28,7 +28,11 @@ impl Manager {
         let md = config.metadata.clone().ok_or_else(|| Error::invalid("container config has no metadata"))?;
         ids::check_name("container name", &md.name)?;
         let own_ns = config.linux.as_ref().and_then(|l| l.security_context.as_ref()?.namespace_options.as_ref());
-        crate::user_namespaces::check(own_ns, &format!("container {:?}", md.name))?;
+        let pod_user = smeta.user_namespace();
+        crate::user_namespaces::of_container(own_ns, pod_user.as_ref(), &format!("container {:?}", md.name))?;
+        if pod_user.is_some() {
+            super::user_namespace_mounts::check_mounts(&config)?;
+        }
         let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         if image_name.is_empty() {
             return Err(Error::invalid("container config names no image"));
@@ -121,11 +125,25 @@ impl Manager {
             };
             let layer_root = self.cfg.root.join("containers").join(&id);
             let rootfs_dir = bundle.join("rootfs");
-            self.host.mount_overlay(&lowers, &layer_root.join("upper"), &layer_root.join("work"), &rootfs_dir)?;
+            crate::dir_modes::ensure_dir(&bundle, crate::dir_modes::PRIVATE)?;
+            let (upper, work) = (layer_root.join("upper"), layer_root.join("work"));
+            match &pod_user {
+                None => self.host.mount_overlay(&lowers, &upper, &work, &rootfs_dir)?,
+                Some(user) => {
+                    super::user_namespace_mounts::open_to_pod_root(&bundle, user)?;
+                    let staging = bundle.join(super::user_namespace_mounts::IDMAPPED_DIR).join("rootfs");
+                    let pin = smeta.user_namespace_pin();
+                    let root = (user.uids.host_id, user.gids.host_id);
+                    self.host.mount_overlay_idmapped(&lowers, &upper, &work, &rootfs_dir, &pin, root, &staging)?;
+                }
+            }
             steps.mark("rootfs");
             failpoint::hit("create-container/rootfs-mounted");
             let mut spec_config = config.clone();
             self.mount_image_volumes(&bundle, &volumes, &volume_lowers, &mut spec_config)?;
+            if pod_user.is_some() {
+                self.idmap_volumes(&bundle, &smeta, &mut spec_config)?;
+            }
             let view = SandboxView {
                 dir: smeta.dir.clone(),
                 pinned: smeta.pinned.clone(),
@@ -136,6 +154,7 @@ impl Manager {
                     self.cfg.cgroup_driver,
                 ),
                 cgroup_driver: self.cfg.cgroup_driver,
+                user: pod_user,
                 sysctls: smeta.config.linux.as_ref().map(|l| l.sysctls.clone()).unwrap_or_default(),
                 namespace_options: smeta
                     .config

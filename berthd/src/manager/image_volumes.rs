@@ -96,8 +96,10 @@ impl Manager {
         Ok(())
     }
 
-    /// Unmounts what a container's bundle holds: its root filesystem and
-    /// its image volumes. The rootfs's error is returned.
+    /// Unmounts what a container's bundle holds: its root filesystem, its
+    /// image volumes and idmapped clones, and whatever else is mounted in
+    /// it. An error means a mount remains and the bundle must not be
+    /// removed (the removal would reach into it).
     pub(super) fn unmount_bundle(&self, bundle: &Path) -> Result<()> {
         if let Ok(entries) = std::fs::read_dir(bundle.join(VOLUMES_DIR)) {
             for e in entries.flatten() {
@@ -106,7 +108,8 @@ impl Manager {
                 }
             }
         }
-        Ok(self.host.unmount(&bundle.join("rootfs"))?)
+        self.host.unmount(&bundle.join("rootfs"))?;
+        Ok(self.host.unmount_all_under(bundle)?)
     }
 }
 

@@ -44,6 +44,7 @@ mod recovery;
 mod stats;
 #[cfg(test)]
 mod tests;
+mod user_namespace_mounts;
 
 use host::remove_trees;
 pub use live::RuntimeState;
@@ -218,8 +219,11 @@ impl Manager {
             (cfg.state.clone(), TOP),
             (cfg.root.join("containers"), PRIVATE),
             (cfg.root.join("images"), PRIVATE),
-            (cfg.state.join("sandboxes"), PRIVATE),
-            (cfg.state.join("containers"), PRIVATE),
+            // Traversable: runc sets a user namespaced container up as the
+            // pod's root, which must reach its bundle and pod files; each
+            // sandbox folder and bundle in them is private.
+            (cfg.state.join("sandboxes"), TOP),
+            (cfg.state.join("containers"), TOP),
             (cfg.state.join("runc"), PRIVATE),
         ] {
             ensure_dir(&d, mode)?;

@@ -35,7 +35,11 @@ impl Manager {
         let linux = config.linux.clone().unwrap_or_default();
         crate::pod_cgroup::check_parent(&linux.cgroup_parent, self.cfg.cgroup_driver)?;
         let ns = linux.security_context.clone().unwrap_or_default().namespace_options.unwrap_or_default();
-        crate::user_namespaces::check(Some(&ns), &format!("pod sandbox {:?}", md.name))?;
+        let user = crate::user_namespaces::of_pod(
+            Some(&ns),
+            &format!("pod sandbox {:?}", md.name),
+            self.features.user_namespaces,
+        )?;
         let host_network = ns.network == cri::NamespaceMode::Node as i32;
         let host_ipc = ns.ipc == cri::NamespaceMode::Node as i32;
         let pod_pid = ns.pid == cri::NamespaceMode::Pod as i32;
@@ -72,6 +76,7 @@ impl Manager {
                 host_network,
                 host_ipc,
                 pod_pid,
+                user,
                 systemd_cgroup: self.cfg.cgroup_driver == crate::settings::CgroupDriver::Systemd,
                 max_log_line: self.cfg.max_log_line,
                 runtime_timeout: self.cfg.runtime_timeout,
@@ -98,7 +103,10 @@ impl Manager {
         let result = async {
             self.sandbox_store.put(&id, &meta).await?;
             failpoint::hit("run-pod-sandbox/recorded");
-            std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+            crate::dir_modes::ensure_dir(&dir, crate::dir_modes::PRIVATE)?;
+            if let Some(user) = &user {
+                super::user_namespace_mounts::open_to_pod_root(&dir, user)?;
+            }
             pod_files::write(&dir, &hostname, host_network, config.dns_config.as_ref())?;
             failpoint::hit("run-pod-sandbox/files-written");
             meta.shim_pid = self.shims.start(&launch).await?;

@@ -165,8 +165,9 @@ impl Manager {
                     self.teardown_sandbox_dir(&e.path(), 0).await;
                 } else {
                     self.force_delete_in_runtime(&name).await;
-                    let _ = self.unmount_bundle(&e.path());
-                    let _ = std::fs::remove_dir_all(e.path());
+                    if self.unmount_bundle(&e.path()).is_ok() {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
                 }
                 n += 1;
             }
@@ -193,8 +194,12 @@ impl Manager {
         if let Err(e) = self.delete_in_shim(meta).await {
             warn!(self.log, "shim delete failed"; "container_id" => &meta.id, "error" => %e);
         }
-        let _ = self.unmount_bundle(&meta.bundle);
-        remove_trees(vec![meta.bundle.clone(), self.cfg.root.join("containers").join(&meta.id)]).await;
+        let mut trees = vec![self.cfg.root.join("containers").join(&meta.id)];
+        match self.unmount_bundle(&meta.bundle) {
+            Ok(()) => trees.push(meta.bundle.clone()),
+            Err(e) => warn!(self.log, "bundle kept: a mount in it remains"; "container_id" => &meta.id, "error" => %e),
+        }
+        remove_trees(trees).await;
         let _ = self.container_store.delete(&meta.id).await;
         lock(&self.containers).remove(&meta.id);
         self.release(&container_key(&meta.sandbox_id, &meta.config.metadata.clone().unwrap_or_default()));

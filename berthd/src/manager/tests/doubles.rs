@@ -79,12 +79,32 @@ impl Host for FakeHost {
         // What the mount would show there: an empty root to build in.
         std::fs::create_dir_all(target).map_err(|source| MountError::MountPoint { path: target.into(), source })
     }
+    fn mount_overlay_idmapped(
+        &self,
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        target: &Path,
+        _userns: &Path,
+        _root: (u32, u32),
+        _staging: &Path,
+    ) -> MountResult<()> {
+        self.record(format!("idmapped {}", target.display()));
+        self.mount_overlay(lowers, upper, work, target)
+    }
+    fn bind_idmapped(&self, source: &Path, target: &Path, _userns: &Path) -> MountResult<()> {
+        self.record(format!("bind-idmapped {} {}", source.display(), target.display()));
+        std::fs::create_dir_all(target).map_err(|source| MountError::MountPoint { path: target.into(), source })
+    }
     fn mount_read_only(&self, _lowers: &[PathBuf], target: &Path) -> MountResult<()> {
         self.record(format!("mount-ro {}", target.display()));
         std::fs::create_dir_all(target).map_err(|source| MountError::MountPoint { path: target.into(), source })
     }
     fn unmount(&self, target: &Path) -> MountResult<()> {
         self.record(format!("unmount {}", target.display()));
+        Ok(())
+    }
+    fn unmount_all_under(&self, _dir: &Path) -> MountResult<()> {
         Ok(())
     }
     fn release_ns_dir(&self, dir: &Path) {
