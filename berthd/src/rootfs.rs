@@ -235,7 +235,12 @@ pub fn unmount_all_under(dir: &Path) -> Result<()> {
     let Ok(dir) = std::fs::canonicalize(dir) else { return Ok(()) };
     let info =
         std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| kernel("reading the mounts under", &dir, e))?;
-    for p in mount_points_under(&info, &dir) {
+    let points = mount_points_under(&info, &dir);
+    if points.is_empty() {
+        // The common case (the rootfs is already unmounted): one read.
+        return Ok(());
+    }
+    for p in points {
         // Mounted over more than once: each unmount takes the top one.
         while umount2(&p, MntFlags::MNT_DETACH).is_ok() {}
     }

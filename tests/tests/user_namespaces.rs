@@ -232,3 +232,58 @@ async fn user_namespaces_the_cri_refuses_are_invalid_argument() {
     let c = d.create(&pod, &cfg, "plain", &["sleep", "1000"]).await;
     d.start_container(&c).await;
 }
+
+/// berthd killed while a user namespaced container with a volume is being
+/// created (its idmapped rootfs and volume mounted) or removed: after a
+/// restart no half container is listed, no mount of it remains, the
+/// volume's files are untouched (a removal never reaches through a mount
+/// left in the bundle), and the retry works.
+#[tokio::test]
+async fn a_crash_mid_create_or_remove_leaves_no_idmapped_mount_and_the_volume_whole() {
+    for step in ["create-container/bundle-written", "remove-container/deleted"] {
+        let mut d = Daemon::start_with(&[("BERTH_FAILPOINT", step)]).await;
+        if !advertised(&mut d).await {
+            skip(false, "this kernel lacks overlayfs on idmapped layers (Linux 5.19)");
+            return;
+        }
+        let volume = d.dir.path().join("volume");
+        std::fs::create_dir(&volume).unwrap();
+        std::fs::write(volume.join("keep"), "kept\n").unwrap();
+        let mut cfg = d.pod_config("userns-crash");
+        with_userns(&mut cfg, pod_userns());
+        let pod = d.run_pod(&cfg).await;
+        let config = || {
+            let mut cc = container_config("c", &["sleep", "100000"]);
+            cc.mounts = vec![cri::Mount {
+                container_path: "/data".into(),
+                host_path: volume.display().to_string(),
+                ..Default::default()
+            }];
+            cc
+        };
+        let created = d.create_with(&pod, &cfg, config()).await;
+        let c = if step.starts_with("create") {
+            assert!(created.is_err(), "{step}: berthd should have died");
+            assert!(d.wait_exited(Duration::from_secs(5)).await, "{step}: berthd did not die");
+            d.restart().await;
+            assert_eq!(counts(&mut d).await, (1, 0), "{step}: a half-made container is listed");
+            assert!(d.mounts().iter().all(|m| !m.contains("/s/containers/")), "{step}: {:?}", d.mounts());
+            d.create_with(&pod, &cfg, config()).await.expect("the retry creates it")
+        } else {
+            let c = created.expect("created");
+            let r = d.rt.remove_container(cri::RemoveContainerRequest { container_id: c.clone() }).await;
+            assert!(r.is_err(), "{step}: berthd should have died");
+            assert!(d.wait_exited(Duration::from_secs(5)).await, "{step}: berthd did not die");
+            d.restart().await;
+            assert_eq!(counts(&mut d).await, (1, 0), "{step}: the removal was not finished");
+            c
+        };
+        assert_eq!(std::fs::read_to_string(volume.join("keep")).unwrap(), "kept\n", "{step}: the volume lost a file");
+        let _ = d.rt.remove_container(cri::RemoveContainerRequest { container_id: c }).await;
+        d.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.expect("stop");
+        d.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.expect("remove");
+        assert_eq!(d.mounts(), Vec::<String>::new(), "{step}");
+        assert_eq!(d.leftovers(), Vec::<std::path::PathBuf>::new(), "{step}");
+        assert_eq!(std::fs::read_to_string(volume.join("keep")).unwrap(), "kept\n", "{step}");
+    }
+}
