@@ -1,6 +1,9 @@
 //! One container as the shim sees it: its runtime state (the source of truth
 //! berthd reads), its log sink, and the task that turns its init's exit into
-//! a Stopped state once every byte of its output is in the log.
+//! a Stopped state once every byte of its output is in the log, then has the
+//! OCI runtime delete it (its state and cgroup), as containerd deletes a
+//! task on its exit: RemoveContainer and RemovePodSandbox then wait for no
+//! runtime call.
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -11,6 +14,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::cri_log::LogSink;
+use crate::oci_runtime::{OciRuntime, RuntimeError};
 use crate::reaper::ExitStatus;
 
 /// How long to wait for a container's output pipes to close after its init
@@ -55,6 +59,9 @@ pub struct Container {
     pub stdin_once: bool,
     record: Mutex<Record>,
     exited: watch::Sender<bool>,
+    /// Whether the OCI runtime has deleted it; held while it does, so one
+    /// delete runs and the others wait for it.
+    runtime_gone: tokio::sync::Mutex<bool>,
 }
 
 /// How a container's input and terminal are held.
@@ -83,6 +90,7 @@ impl Container {
             stdin_once: io.stdin_once,
             record: Mutex::new(record),
             exited,
+            runtime_gone: tokio::sync::Mutex::new(false),
         })
     }
 
@@ -123,6 +131,17 @@ impl Container {
         }
     }
 
+    /// Has the OCI runtime delete the container, unless it already has (a
+    /// delete in flight is waited for).
+    pub async fn delete_in_runtime(&self, runtime: &dyn OciRuntime) -> Result<(), RuntimeError> {
+        let mut gone = self.runtime_gone.lock().await;
+        if !*gone {
+            runtime.delete(&self.id).await?;
+            *gone = true;
+        }
+        Ok(())
+    }
+
     /// Waits until the container has stopped.
     pub async fn wait(&self) {
         let mut rx = self.exited.subscribe();
@@ -135,12 +154,15 @@ impl Container {
     /// With `kill_rest` (a container without a pid namespace of its own),
     /// the processes left in it are killed once the init exits, as they would
     /// be by the kernel in a private pid namespace: a container's exit is the
-    /// end of all of it, and a leftover would hold its output open.
+    /// end of all of it, and a leftover would hold its output open. Once the
+    /// exit is recorded, `runtime` deletes the container; should that fail,
+    /// the shim's Delete tries again and reports why.
     pub fn monitor(
         self: &Arc<Self>,
         exit: oneshot::Receiver<ExitStatus>,
         forwarders: Vec<JoinHandle<()>>,
-        kill_rest: Option<Arc<dyn crate::oci_runtime::OciRuntime>>,
+        runtime: Arc<dyn OciRuntime>,
+        kill_rest: bool,
     ) {
         let c = Arc::clone(self);
         // Found now, while the init lives; read after it exits, before the
@@ -149,7 +171,7 @@ impl Container {
         let oom_before = cgroups.as_ref().map(|cg| cg.oom_kills()).unwrap_or(0);
         tokio::spawn(async move {
             let status = exit.await.ok();
-            if let Some(runtime) = kill_rest {
+            if kill_rest {
                 // Fails harmlessly when nothing is left (or runc already
                 // deleted the container).
                 let _ = runtime.kill(&c.id, libc::SIGKILL, true).await;
@@ -179,6 +201,7 @@ impl Container {
             }
             // send_replace: the value must change even when nobody waits yet.
             c.exited.send_replace(true);
+            let _ = c.delete_in_runtime(&*runtime).await;
         });
     }
 }

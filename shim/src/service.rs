@@ -160,9 +160,9 @@ impl ShimService {
         let pid = oci_runtime::read_pid(&pid_file)
             .ok_or_else(|| ShimError::Internal("the OCI runtime wrote no container pid".into()))?;
         let exit = self.reaper.subscribe(pid);
-        let kill_rest = (!own_pid_namespace(&bundle)).then(|| Arc::clone(&self.runtime));
+        let kill_rest = !own_pid_namespace(&bundle);
         let c = Container::new(id.to_string(), bundle, sink, pid, io);
-        c.monitor(exit, forwarders, kill_rest);
+        c.monitor(exit, forwarders, Arc::clone(&self.runtime), kill_rest);
         self.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), Arc::clone(&c));
         info!(self.log, "container created"; "container_id" => id, "pid" => pid);
         Ok(c)
@@ -246,7 +246,8 @@ impl Shim for ShimService {
         if c.record().status == Status::RUNNING {
             return Err(ShimError::WrongState(format!("container {} is running; stop it first", req.id)).into());
         }
-        self.runtime.delete(&req.id).await.map_err(ShimError::Runtime)?;
+        // Done already when it exited (then this waits for no runtime call).
+        c.delete_in_runtime(&*self.runtime).await.map_err(ShimError::Runtime)?;
         // A created container's init is killed by the delete; wait for it so
         // its exit is recorded and its pipes are drained.
         let _ = tokio::time::timeout(SHUTDOWN_WAIT, c.wait()).await;
@@ -352,7 +353,7 @@ impl Shim for ShimService {
                 }
                 let _ = tokio::time::timeout(SHUTDOWN_WAIT, c.wait()).await;
             }
-            if let Err(e) = self.runtime.delete(&c.id).await {
+            if let Err(e) = c.delete_in_runtime(&*self.runtime).await {
                 warn!(self.log, "delete on shutdown"; "container_id" => &c.id, "error" => %e);
             }
         }

@@ -152,11 +152,13 @@ async fn every_oci_runtime_call_that_fails_or_hangs_is_reported_and_undone() {
         );
         faults.clear();
         assert_eq!(d.status(&c).await.state, cri::ContainerState::ContainerRunning as i32, "kill {how:?}");
+
+        // delete: the shim has the runtime delete a container when it
+        // exits; failing there, and again at RemoveContainer, the container
+        // stays until the runtime has let it go.
+        faults.set("delete", how);
         d.rt.stop_container(cri::StopContainerRequest { container_id: c.clone(), timeout: 1 }).await.expect("stop");
         assert_eq!(d.status(&c).await.state, cri::ContainerState::ContainerExited as i32);
-
-        // delete: the container stays until the runtime has let it go.
-        faults.set("delete", how);
         let t = Instant::now();
         failed(d.rt.remove_container(cri::RemoveContainerRequest { container_id: c.clone() }).await, "delete", how, t);
         faults.clear();

@@ -314,6 +314,24 @@ async fn a_container_logs_runs_stops_on_its_signal_and_is_deleted() {
     assert_eq!(s.runtime.calls(), ["create c1", "start c1", "kill c1 15", "delete c1"]);
 }
 
+/// A container that exits is deleted from the runtime then and there, as
+/// containerd deletes a task on its exit, and once: Delete later asks the
+/// runtime nothing.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test]
+async fn an_exited_container_leaves_the_runtime_at_once_and_once() {
+    let _serial = lock(&REAP_SERIAL);
+    let s = serve().await;
+    *lock(&s.runtime.init) = "exit 3".into();
+    s.create("c1").await.unwrap();
+    s.start("c1").await.unwrap();
+    let st = s.client.wait(ctx(), &req("c1")).await.unwrap();
+    assert_eq!(st.exit_code, 3);
+    until("the runtime deleted the exited container", || s.runtime.calls().contains(&"delete c1".to_string())).await;
+    assert_eq!(s.delete("c1").await.unwrap().status.enum_value_or_default(), Status::STOPPED);
+    assert_eq!(s.runtime.calls(), ["create c1", "start c1", "delete c1"]);
+}
+
 #[allow(clippy::await_holding_lock)]
 #[tokio::test]
 async fn bad_requests_are_refused_with_their_code_and_change_nothing() {
