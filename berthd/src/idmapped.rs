@@ -18,18 +18,18 @@
 #![allow(unsafe_code)] // syscalls libc and nix do not wrap; each block has its SAFETY note
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{umount2, MntFlags};
 
+use crate::rootfs::new_api::{attach, fd};
 use crate::rootfs::{MountError, Result};
 
 // From linux/mount.h.
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 /// struct mount_attr (linux/mount.h), version 0.
 #[repr(C)]
@@ -134,12 +134,7 @@ fn open_tree(source: &Path) -> io::Result<OwnedFd> {
             OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
         )
     };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = i32::try_from(r).map_err(|_| io::Error::other("open_tree returned no fd"))?;
-    // SAFETY: the kernel just returned this fd; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    fd(r)
 }
 
 fn set_idmap(tree: &OwnedFd, userns: &std::fs::File) -> io::Result<()> {
@@ -156,27 +151,6 @@ fn set_idmap(tree: &OwnedFd, userns: &std::fs::File) -> io::Result<()> {
             libc::AT_EMPTY_PATH,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn attach(tree: &OwnedFd, target: &Path) -> io::Result<()> {
-    let to = c_path(target)?;
-    let empty = c"";
-    // SAFETY: move_mount reads the two NUL-terminated paths (the empty one
-    // with MOVE_MOUNT_F_EMPTY_PATH means the detached tree's fd).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
         )
     };
     if r < 0 {

@@ -122,7 +122,7 @@ pub fn mount_read_only(lowers: &[PathBuf], target: &Path) -> Result<()> {
 
 /// The new mount API (fsopen, fsconfig, fsmount, move_mount), which nix
 /// does not wrap yet.
-mod new_api {
+pub(crate) mod new_api {
     use std::ffi::CString;
     use std::io;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -140,7 +140,8 @@ mod new_api {
         CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a mount argument"))
     }
 
-    fn fd(r: libc::c_long) -> io::Result<OwnedFd> {
+    /// The fd a mount syscall returned (-1: its error).
+    pub(crate) fn fd(r: libc::c_long) -> io::Result<OwnedFd> {
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -188,6 +189,11 @@ mod new_api {
         }
         // SAFETY: fsmount takes our configured fs fd and flags; returns an fd or -1.
         let mnt = fd(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })?;
+        attach(&mnt, target)
+    }
+
+    /// Attaches the detached mount `mnt` (from fsmount or open_tree) at `target`.
+    pub(crate) fn attach(mnt: &OwnedFd, target: &Path) -> io::Result<()> {
         let to = CString::new(target.as_os_str().as_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the target path"))?;
         let empty = cstr("")?;

@@ -5,8 +5,8 @@
 //! one), sets the hostname and brings loopback up; for a pod with a user
 //! namespace of its own it unshares that first, waits for the shim to write
 //! its id maps, becomes the namespace's root and makes the others inside
-//! it, so that the pod's root owns its network, ipc and uts namespaces and
-//! no others; the shim bind-mounts its
+//! it, so that they belong to the pod's root (no root of the node); the
+//! shim bind-mounts its
 //! `/proc/<pid>/ns/*` files into `<sandbox>/ns/`, which containers join by
 //! path. With a pod pid namespace, the child's own child stays as its pid 1
 //! (reaping orphans, as a pause process would) for as long as the sandbox

@@ -447,6 +447,19 @@ impl Drop for Daemon {
     }
 }
 
+/// How many pods and containers berthd lists.
+pub async fn counts(d: &mut Daemon) -> (usize, usize) {
+    let pods = d.pods().await.len();
+    let cs =
+        d.rt.list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .expect("list containers")
+            .into_inner()
+            .containers
+            .len();
+    (pods, cs)
+}
+
 /// The `info` JSON of a verbose PodSandboxStatus, from any CRI runtime.
 pub async fn pod_info(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> serde_json::Value {
     let r = rt

@@ -2,17 +2,9 @@
 //! remove of what is gone succeed.
 use std::time::Duration;
 
-use berth_tests::{container_config, Daemon};
+use berth_tests::{container_config, counts, Daemon};
 use protocol::cri;
 use tonic::Code;
-
-async fn counts(d: &mut Daemon) -> (usize, usize) {
-    let pods =
-        d.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner().items.len();
-    let cs =
-        d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers.len();
-    (pods, cs)
-}
 
 #[tokio::test]
 async fn bad_input_is_refused_with_the_right_status() {

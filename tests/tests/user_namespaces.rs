@@ -8,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use berth_tests::{bin_dir, container_config, skip, Daemon};
+use berth_tests::{bin_dir, container_config, counts, skip, Daemon};
 use protocol::cri;
 use tonic::Code;
 
@@ -35,14 +35,6 @@ fn with_userns(cfg: &mut cri::PodSandboxConfig, u: cri::UserNamespace) {
 async fn advertised(d: &mut Daemon) -> bool {
     let st = d.rt.status(cri::StatusRequest { verbose: false }).await.expect("status").into_inner();
     st.runtime_handlers.iter().all(|h| h.features.is_some_and(|f| f.user_namespaces))
-}
-
-async fn counts(d: &mut Daemon) -> (usize, usize) {
-    let pods =
-        d.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner().items.len();
-    let cs =
-        d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers.len();
-    (pods, cs)
 }
 
 fn host_uid(pid: i32) -> u32 {
