@@ -1,7 +1,7 @@
 //! Idmapped mounts (Linux 5.12+; overlayfs layers 5.19+): a folder of the
 //! node seen through a pod's user namespace, so that what the node's root
-//! owns shows as owned by the pod's root, and what the pod's root writes is
-//! kept on disk as the node's root. A container of a pod with a user
+//! owns shows as owned by the pod's root, and what the pod's root writes in
+//! a volume is kept on disk as the node's root. A container of a pod with a user
 //! namespace gets its root filesystem and volumes this way; runc (before
 //! 1.2) does not make idmapped mounts, so berthd makes them before it.
 //!
@@ -16,15 +16,13 @@
 //! as the node sees it, and what the container writes is kept with the
 //! pod's host ids, as containerd keeps it.
 #![allow(unsafe_code)] // syscalls libc and nix do not wrap; each block has its SAFETY note
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{umount2, MntFlags};
 
-use crate::rootfs::new_api::{attach, fd};
+use crate::rootfs::new_api::{attach, c_path, fd};
 use crate::rootfs::{MountError, Result};
 
 // From linux/mount.h.
@@ -51,14 +49,16 @@ fn failed(what: &str, target: &Path, source: io::Error) -> MountError {
     MountError::Kernel { what: what.to_string(), target: target.to_path_buf(), source, hint }
 }
 
-fn c_path(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))
-}
-
 /// Attaches a clone of `source` (not its submounts) at `target`, mapped
 /// through the user namespace pinned at `userns`. `target` is made as a
 /// folder or an empty file, as `source` is.
 pub fn bind(source: &Path, target: &Path, userns: &Path) -> Result<()> {
+    let ns = std::fs::File::open(userns).map_err(|e| failed("opening the pod's user namespace for", target, e))?;
+    bind_through(source, target, &ns)
+}
+
+/// [`bind`] through the user namespace open as `ns`.
+fn bind_through(source: &Path, target: &Path, ns: &std::fs::File) -> Result<()> {
     let make = |r: io::Result<()>| r.map_err(|source| MountError::MountPoint { path: target.to_path_buf(), source });
     if let Some(parent) = target.parent() {
         make(std::fs::create_dir_all(parent))?;
@@ -68,9 +68,8 @@ pub fn bind(source: &Path, target: &Path, userns: &Path) -> Result<()> {
     } else {
         make(std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(target).map(drop))?;
     }
-    let ns = std::fs::File::open(userns).map_err(|e| failed("opening the pod's user namespace for", target, e))?;
     let tree = open_tree(source).map_err(|e| failed(&format!("cloning {} for", source.display()), target, e))?;
-    set_idmap(&tree, &ns).map_err(|e| failed(&format!("idmapping {} for", source.display()), target, e))?;
+    set_idmap(&tree, ns).map_err(|e| failed(&format!("idmapping {} for", source.display()), target, e))?;
     attach(&tree, target).map_err(|e| failed("attaching an idmapped mount at", target, e))
 }
 
@@ -93,13 +92,15 @@ pub fn mount_overlay(
     }
     std::os::unix::fs::lchown(upper, Some(root.0), Some(root.1))
         .map_err(|source| MountError::MountPoint { path: upper.to_path_buf(), source })?;
+    // Opened once for every layer.
+    let ns = std::fs::File::open(userns).map_err(|e| failed("opening the pod's user namespace for", target, e))?;
     let mut staged = Vec::new();
     let result = (|| {
         let mut mapped = Vec::new();
         for (i, l) in lowers.iter().enumerate() {
             let at = staging.join(format!("layer-{i}"));
             staged.push(at.clone());
-            bind(l, &at, userns)?;
+            bind_through(l, &at, &ns)?;
             mapped.push(at);
         }
         crate::rootfs::mount_overlay(&mapped, upper, work, target).map_err(|e| match e {

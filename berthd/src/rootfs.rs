@@ -192,10 +192,14 @@ pub(crate) mod new_api {
         attach(&mnt, target)
     }
 
+    /// A path as the mount syscalls take it.
+    pub(crate) fn c_path(p: &Path) -> io::Result<CString> {
+        CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))
+    }
+
     /// Attaches the detached mount `mnt` (from fsmount or open_tree) at `target`.
     pub(crate) fn attach(mnt: &OwnedFd, target: &Path) -> io::Result<()> {
-        let to = CString::new(target.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the target path"))?;
+        let to = c_path(target)?;
         let empty = cstr("")?;
         // SAFETY: move_mount reads the two NUL-terminated paths (the empty
         // one with MOVE_MOUNT_F_EMPTY_PATH means the mount fd itself).
