@@ -76,8 +76,16 @@ pub fn of_pod(options: Option<&cri::NamespaceOption>, what: &str, supported: boo
 
 /// Checks a container's own user namespace options against its pod's
 /// (`pod`): it runs in the pod's, and options that say otherwise are
-/// refused rather than ignored.
+/// refused rather than ignored, as is the node's pid namespace in a pod of
+/// its own user namespace.
 pub fn of_container(own: Option<&cri::NamespaceOption>, pod: Option<&UserNamespace>, what: &str) -> Result<()> {
+    if pod.is_some() && own.is_some_and(|o| o.pid == cri::NamespaceMode::Node as i32) {
+        // The node's pid namespace belongs to no user namespace the pod's
+        // root owns: runc would fail mounting /proc, so say why first.
+        return Err(Error::invalid(format!(
+            "{what}: a container of a pod with its own user namespace cannot use the node's pid namespace (hostUsers: false with hostPID)"
+        )));
+    }
     let Some(u) = own.and_then(|o| o.userns_options.as_ref()) else { return Ok(()) };
     let asked = match cri::NamespaceMode::try_from(u.mode) {
         Ok(cri::NamespaceMode::Node) => None,
@@ -168,6 +176,11 @@ mod tests {
         assert!(of_container(Some(&o), None, "c").unwrap_err().message.contains("its pod does not have"));
         let other = opts(POD, vec![map(131072, 0, 65536)], vec![map(65536, 0, 65536)]);
         assert!(of_container(Some(&other), u.as_ref(), "c").unwrap_err().message.contains("other"));
+        let host_pid = cri::NamespaceOption { pid: cri::NamespaceMode::Node as i32, ..o.clone() };
+        assert!(of_container(Some(&host_pid), u.as_ref(), "c").unwrap_err().message.contains("node's pid"));
+        assert!(of_container(Some(&host_pid), None, "c").is_err(), "its pod has no user namespace to match");
+        let host_pid_only = cri::NamespaceOption { pid: cri::NamespaceMode::Node as i32, ..Default::default() };
+        assert!(of_container(Some(&host_pid_only), None, "c").is_ok());
         let node = opts(cri::NamespaceMode::Node as i32, vec![], vec![]);
         assert!(of_container(Some(&node), None, "c").is_ok());
         assert_eq!(of_container(Some(&node), u.as_ref(), "c").unwrap_err().kind, Kind::InvalidArgument);

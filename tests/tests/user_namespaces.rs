@@ -169,8 +169,9 @@ async fn a_pod_runs_in_its_own_user_namespace_with_idmapped_root_and_volumes() {
 /// What the CRI refuses (modes CONTAINER and TARGET, more than one
 /// mapping, container id 0 unmapped) is InvalidArgument and leaves
 /// nothing; so is a pod that would share the node's network, and a
-/// container that asks for another user namespace than its pod's. The
-/// node's (NODE) runs.
+/// container that asks for another user namespace than its pod's, or for
+/// the node's pid namespace in a user namespaced pod. The node's (NODE)
+/// runs.
 #[tokio::test]
 async fn user_namespaces_the_cri_refuses_are_invalid_argument() {
     let mut d = Daemon::start().await;
@@ -223,6 +224,24 @@ async fn user_namespaces_the_cri_refuses_are_invalid_argument() {
     assert_eq!(counts(&mut d).await, (1, 0));
     let c = d.create(&pod, &cfg, "plain", &["sleep", "1000"]).await;
     d.start_container(&c).await;
+
+    if !advertised(&mut d).await {
+        return;
+    }
+    // A container of a user namespaced pod that asks for the node's pid
+    // namespace is refused as its pod would be, not run with it.
+    let mut cfg = d.pod_config("userns-pod");
+    with_userns(&mut cfg, pod_userns());
+    let pod = d.run_pod(&cfg).await;
+    let mut cc = container_config("host-pid", &["sleep", "1000"]);
+    let sc = cc.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default);
+    let ns = sc.namespace_options.get_or_insert_with(Default::default);
+    ns.userns_options = Some(pod_userns());
+    ns.pid = cri::NamespaceMode::Node as i32;
+    let e = d.create_with(&pod, &cfg, cc).await.expect_err("the node's pid namespace is refused");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("node's pid namespace"), "{}", e.message());
+    assert_eq!(counts(&mut d).await, (2, 1), "a refused container left something");
 }
 
 /// berthd killed while a user namespaced container with a volume is being
