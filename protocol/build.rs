@@ -1,6 +1,6 @@
 //! Generates the CRI gRPC code (prost + tonic, from descriptors compiled by
 //! protox so no protoc is needed) and the shim ttrpc code (rust-protobuf,
-//! parsed in pure Rust by ttrpc-codegen).
+//! parsed in pure Rust by ttrpc-codegen), and the NRI ttrpc code the same way.
 // A build script that cannot generate the code fails the build, with the
 // reason: that is what its panics are.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -37,6 +37,21 @@ fn main() {
         .expect("generate shim ttrpc code");
     for name in ["shim.rs", "shim_ttrpc.rs"] {
         strip_inner_attributes(&shim_out.join(name));
+    }
+
+    let nri_out = out.join("nri");
+    std::fs::create_dir_all(&nri_out).expect("create nri out dir");
+    ttrpc_codegen::Codegen::new()
+        .out_dir(&nri_out)
+        .inputs(["proto/nri/api.proto"])
+        .include("proto/nri")
+        .rust_protobuf()
+        .customize(ttrpc_codegen::Customize { async_all: true, ..Default::default() })
+        .rust_protobuf_customize(ttrpc_codegen::ProtobufCustomize::default().gen_mod_rs(false))
+        .run()
+        .expect("generate NRI ttrpc code");
+    for name in ["api.rs", "api_ttrpc.rs"] {
+        strip_inner_attributes(&nri_out.join(name));
     }
 }
 

@@ -82,14 +82,22 @@ impl RuntimeService for CriServer {
         let handler = r.runtime_handler;
         ok(self
             .retries
-            .run(key, async move { mgr.run_pod_sandbox(config, &handler).await })
+            .run(key, async move {
+                let _gate = mgr.nri().enter().await;
+                mgr.run_pod_sandbox(config, &handler).await
+            })
             .await
             .map(|pod_sandbox_id| cri::RunPodSandboxResponse { pod_sandbox_id }))
     }
 
     async fn stop_pod_sandbox(&self, req: Request<cri::StopPodSandboxRequest>) -> Reply<cri::StopPodSandboxResponse> {
         let (mgr, id) = (Arc::clone(&self.mgr), req.into_inner().pod_sandbox_id);
-        ok(detached(async move { mgr.stop_pod_sandbox(&id).await }).await.map(|()| cri::StopPodSandboxResponse {}))
+        ok(detached(async move {
+            let _gate = mgr.nri().enter().await;
+            mgr.stop_pod_sandbox(&id).await
+        })
+        .await
+        .map(|()| cri::StopPodSandboxResponse {}))
     }
 
     async fn remove_pod_sandbox(
@@ -97,7 +105,12 @@ impl RuntimeService for CriServer {
         req: Request<cri::RemovePodSandboxRequest>,
     ) -> Reply<cri::RemovePodSandboxResponse> {
         let (mgr, id) = (Arc::clone(&self.mgr), req.into_inner().pod_sandbox_id);
-        ok(detached(async move { mgr.remove_pod_sandbox(&id).await }).await.map(|()| cri::RemovePodSandboxResponse {}))
+        ok(detached(async move {
+            let _gate = mgr.nri().enter().await;
+            mgr.remove_pod_sandbox(&id).await
+        })
+        .await
+        .map(|()| cri::RemovePodSandboxResponse {}))
     }
 
     async fn pod_sandbox_status(
@@ -141,26 +154,42 @@ impl RuntimeService for CriServer {
         let (mgr, sandbox) = (Arc::clone(&self.mgr), r.pod_sandbox_id);
         ok(self
             .retries
-            .run(key, async move { mgr.create_container(&sandbox, config).await })
+            .run(key, async move {
+                let _gate = mgr.nri().enter().await;
+                mgr.create_container(&sandbox, config).await
+            })
             .await
             .map(|container_id| cri::CreateContainerResponse { container_id }))
     }
 
     async fn start_container(&self, req: Request<cri::StartContainerRequest>) -> Reply<cri::StartContainerResponse> {
         let (mgr, id) = (Arc::clone(&self.mgr), req.into_inner().container_id);
-        ok(detached(async move { mgr.start_container(&id).await }).await.map(|()| cri::StartContainerResponse {}))
+        ok(detached(async move {
+            let _gate = mgr.nri().enter().await;
+            mgr.start_container(&id).await
+        })
+        .await
+        .map(|()| cri::StartContainerResponse {}))
     }
 
     async fn stop_container(&self, req: Request<cri::StopContainerRequest>) -> Reply<cri::StopContainerResponse> {
         let (mgr, r) = (Arc::clone(&self.mgr), req.into_inner());
-        ok(detached(async move { mgr.stop_container(&r.container_id, r.timeout).await })
-            .await
-            .map(|()| cri::StopContainerResponse {}))
+        ok(detached(async move {
+            let _gate = mgr.nri().enter().await;
+            mgr.stop_container(&r.container_id, r.timeout).await
+        })
+        .await
+        .map(|()| cri::StopContainerResponse {}))
     }
 
     async fn remove_container(&self, req: Request<cri::RemoveContainerRequest>) -> Reply<cri::RemoveContainerResponse> {
         let (mgr, id) = (Arc::clone(&self.mgr), req.into_inner().container_id);
-        ok(detached(async move { mgr.remove_container(&id).await }).await.map(|()| cri::RemoveContainerResponse {}))
+        ok(detached(async move {
+            let _gate = mgr.nri().enter().await;
+            mgr.remove_container(&id).await
+        })
+        .await
+        .map(|()| cri::RemoveContainerResponse {}))
     }
 
     async fn list_containers(&self, req: Request<cri::ListContainersRequest>) -> Reply<cri::ListContainersResponse> {
@@ -192,6 +221,7 @@ impl RuntimeService for CriServer {
     ) -> Reply<cri::UpdateContainerResourcesResponse> {
         let r = req.into_inner();
         let res = r.linux.ok_or_else(|| Status::invalid_argument("UpdateContainerResources needs linux resources"))?;
+        let _gate = self.mgr.nri().enter().await;
         ok(self
             .mgr
             .update_container_resources(&r.container_id, res)

@@ -14,6 +14,7 @@ pub mod logging;
 pub mod manager;
 pub mod metrics;
 pub mod metrics_server;
+pub mod nri;
 pub mod pidfd;
 pub mod pod_cgroup;
 pub mod pod_files;

@@ -47,6 +47,8 @@ pub struct Settings {
     pub stream: StreamSettings,
     /// Prometheus metrics.
     pub metrics: MetricsSettings,
+    /// NRI plugins.
+    pub nri: NriSettings,
     /// Settings by registry host (`host[:port]`, `docker.io`, or `*`);
     /// reloaded on SIGHUP.
     pub registries: BTreeMap<String, RegistryHost>,
@@ -141,6 +143,30 @@ pub struct MetricsSettings {
     pub address: String,
 }
 
+/// `[nri]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NriSettings {
+    /// The socket NRI plugins connect to (root's alone); empty: NRI off.
+    pub socket: String,
+    /// How long a connected plugin has to register.
+    pub registration_timeout: String,
+    /// How long a plugin has to answer one event; one that does not is
+    /// closed and dropped.
+    pub request_timeout: String,
+}
+
+impl Default for NriSettings {
+    fn default() -> Self {
+        // NRI's own defaults.
+        NriSettings {
+            socket: "/var/run/nri/nri.sock".into(),
+            registration_timeout: "5s".into(),
+            request_timeout: "2s".into(),
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -155,6 +181,7 @@ impl Default for Settings {
             cni: CniSettings::default(),
             stream: StreamSettings::default(),
             metrics: MetricsSettings::default(),
+            nri: NriSettings::default(),
             registries: BTreeMap::new(),
         }
     }
@@ -266,6 +293,8 @@ impl Settings {
             ("cni.plugin_timeout", &self.cni.plugin_timeout),
             ("stream.token_ttl", &self.stream.token_ttl),
             ("stream.idle_timeout", &self.stream.idle_timeout),
+            ("nri.registration_timeout", &self.nri.registration_timeout),
+            ("nri.request_timeout", &self.nri.request_timeout),
         ] {
             if duration(value).is_none() {
                 return bad(key, format!("{value:?}: give a duration like 10s or 1m"));
@@ -279,6 +308,9 @@ impl Settings {
         }
         if self.stream.tls_cert.is_empty() != self.stream.tls_key.is_empty() {
             return bad("stream.tls_cert", "tls_cert and tls_key go together".into());
+        }
+        if !self.nri.socket.is_empty() && !Path::new(&self.nri.socket).is_absolute() {
+            return bad("nri.socket", format!("{:?} must be an absolute path (or empty: NRI off)", self.nri.socket));
         }
         if !self.metrics.address.is_empty() && self.metrics.address.parse::<std::net::SocketAddr>().is_err() {
             return bad("metrics.address", format!("{:?} is not an address like 127.0.0.1:9338", self.metrics.address));

@@ -4,6 +4,7 @@
 //! daemon by pid, unmounts whatever is left under its folder and deletes it.
 pub mod containerd;
 pub mod faults;
+pub mod nri_plugin;
 pub mod registry;
 pub mod streams;
 
@@ -97,6 +98,9 @@ fn spawn_berthd(dir: &Path, socket: &Path, env: &[(&str, &str)], args: &[String]
         // No CNI unless a test writes a configuration into its own folder.
         .arg("--cni-conf-dir")
         .arg(dir.join("cni"))
+        // Each daemon's own NRI socket: the node's default is shared.
+        .arg("--nri-socket")
+        .arg(dir.join("nri").join("nri.sock"))
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())

@@ -85,6 +85,9 @@ struct Args {
     /// Address of the Prometheus metrics endpoint; unset: off [metrics.address].
     #[arg(long)]
     metrics_address: Option<String>,
+    /// The socket NRI plugins connect to; empty: NRI off [nri.socket].
+    #[arg(long)]
+    nri_socket: Option<String>,
     /// error, warn, info, debug or trace [log_level].
     #[arg(long)]
     log_level: Option<String>,
@@ -192,6 +195,9 @@ impl Args {
         if let Some(v) = &self.metrics_address {
             s.metrics.address = v.clone();
         }
+        if let Some(v) = &self.nri_socket {
+            s.nri.socket = v.clone();
+        }
         if let Some(v) = &self.log_level {
             s.log_level = v.clone();
         }
@@ -255,6 +261,12 @@ fn manager_config(s: &Settings) -> Result<Config> {
         },
         file: s.registry_config(),
         cgroup_driver: s.cgroup_driver,
+        nri: berthd::nri::Settings {
+            socket: (!s.nri.socket.is_empty()).then(|| PathBuf::from(&s.nri.socket)),
+            registration_timeout: berthd::settings::duration(&s.nri.registration_timeout)
+                .context("nri.registration_timeout")?,
+            request_timeout: berthd::settings::duration(&s.nri.request_timeout).context("nri.request_timeout")?,
+        },
     })
 }
 
@@ -340,6 +352,7 @@ fn main() -> Result<()> {
         let mgr = Arc::new(Manager::open(cfg.clone(), log.clone()).map_err(|e| anyhow::anyhow!("{e}"))?);
         let r = mgr.recover().await.map_err(|e| anyhow::anyhow!("recovering: {e}"))?;
         mgr.metrics().set_recovery_seconds(started.elapsed().as_secs_f64());
+        mgr.start_nri().map_err(|e| anyhow::anyhow!("NRI: {e}"))?;
         info!(log, "berthd ready";
             "version" => berthd::cri_server::VERSION,
             "listen" => listen.display().to_string(),
@@ -392,9 +405,10 @@ fn main() -> Result<()> {
                 notify(&log, systemd.stopping());
             }
         };
-        berthd::server::serve(&listen, mgr, stream, log.clone(), ready_tx, shutdown)
+        berthd::server::serve(&listen, mgr.clone(), stream, log.clone(), ready_tx, shutdown)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        mgr.nri().shutdown().await;
         info!(log, "berthd stopped; shims and containers keep running");
         Ok::<_, anyhow::Error>(())
     });

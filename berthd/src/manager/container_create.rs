@@ -95,6 +95,7 @@ impl Manager {
             user: None,
         };
         let mut steps = crate::step_times::StepTimes::start();
+        let mut nri_told = false;
         let result = async {
             self.container_store.put(&id, &meta).await?;
             steps.mark("recorded");
@@ -167,12 +168,22 @@ impl Manager {
             let defaults = ImageDefaults::from_config(&image.config);
             // It reads the image's /etc/passwd and /etc/group (bounded, but
             // still file work): off the async workers.
-            let spec = {
+            let mut spec = {
                 let (id, config, rootfs_dir) = (id.clone(), spec_config, rootfs_dir.clone());
                 tokio::task::spawn_blocking(move || spec::build(&id, &config, &view, &defaults, &rootfs_dir))
                     .await
                     .map_err(|e| Error::internal(format!("building the OCI spec: {e}")))??
             };
+            // NRI plugins adjust the spec before it is written; resources
+            // they change are the container's from then on.
+            let mut res = meta.config.linux.as_ref().and_then(|l| l.resources.clone()).unwrap_or_default();
+            let before = res.clone();
+            nri_told = self.nri.wants(protocol::nri::Event::CREATE_CONTAINER);
+            self.nri_create_container(&smeta, &meta, &mut spec, &mut res).await?;
+            if res != before {
+                meta.config.linux.get_or_insert_with(Default::default).resources = Some(res);
+            }
+            steps.mark("nri");
             meta.user = spec.process().as_ref().map(|p| {
                 let u = p.user();
                 // As kubelet shows them: the primary group among the groups.
@@ -209,12 +220,19 @@ impl Manager {
         if let Err(e) = result {
             warn!(self.log, "create container failed, cleaning up"; "container_id" => &id, "sandbox_id" => sandbox_id, "error" => %e);
             self.rollback_container(&meta).await;
+            if nri_told {
+                // Plugins asked before the failure forget the container.
+                let gone = protocol::nri::ContainerState::CONTAINER_STOPPED;
+                let _ = self.nri_container_event(protocol::nri::Event::REMOVE_CONTAINER, &meta, gone, None).await;
+            }
             return Err(e);
         }
         name.keep();
         info!(self.log, "container created"; "container_id" => &id, "sandbox_id" => sandbox_id, "name" => &md.name,
               "steps_ms" => %steps);
         self.emit(sandbox_id, &id, cri::ContainerEventType::ContainerCreatedEvent).await;
+        let created = protocol::nri::ContainerState::CONTAINER_CREATED;
+        self.nri_container_event(protocol::nri::Event::POST_CREATE_CONTAINER, &meta, created, None).await?;
         Ok(id)
     }
 }

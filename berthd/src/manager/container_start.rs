@@ -7,11 +7,15 @@ impl Manager {
         let meta = self.container(id)?;
         let sb = self.sandbox(&meta.sandbox_id)?;
         let shim = self.shim_of(&sb).await?;
+        let (created, running) =
+            (protocol::nri::ContainerState::CONTAINER_CREATED, protocol::nri::ContainerState::CONTAINER_RUNNING);
+        self.nri_container_event(protocol::nri::Event::START_CONTAINER, &meta, created, None).await?;
         failpoint::hit("start-container/before-start");
         shim.start(id).await?;
         self.watch_exit(&meta.sandbox_id, id);
         info!(self.log, "container started"; "container_id" => id, "sandbox_id" => &meta.sandbox_id);
         self.emit(&meta.sandbox_id, id, cri::ContainerEventType::ContainerStartedEvent).await;
+        self.nri_container_event(protocol::nri::Event::POST_START_CONTAINER, &meta, running, None).await?;
         Ok(())
     }
 }

@@ -3,7 +3,22 @@ use super::*;
 
 impl Manager {
     /// StopContainer: the stop signal, then SIGKILL after `timeout` seconds.
+    /// NRI plugins are told once the container is stopped (once each).
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        self.stop_in_shim(id, timeout).await?;
+        let event = protocol::nri::Event::STOP_CONTAINER;
+        if self.nri.wants(event) {
+            if let Ok(meta) = self.container(id) {
+                if lock(&self.nri_stopped).insert(id.to_string()) {
+                    let stopped = protocol::nri::ContainerState::CONTAINER_STOPPED;
+                    self.nri_container_event(event, &meta, stopped, None).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop_in_shim(&self, id: &str, timeout: i64) -> Result<()> {
         let Some(meta) = absent_ok(self.container(id))? else { return Ok(()) };
         let st = self.runtime_state(&meta).await;
         if st.reason == "ShimNotAnswering" {

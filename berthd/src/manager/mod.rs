@@ -35,6 +35,7 @@ mod image_use;
 mod image_volumes;
 mod live;
 mod names;
+mod nri_events;
 mod pod_remove;
 mod pod_run;
 mod pod_status;
@@ -92,6 +93,8 @@ pub struct Config {
     pub file: berth_images::registry_config::FileConfig,
     /// How container cgroups are named (kubelet's cgroupDriver).
     pub cgroup_driver: crate::settings::CgroupDriver,
+    /// NRI: its socket and timeouts.
+    pub nri: crate::nri::Settings,
 }
 
 /// What the manager reaches outside itself besides its stores and the shims'
@@ -176,6 +179,13 @@ pub struct Manager {
     /// their turn, so a burst of pods cannot start hundreds of shims and
     /// CNI plugins together.
     pod_starts: tokio::sync::Semaphore,
+    /// NRI plugins and the events they get.
+    nri: Arc<crate::nri::Nri>,
+    /// The plugins' updates and evictions, until [`Manager::start_nri`]
+    /// takes them.
+    nri_unsolicited: Mutex<Option<tokio::sync::mpsc::Receiver<crate::nri::Unsolicited>>>,
+    /// Containers whose stop the plugins were told of (once each).
+    nri_stopped: Mutex<HashSet<String>>,
 }
 
 /// RunPodSandbox calls past validation at once.
@@ -245,6 +255,7 @@ impl Manager {
             log.new(slog::o!("component" => "pull")),
         ));
         let features = crate::runtime_features::Features::probe(&cfg.runtime);
+        let (nri, nri_unsolicited) = crate::nri::Nri::new(log.new(slog::o!("component" => "nri")), cfg.nri.clone());
         let m = Manager {
             cfg,
             log,
@@ -267,6 +278,9 @@ impl Manager {
             image_dirs,
             pod_starts: tokio::sync::Semaphore::new(MAX_CONCURRENT_POD_STARTS),
             me: std::sync::OnceLock::new(),
+            nri,
+            nri_unsolicited: Mutex::new(Some(nri_unsolicited)),
+            nri_stopped: Mutex::new(HashSet::new()),
         };
         for s in m.sandbox_store.load_all::<SandboxMeta>()? {
             m.names.hold(sandbox_key(&s.config.metadata.clone().unwrap_or_default()));

@@ -45,6 +45,7 @@ impl Manager {
         lock(&self.sandboxes).remove(id);
         self.release(&sandbox_key(&meta.config.metadata.clone().unwrap_or_default()));
         info!(self.log, "pod sandbox removed"; "sandbox_id" => id, "steps_ms" => %steps);
+        self.nri_pod_event(protocol::nri::Event::REMOVE_POD_SANDBOX, &meta).await?;
         self.emit_with(last_status, id, id, cri::ContainerEventType::ContainerDeletedEvent).await;
         Ok(())
     }

@@ -100,6 +100,7 @@ impl Manager {
             ips: Vec::new(),
             network_released: false,
         };
+        let mut nri_told = false;
         let result = async {
             self.sandbox_store.put(&id, &meta).await?;
             failpoint::hit("run-pod-sandbox/recorded");
@@ -126,6 +127,10 @@ impl Manager {
                     failpoint::hit("run-pod-sandbox/network-added");
                 }
             }
+            // Plugins see the pod whole, before any client can: no
+            // container of it is made before their hooks end.
+            nri_told = self.nri.wants(protocol::nri::Event::RUN_POD_SANDBOX);
+            self.nri_pod_event(protocol::nri::Event::RUN_POD_SANDBOX, &meta).await?;
             meta.phase = Phase::Ready;
             self.sandbox_store.put(&id, &meta).await?;
             let sb = Sandbox::new(meta.clone(), Some(shim));
@@ -138,6 +143,10 @@ impl Manager {
         .await;
         if let Err(e) = result {
             warn!(self.log, "run pod sandbox failed, cleaning up"; "sandbox_id" => &id, "error" => %e);
+            if nri_told {
+                // Plugins asked before the one that failed forget it.
+                let _ = self.nri_pod_event(protocol::nri::Event::REMOVE_POD_SANDBOX, &meta).await;
+            }
             if let Err(e) = self.release_network(&meta).await {
                 warn!(self.log, "CNI DEL failed"; "sandbox_id" => &id, "error" => %e);
             }

@@ -27,6 +27,9 @@ impl Manager {
         };
         self.sandbox_store.put(id, &meta).await?;
         steps.mark("recorded");
+        if !was_stopped {
+            self.nri_pod_event(protocol::nri::Event::STOP_POD_SANDBOX, &meta).await?;
+        }
         info!(self.log, "pod sandbox stopped"; "sandbox_id" => id, "steps_ms" => %steps);
         if !was_stopped {
             self.emit(id, id, cri::ContainerEventType::ContainerStoppedEvent).await;

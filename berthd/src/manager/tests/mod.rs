@@ -47,6 +47,7 @@ impl Rig {
             cni: crate::cni::Cni { conf_dir: d.join("cni"), bin_dirs: Vec::new(), timeout: Duration::from_secs(5) },
             file: Default::default(),
             cgroup_driver: crate::settings::CgroupDriver::Cgroupfs,
+            nri: Default::default(),
         }
     }
 
