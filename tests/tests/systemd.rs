@@ -90,6 +90,9 @@ fn berthd_in(dir: &Path) -> Command {
         .arg(dir.join("c.sock"))
         .arg("--cni-conf-dir")
         .arg(dir.join("cni"))
+        // Its own NRI socket: the node's default is shared.
+        .arg("--nri-socket")
+        .arg(dir.join("nri.sock"))
         .stdin(Stdio::null());
     cmd
 }

@@ -439,6 +439,53 @@ mod tests {
     }
 
     #[test]
+    fn hooks_rlimits_and_devices_reach_the_spec() {
+        let mut a = api::ContainerAdjustment::new();
+        let mut h = api::Hook::new();
+        h.path = "/usr/local/bin/nri-hook".into();
+        h.args = vec!["nri-hook".into(), "start".into()];
+        let mut hooks = api::Hooks::new();
+        hooks.create_runtime.push(h);
+        a.hooks = Some(hooks).into();
+        let mut r = api::POSIXRlimit::new();
+        r.type_ = "RLIMIT_NOFILE".into();
+        r.hard = 4096;
+        r.soft = 1024;
+        a.rlimits.push(r);
+        let mut d = api::LinuxDevice::new();
+        d.path = "/dev/nri-null".into();
+        d.type_ = "c".into();
+        d.major = 1;
+        d.minor = 3;
+        let mut lin = api::LinuxContainerAdjustment::new();
+        lin.devices.push(d);
+        a.linux = Some(lin).into();
+        let mut adj = Adjustments::default();
+        adj.add("10-a", a).unwrap();
+        let mut s = spec();
+        adj.apply(&mut s, &mut cri::LinuxContainerResources::default()).unwrap();
+        let hook = &s.hooks().as_ref().unwrap().create_runtime().as_ref().unwrap()[0];
+        assert_eq!(hook.path(), std::path::Path::new("/usr/local/bin/nri-hook"));
+        let rl = &s.process().as_ref().unwrap().rlimits().as_ref().unwrap()[0];
+        assert_eq!((rl.hard(), rl.soft()), (4096, 1024));
+        let linux = s.linux().as_ref().unwrap();
+        let dev = &linux.devices().as_ref().unwrap()[0];
+        assert_eq!((dev.major(), dev.minor()), (1, 3));
+        let rule = linux.resources().as_ref().unwrap().devices().as_ref().unwrap().last().unwrap().clone();
+        assert!(rule.allow() && rule.major() == Some(1) && rule.minor() == Some(3), "the device is allowed");
+        let mut bad = api::ContainerAdjustment::new();
+        let mut d = api::LinuxDevice::new();
+        d.path = "/etc/shadow".into();
+        let mut lin = api::LinuxContainerAdjustment::new();
+        lin.devices.push(d);
+        bad.linux = Some(lin).into();
+        let mut adj = Adjustments::default();
+        adj.add("10-a", bad).unwrap();
+        let e = adj.apply(&mut spec(), &mut cri::LinuxContainerResources::default()).unwrap_err();
+        assert!(e.message.contains("not under /dev"), "{}", e.message);
+    }
+
+    #[test]
     fn what_berth_cannot_honour_is_refused() {
         let mut a = api::ContainerAdjustment::new();
         a.CDI_devices.push(api::CDIDevice::new());
