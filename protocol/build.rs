@@ -24,34 +24,24 @@ fn main() {
         .compile_fds(fds.clone())
         .expect("generate CRI code");
 
-    let shim_out = out.join("shim");
-    std::fs::create_dir_all(&shim_out).expect("create shim out dir");
-    ttrpc_codegen::Codegen::new()
-        .out_dir(&shim_out)
-        .inputs(["proto/shim/shim.proto"])
-        .include("proto/shim")
-        .rust_protobuf()
-        .customize(ttrpc_codegen::Customize { async_all: true, ..Default::default() })
-        .rust_protobuf_customize(ttrpc_codegen::ProtobufCustomize::default().gen_mod_rs(false))
-        .run()
-        .expect("generate shim ttrpc code");
-    for name in ["shim.rs", "shim_ttrpc.rs"] {
-        strip_inner_attributes(&shim_out.join(name));
-    }
+    ttrpc_code(&out.join("shim"), "proto/shim/shim.proto", "proto/shim", ["shim.rs", "shim_ttrpc.rs"]);
+    ttrpc_code(&out.join("nri"), "proto/nri/api.proto", "proto/nri", ["api.rs", "api_ttrpc.rs"]);
+}
 
-    let nri_out = out.join("nri");
-    std::fs::create_dir_all(&nri_out).expect("create nri out dir");
+/// rust-protobuf messages and async ttrpc glue for one proto, in `out`.
+fn ttrpc_code(out: &Path, proto: &str, include: &str, generated: [&str; 2]) {
+    std::fs::create_dir_all(out).expect("create ttrpc out dir");
     ttrpc_codegen::Codegen::new()
-        .out_dir(&nri_out)
-        .inputs(["proto/nri/api.proto"])
-        .include("proto/nri")
+        .out_dir(out)
+        .inputs([proto])
+        .include(include)
         .rust_protobuf()
         .customize(ttrpc_codegen::Customize { async_all: true, ..Default::default() })
         .rust_protobuf_customize(ttrpc_codegen::ProtobufCustomize::default().gen_mod_rs(false))
         .run()
-        .expect("generate NRI ttrpc code");
-    for name in ["api.rs", "api_ttrpc.rs"] {
-        strip_inner_attributes(&nri_out.join(name));
+        .unwrap_or_else(|e| panic!("generate ttrpc code of {proto}: {e}"));
+    for name in generated {
+        strip_inner_attributes(&out.join(name));
     }
 }
 

@@ -283,3 +283,35 @@ async fn a_plugin_updates_and_evicts_containers_unasked() {
     plugin.runtime.update_containers(ctx, &req).await.expect("evict");
     d.wait_state(&c, cri::ContainerState::ContainerExited, Duration::from_secs(20)).await;
 }
+
+/// A container that exits on its own is told stopped at its exit, once,
+/// before it is told removed.
+#[tokio::test]
+async fn an_exit_is_told_as_stop_container_once() {
+    let mut d = Daemon::start().await;
+    let plugin = TestPlugin::connect(&socket(&d), "10", "exits", Behaviour::default()).await;
+    let cfg = d.pod_config("exits");
+    let pod = d.run_pod(&cfg).await;
+    let c = d.create(&pod, &cfg, "c", &["sh", "-c", "exit 3"]).await;
+    d.start_container(&c).await;
+    d.wait_state(&c, cri::ContainerState::ContainerExited, Duration::from_secs(20)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !names(&plugin.told(), &c).contains(&"StopContainer".to_string()) {
+        assert!(std::time::Instant::now() < deadline, "the exit was never told: {:?}", plugin.told());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    d.rt.stop_container(cri::StopContainerRequest { container_id: c.clone(), timeout: 0 }).await.expect("stop");
+    d.rt.remove_container(cri::RemoveContainerRequest { container_id: c.clone() }).await.expect("remove");
+    let told = names(&plugin.told(), &c);
+    assert_eq!(told.iter().filter(|e| *e == "StopContainer").count(), 1, "{told:?}");
+    assert_eq!(told.last().map(String::as_str), Some("RemoveContainer"), "{told:?}");
+    let exited = plugin
+        .seen
+        .lock()
+        .unwrap()
+        .containers
+        .iter()
+        .find(|x| x.id == c && x.state.value() == api::ContainerState::CONTAINER_STOPPED as i32)
+        .cloned();
+    assert!(exited.is_some(), "the container is told as stopped");
+}

@@ -34,7 +34,7 @@ impl Manager {
             }
         }
         info!(self.log, "container removed"; "container_id" => id, "sandbox_id" => &meta.sandbox_id);
-        lock(&self.nri_stopped).remove(id);
+        self.nri_stopped.lock().await.remove(id);
         let gone = protocol::nri::ContainerState::CONTAINER_STOPPED;
         self.nri_container_event(protocol::nri::Event::REMOVE_CONTAINER, &meta, gone, None).await?;
         self.emit(&meta.sandbox_id, id, cri::ContainerEventType::ContainerDeletedEvent).await;

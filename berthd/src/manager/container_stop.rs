@@ -6,14 +6,21 @@ impl Manager {
     /// NRI plugins are told once the container is stopped (once each).
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
         self.stop_in_shim(id, timeout).await?;
+        self.nri_tell_stopped(id).await
+    }
+
+    /// Tells NRI plugins a container stopped, once: from StopContainer, or
+    /// from its exit (whichever comes first).
+    pub(super) async fn nri_tell_stopped(&self, id: &str) -> Result<()> {
         let event = protocol::nri::Event::STOP_CONTAINER;
-        if self.nri.wants(event) {
-            if let Ok(meta) = self.container(id) {
-                if lock(&self.nri_stopped).insert(id.to_string()) {
-                    let stopped = protocol::nri::ContainerState::CONTAINER_STOPPED;
-                    self.nri_container_event(event, &meta, stopped, None).await?;
-                }
-            }
+        if !self.nri.wants(event) {
+            return Ok(());
+        }
+        let Ok(meta) = self.container(id) else { return Ok(()) };
+        let mut told = self.nri_stopped.lock().await;
+        if told.insert(id.to_string()) {
+            let stopped = protocol::nri::ContainerState::CONTAINER_STOPPED;
+            self.nri_container_event(event, &meta, stopped, None).await?;
         }
         Ok(())
     }

@@ -52,6 +52,10 @@ impl Manager {
                 let Some(m) = weak.upgrade() else { return };
                 info!(m.log, "container exited"; "container_id" => &id, "exit_code" => st.exit_code, "signal" => st.exit_signal);
                 m.emit(&sid, &id, cri::ContainerEventType::ContainerStoppedEvent).await;
+                // Under the gate, as a CRI call: a plugin being synchronized
+                // sees the exit in its listing or as this event.
+                let _gate = m.nri.enter().await;
+                let _ = m.nri_tell_stopped(&id).await;
             }
         });
     }

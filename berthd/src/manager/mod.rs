@@ -184,8 +184,9 @@ pub struct Manager {
     /// The plugins' updates and evictions, until [`Manager::start_nri`]
     /// takes them.
     nri_unsolicited: Mutex<Option<tokio::sync::mpsc::Receiver<crate::nri::Unsolicited>>>,
-    /// Containers whose stop the plugins were told of (once each).
-    nri_stopped: Mutex<HashSet<String>>,
+    /// Containers whose stop the plugins were told of (once each); held
+    /// while telling, so no RemoveContainer overtakes a StopContainer.
+    nri_stopped: tokio::sync::Mutex<HashSet<String>>,
 }
 
 /// RunPodSandbox calls past validation at once.
@@ -280,7 +281,7 @@ impl Manager {
             me: std::sync::OnceLock::new(),
             nri,
             nri_unsolicited: Mutex::new(Some(nri_unsolicited)),
-            nri_stopped: Mutex::new(HashSet::new()),
+            nri_stopped: tokio::sync::Mutex::new(HashSet::new()),
         };
         for s in m.sandbox_store.load_all::<SandboxMeta>()? {
             m.names.hold(sandbox_key(&s.config.metadata.clone().unwrap_or_default()));

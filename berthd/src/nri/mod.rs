@@ -352,10 +352,13 @@ impl Nri {
         each!(self, api::Event::REMOVE_CONTAINER, "RemoveContainer", remove_container, req).map(drop)
     }
 
-    /// Tells every plugin berthd is going down.
+    /// Tells every plugin berthd is going down, and removes the socket.
     pub async fn shutdown(&self) {
         for p in self.plugins() {
             p.shutdown().await;
+        }
+        if let Some(path) = &self.settings.socket {
+            socket::remove(path);
         }
     }
 }

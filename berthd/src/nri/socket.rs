@@ -36,9 +36,7 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
         )));
     }
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            std::fs::remove_file(path).ctx(|| format!("removing stale socket {}", path.display()))?
-        }
+        Ok(m) if m.file_type().is_socket() => remove(path),
         Ok(_) => {
             return Err(Error::invalid(format!(
                 "{} is there and is no socket; remove it or choose another --nri-socket",
@@ -88,6 +86,13 @@ pub async fn serve(nri: Arc<Nri>, listener: tokio::net::UnixListener) {
             }
             drop(permit);
         });
+    }
+}
+
+/// Removes the socket at `path` (nothing but a socket).
+pub fn remove(path: &Path) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
     }
 }
 
