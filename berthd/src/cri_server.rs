@@ -387,6 +387,15 @@ impl RuntimeService for CriServer {
                 "config".to_string(),
                 serde_json::json!({ "runtime": "berth", "version": VERSION }).to_string(),
             );
+            let nri = self.mgr.nri();
+            info.insert(
+                "nri".to_string(),
+                serde_json::json!({
+                    "socket": nri.settings().socket.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    "plugins": nri.plugins().iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+                })
+                .to_string(),
+            );
         }
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),

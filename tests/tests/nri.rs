@@ -74,6 +74,10 @@ async fn a_plugin_sees_every_event_in_order_and_adjusts_containers() {
     };
     let plugin = TestPlugin::connect(&sock, "10", "berth-test", behaviour).await;
     assert_eq!(plugin.seen.lock().unwrap().synced, Some((vec![], vec![])));
+    let info = d.rt.status(cri::StatusRequest { verbose: true }).await.expect("status").into_inner().info;
+    let nri: serde_json::Value = serde_json::from_str(&info["nri"]).unwrap();
+    assert_eq!(nri["plugins"], serde_json::json!(["10-berth-test"]), "Status names the connected plugins");
+    assert_eq!(nri["socket"], sock.display().to_string());
 
     let mut cfg = d.pod_config("nri-pod");
     cfg.labels.insert("app".into(), "nri".into());
