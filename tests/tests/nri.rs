@@ -156,6 +156,20 @@ async fn a_plugin_sees_every_event_in_order_and_adjusts_containers() {
     assert!(post.mounts.iter().any(|m| m.destination == "/mnt/nri"));
 }
 
+/// A second plugin of the same index and name is refused and leaves the
+/// first in place.
+#[tokio::test]
+async fn a_duplicate_plugin_is_refused_and_the_first_stays() {
+    let mut d = Daemon::start().await;
+    let first = TestPlugin::connect(&socket(&d), "10", "twice", Behaviour::default()).await;
+    let second = TestPlugin::connect_unsynced(&socket(&d), "10", "twice", Behaviour::default()).await;
+    assert!(d.log_contains("is already connected").await);
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pod = d.run_pod(&d.pod_config("after-duplicate")).await;
+    assert_eq!(first.told(), vec![("RunPodSandbox".to_string(), pod)], "the first plugin still gets events");
+}
+
 /// A plugin's error in RunPodSandbox or CreateContainer fails the call
 /// with its message, leaves no pod, container or folder, and the retry
 /// (the plugin no longer failing) works.

@@ -175,11 +175,13 @@ impl Nri {
         )
         .await?;
         let me = Arc::downgrade(self);
-        let name = plugin.name.clone();
+        let (name, this) = (plugin.name.clone(), Arc::downgrade(&plugin));
         tokio::spawn(async move {
             watcher.await;
             if let Some(me) = me.upgrade() {
-                lock(&me.plugins).retain(|p| p.name != name);
+                // This connection only: a refused duplicate's end leaves the
+                // plugin of the same name in place.
+                lock(&me.plugins).retain(|p| !std::ptr::eq(Arc::as_ptr(p), this.as_ptr()));
                 info!(me.log, "NRI plugin gone"; "plugin" => &name);
             }
         });
@@ -187,6 +189,13 @@ impl Nri {
             // No CRI call changes anything while the plugin learns what
             // there is and joins the plugins.
             let _alone = self.gate.write().await;
+            if self.plugins().iter().any(|p| p.name == plugin.name) {
+                plugin.close("a plugin of that index and name is already connected");
+                return Err(berth_core::error::Error::new(
+                    berth_core::error::Kind::AlreadyExists,
+                    format!("NRI plugin {} is already connected", plugin.name),
+                ));
+            }
             let (pods, containers) = match self.source.get() {
                 Some(s) => s.state().await,
                 None => Default::default(),
@@ -209,14 +218,8 @@ impl Nri {
                     return Err(e);
                 }
             };
+            // Under the gate no other plugin joins: the check above holds.
             let mut ps = lock(&self.plugins);
-            if ps.iter().any(|p| p.name == plugin.name && !p.is_closed()) {
-                plugin.close("a plugin of that index and name is already connected");
-                return Err(berth_core::error::Error::new(
-                    berth_core::error::Kind::AlreadyExists,
-                    format!("NRI plugin {} is already connected", plugin.name),
-                ));
-            }
             ps.push(plugin.clone());
             ps.sort_by(|a, b| (&a.index, &a.name).cmp(&(&b.index, &b.name)));
             updates
