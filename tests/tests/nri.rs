@@ -322,6 +322,8 @@ async fn an_exit_is_told_as_stop_container_once() {
     d.rt.remove_container(cri::RemoveContainerRequest { container_id: c.clone() }).await.expect("remove");
     let told = names(&plugin.told(), &c);
     assert_eq!(told.iter().filter(|e| *e == "StopContainer").count(), 1, "{told:?}");
+    let at = |e: &str| told.iter().position(|t| t == e).unwrap();
+    assert!(at("PostStartContainer") < at("StopContainer"), "started before stopped: {told:?}");
     assert_eq!(told.last().map(String::as_str), Some("RemoveContainer"), "{told:?}");
     let exited = plugin
         .seen

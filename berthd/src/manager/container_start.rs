@@ -12,10 +12,12 @@ impl Manager {
         self.nri_container_event(protocol::nri::Event::START_CONTAINER, &meta, created, None).await?;
         failpoint::hit("start-container/before-start");
         shim.start(id).await?;
-        self.watch_exit(&meta.sandbox_id, id);
         info!(self.log, "container started"; "container_id" => id, "sandbox_id" => &meta.sandbox_id);
         self.emit(&meta.sandbox_id, id, cri::ContainerEventType::ContainerStartedEvent).await;
-        self.nri_container_event(protocol::nri::Event::POST_START_CONTAINER, &meta, running, None).await?;
-        Ok(())
+        let told = self.nri_container_event(protocol::nri::Event::POST_START_CONTAINER, &meta, running, None).await;
+        // Only now: a container that exits at once is told stopped after it
+        // was told started (the shim keeps the exit for a late waiter).
+        self.watch_exit(&meta.sandbox_id, id);
+        told
     }
 }
