@@ -156,6 +156,35 @@ async fn a_plugin_sees_every_event_in_order_and_adjusts_containers() {
     assert!(post.mounts.iter().any(|m| m.destination == "/mnt/nri"));
 }
 
+/// A peer that registers with a bad index, or speaks no NRI at all, is
+/// refused and hung up on; berthd and the next plugin are unharmed.
+#[tokio::test]
+async fn bad_registrations_and_garbage_are_hung_up_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut d = Daemon::start().await;
+    let stream = tokio::net::UnixStream::connect(socket(&d)).await.unwrap();
+    let mux = protocol::nri_mux::split(stream);
+    let runtime = api::RuntimeClient::new(ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(
+        mux.runtime_service,
+    )));
+    let mut req = api::RegisterPluginRequest::new();
+    req.plugin_name = "bad".into();
+    req.plugin_idx = "7".into();
+    let e = runtime.register_plugin(ttrpc::context::with_timeout(5_000_000_000), &req).await.unwrap_err();
+    assert!(format!("{e:?}").contains("two digits"), "{e:?}");
+
+    let mut raw = tokio::net::UnixStream::connect(socket(&d)).await.unwrap();
+    // A frame far past the limit, then nothing.
+    raw.write_all(&protocol::nri_mux::frame_header(1, u32::MAX)).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "berthd hangs up on an oversized frame: {read:?}");
+
+    let plugin = TestPlugin::connect(&socket(&d), "10", "after-garbage", Behaviour::default()).await;
+    let pod = d.run_pod(&d.pod_config("after-garbage")).await;
+    assert_eq!(plugin.told(), vec![("RunPodSandbox".to_string(), pod)]);
+}
+
 /// A second plugin of the same index and name is refused and leaves the
 /// first in place.
 #[tokio::test]
