@@ -41,6 +41,8 @@ pub struct Seen {
     pub told: Vec<Told>,
     /// The pods and containers it was synchronized with (ids).
     pub synced: Option<(Vec<String>, Vec<String>)>,
+    /// The parts of a split synchronization so far.
+    pub sync_parts: Option<(Vec<String>, Vec<String>)>,
     /// The pods and containers of every event, whole.
     pub pods: Vec<api::PodSandbox>,
     /// The containers of every event, whole.
@@ -104,10 +106,17 @@ impl api::Plugin for Service {
         Ok(r)
     }
     async fn synchronize(&self, _: Ctx<'_>, req: api::SynchronizeRequest) -> ttrpc::Result<api::SynchronizeResponse> {
-        let pods = req.pods.iter().map(|p| p.id.clone()).collect();
-        let cs = req.containers.iter().map(|c| c.id.clone()).collect();
-        self.seen.lock().unwrap().synced = Some((pods, cs));
-        Ok(api::SynchronizeResponse::new())
+        // A split sync comes in parts, each but the last with `more`.
+        let mut seen = self.seen.lock().unwrap();
+        let part = seen.sync_parts.get_or_insert_with(Default::default);
+        part.0.extend(req.pods.iter().map(|p| p.id.clone()));
+        part.1.extend(req.containers.iter().map(|c| c.id.clone()));
+        if !req.more {
+            seen.synced = seen.sync_parts.take();
+        }
+        let mut r = api::SynchronizeResponse::new();
+        r.more = req.more;
+        Ok(r)
     }
     async fn run_pod_sandbox(
         &self,

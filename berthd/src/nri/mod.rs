@@ -14,6 +14,7 @@
 pub mod adjust;
 pub mod plugin;
 pub mod socket;
+pub mod sync;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -200,24 +201,33 @@ impl Nri {
                 Some(s) => s.state().await,
                 None => Default::default(),
             };
-            let mut req = api::SynchronizeRequest::new();
-            req.pods = pods;
-            req.containers = containers;
-            let (c, ctx) = plugin.client();
-            let answer = plugin.call_always("Synchronize", c.synchronize(ctx, &req)).await;
-            let updates = match answer {
-                Ok(Answer::Reply(r)) => r.update,
-                Ok(_) => {
-                    return Err(berth_core::error::Error::internal(format!(
-                        "NRI plugin {} dropped in Synchronize",
+            let mut updates = Vec::new();
+            for req in sync::requests(pods, containers, sync::MAX_SYNC_BYTES) {
+                let (c, ctx) = plugin.client();
+                let reply = match plugin.call_always("Synchronize", c.synchronize(ctx, &req)).await {
+                    Ok(Answer::Reply(r)) => r,
+                    Ok(_) => {
+                        return Err(berth_core::error::Error::internal(format!(
+                            "NRI plugin {} dropped in Synchronize",
+                            plugin.name
+                        )))
+                    }
+                    Err(e) => {
+                        plugin.close("its Synchronize failed");
+                        return Err(e);
+                    }
+                };
+                // NRI's rule: a part of a split sync is acknowledged with
+                // `more` and no updates; the last part's answer counts.
+                if req.more && (!reply.more || !reply.update.is_empty()) {
+                    plugin.close("it does not take a split Synchronize");
+                    return Err(berth_core::error::Error::invalid(format!(
+                        "NRI plugin {} does not take a Synchronize split in parts",
                         plugin.name
-                    )))
+                    )));
                 }
-                Err(e) => {
-                    plugin.close("its Synchronize failed");
-                    return Err(e);
-                }
-            };
+                updates = reply.update;
+            }
             // Under the gate no other plugin joins: the check above holds.
             let mut ps = lock(&self.plugins);
             ps.push(plugin.clone());
