@@ -25,7 +25,8 @@ fn kv(key: &str, value: &str) -> api::KeyValue {
     k
 }
 
-/// Env, an annotation, a read-only bind mount and a memory limit.
+/// Env, an annotation, a read-only bind mount, a memory limit, a device,
+/// an rlimit and an OCI hook.
 fn adjustment(host_dir: &std::path::Path) -> api::ContainerAdjustment {
     let mut a = api::ContainerAdjustment::new();
     a.env.push(kv("NRI_ADDED", "yes"));
@@ -44,7 +45,26 @@ fn adjustment(host_dir: &std::path::Path) -> api::ContainerAdjustment {
     res.memory = Some(mem).into();
     let mut linux = api::LinuxContainerAdjustment::new();
     linux.resources = Some(res).into();
+    // /dev/null again, at a name of the plugin's.
+    let mut dev = api::LinuxDevice::new();
+    dev.path = "/dev/nri-null".into();
+    dev.type_ = "c".into();
+    dev.major = 1;
+    dev.minor = 3;
+    linux.devices.push(dev);
     a.linux = Some(linux).into();
+    let mut nofile = api::POSIXRlimit::new();
+    nofile.type_ = "RLIMIT_NOFILE".into();
+    nofile.hard = 4321;
+    nofile.soft = 4321;
+    a.rlimits.push(nofile);
+    // An OCI hook runc runs on the node before the container starts.
+    let mut hook = api::Hook::new();
+    hook.path = "/bin/sh".into();
+    hook.args = vec!["sh".into(), "-c".into(), format!("echo hooked > {}/hooked", host_dir.display())];
+    let mut hooks = api::Hooks::new();
+    hooks.create_runtime.push(hook);
+    a.hooks = Some(hooks).into();
     a
 }
 
@@ -93,12 +113,22 @@ async fn a_plugin_sees_every_event_in_order_and_adjusts_containers() {
     release.notify_one();
     let pod = run.await.unwrap().expect("run pod").into_inner().pod_sandbox_id;
 
-    let cc = container_config("app", &["sh", "-c", "echo env=$NRI_ADDED; cat /mnt/nri/file; sleep 1000"]);
+    let cc = container_config(
+        "app",
+        &[
+            "sh",
+            "-c",
+            "echo env=$NRI_ADDED; cat /mnt/nri/file; echo nofile=$(ulimit -n); echo x > /dev/nri-null && echo dev=ok; sleep 1000",
+        ],
+    );
     let c = d.create_with(&pod, &cfg, cc).await.expect("create");
     d.start_container(&c).await;
     let log = d.logs.join("nri-pod").join("app.log");
     assert!(berth_tests::file_contains(&log, "env=yes").await, "the plugin's env is in the container");
     assert!(berth_tests::file_contains(&log, "mounted by NRI").await, "the plugin's mount is in the container");
+    assert!(berth_tests::file_contains(&log, "nofile=4321").await, "the plugin's rlimit is the container's");
+    assert!(berth_tests::file_contains(&log, "dev=ok").await, "the plugin's device is there and allowed");
+    assert_eq!(std::fs::read_to_string(host_dir.join("hooked")).unwrap(), "hooked\n", "the plugin's hook ran");
     let status = d.status(&c).await;
     let limit = status.resources.and_then(|r| r.linux).map(|l| l.memory_limit_in_bytes);
     assert_eq!(limit, Some(96 << 20), "the plugin's memory limit is the container's");
