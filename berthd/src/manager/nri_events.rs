@@ -211,9 +211,17 @@ impl StateSource for Listing {
             lock(&m.sandboxes).values().map(|s| lock(&s.meta).clone()).filter(|s| s.phase == Phase::Ready).collect();
         let metas: Vec<ContainerMeta> =
             lock(&m.containers).values().filter(|c| c.phase == Phase::Ready).cloned().collect();
+        // One List per pod's shim, as ListContainers asks, not a call per
+        // container: the CRI calls wait on the gate while this runs.
+        let sids: Vec<String> =
+            metas.iter().map(|c| c.sandbox_id.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        let views = m.shim_views(&sids).await;
         let mut containers = Vec::new();
         for meta in metas {
-            let st = m.runtime_state(&meta).await;
+            let st = views
+                .get(&meta.sandbox_id)
+                .and_then(|v| v.state_of(&meta.sandbox_id, &meta.id))
+                .unwrap_or_else(|| RuntimeState::shim_gone(now_nanos()));
             let spec = bundle_spec(&meta.bundle).await;
             containers.push(nri_container(&meta, spec.as_ref(), nri_state(st.state), Some(&st)));
         }
