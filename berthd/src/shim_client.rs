@@ -222,7 +222,12 @@ impl Shim {
     /// hangs is then reported by the shim, with its stderr, before this
     /// deadline would call the shim itself silent.
     pub fn runtime_ctx(&self) -> ttrpc::context::Context {
-        ctx(Some(self.runtime_timeout() * 2 + QUICK_TIMEOUT))
+        self.runtime_runs_ctx(2)
+    }
+
+    /// The context of a call that may run the OCI runtime `runs` times.
+    fn runtime_runs_ctx(&self, runs: u32) -> ttrpc::context::Context {
+        ctx(Some(self.runtime_timeout() * runs + QUICK_TIMEOUT))
     }
 
     /// State of one container.
@@ -259,14 +264,15 @@ impl Shim {
         Ok(self.client.wait(ctx(None), &req(id)).await?)
     }
 
-    /// Creates a container from its bundle.
+    /// Prepares a container from its bundle (the runtime creates it at Start).
     pub async fn create(&self, r: &api::CreateRequest) -> Result<api::ContainerState> {
         Ok(self.client.create(self.runtime_ctx(), r).await?)
     }
 
-    /// Starts a created container.
+    /// Starts a created container: the runtime's create (and, should it
+    /// fail, its delete), then its start.
     pub async fn start(&self, id: &str) -> Result<api::ContainerState> {
-        Ok(self.client.start(self.runtime_ctx(), &req(id)).await?)
+        Ok(self.client.start(self.runtime_runs_ctx(3), &req(id)).await?)
     }
 
     /// Removes a stopped (or created) container from the shim and the runtime.

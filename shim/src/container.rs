@@ -1,11 +1,12 @@
 //! One container as the shim sees it: its runtime state (the source of truth
-//! berthd reads), its log sink, and the task that turns its init's exit into
+//! berthd reads), its log sink, its runtime create (done once, at the first
+//! Start; a failure ends it as a start error), and the task that turns its init's exit into
 //! a Stopped state once every byte of its output is in the log, then has the
 //! OCI runtime delete it (its state and cgroup), as containerd deletes a
 //! task on its exit: RemoveContainer and RemovePodSandbox then wait for no
 //! runtime call.
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use protocol::cri_time::unix_nanos as nanos;
@@ -14,8 +15,14 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::cri_log::LogSink;
+use crate::error::ShimError;
+use crate::launch::{self, Pending};
 use crate::oci_runtime::{OciRuntime, RuntimeError};
-use crate::reaper::ExitStatus;
+use crate::reaper::{ExitStatus, Reaper};
+
+/// The exit code of a container the runtime failed to create, as
+/// containerd reports a StartError.
+pub const START_ERROR_EXIT: i32 = 128;
 
 /// How long to wait for a container's output pipes to close after its init
 /// exited. A daemonized grandchild in a shared pid namespace can hold them
@@ -41,6 +48,8 @@ pub struct Record {
     pub finished_at: i64,
     /// The OOM killer struck in the container's cgroup.
     pub oom_killed: bool,
+    /// Why the runtime could not create it, when it could not.
+    pub start_error: Option<String>,
 }
 
 /// A container held by the shim.
@@ -51,24 +60,26 @@ pub struct Container {
     pub bundle: PathBuf,
     /// Where its output goes.
     pub log: Arc<LogSink>,
-    /// The pty master of a TTY container (for resize and input).
-    pub pty: Option<std::os::fd::OwnedFd>,
+    /// The pty master of a TTY container (for resize and input), once the
+    /// runtime has created it.
+    pub pty: OnceLock<std::os::fd::OwnedFd>,
     /// The write end of the stdin pipe the shim holds open, when asked to.
     pub stdin: Mutex<Option<std::os::fd::OwnedFd>>,
     /// Close stdin when the first attach ends.
     pub stdin_once: bool,
     record: Mutex<Record>,
+    /// What the runtime's create is handed, until it has run (or the
+    /// container was deleted unstarted); held while it runs.
+    pending: tokio::sync::Mutex<Option<Pending>>,
     exited: watch::Sender<bool>,
     /// Whether the OCI runtime has deleted it; held while it does, so one
     /// delete runs and the others wait for it.
     runtime_gone: tokio::sync::Mutex<bool>,
 }
 
-/// How a container's input and terminal are held.
+/// How a container's input is held.
 #[derive(Default)]
 pub struct Io {
-    /// The pty master, for a TTY container.
-    pub pty: Option<std::os::fd::OwnedFd>,
     /// The write end of its stdin pipe.
     pub stdin: Option<std::os::fd::OwnedFd>,
     /// Close stdin after the first attach.
@@ -76,19 +87,20 @@ pub struct Io {
 }
 
 impl Container {
-    /// A container `runc create` has just made, with init `pid`.
-    pub fn new(id: String, bundle: PathBuf, log: Arc<LogSink>, pid: i32, io: Io) -> Arc<Self> {
-        let record =
-            Record { pid, status: Status::CREATED, created_at: nanos(SystemTime::now()), ..Default::default() };
+    /// A container Create has prepared: Created, its runtime create
+    /// `pending` until Start.
+    pub fn new(id: String, bundle: PathBuf, log: Arc<LogSink>, io: Io, pending: Pending) -> Arc<Self> {
+        let record = Record { status: Status::CREATED, created_at: nanos(SystemTime::now()), ..Default::default() };
         let (exited, _) = watch::channel(false);
         Arc::new(Container {
             id,
             bundle,
             log,
-            pty: io.pty,
+            pty: OnceLock::new(),
             stdin: Mutex::new(io.stdin),
             stdin_once: io.stdin_once,
             record: Mutex::new(record),
+            pending: tokio::sync::Mutex::new(Some(pending)),
             exited,
             runtime_gone: tokio::sync::Mutex::new(false),
         })
@@ -116,7 +128,62 @@ impl Container {
         if let Some(e) = self.log.error() {
             s.message = e;
         }
+        if let Some(e) = r.start_error {
+            s.message = e;
+            s.start_failed = true;
+        }
         s
+    }
+
+    /// Has the OCI runtime create the container, unless it has (Start's
+    /// first step). On failure the container has ended: Stopped, with the
+    /// error as its start error, and nothing of it left in the runtime.
+    pub async fn launch(self: &Arc<Self>, runtime: &Arc<dyn OciRuntime>, reaper: &Reaper) -> Result<(), ShimError> {
+        let mut pending = self.pending.lock().await;
+        let Some(p) = pending.take() else { return Ok(()) };
+        match launch::create(p, &self.id, &self.bundle, &**runtime, &self.log).await {
+            Ok(made) => {
+                let exit = reaper.subscribe(made.pid);
+                self.record().pid = made.pid;
+                if let Some(pty) = made.pty {
+                    let _ = self.pty.set(pty);
+                }
+                self.monitor(exit, made.forwarders, Arc::clone(runtime), made.kill_rest);
+                Ok(())
+            }
+            Err(e) => {
+                // A create that failed half-way (or was killed at its
+                // timeout) may have left an init waiting, or runtime state.
+                let _ = self.delete_in_runtime(&**runtime).await;
+                self.end_unstarted(Some(e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends a container whose runtime create never ran (Delete and Shutdown
+    /// of a container never started): nothing runs, and the runtime has
+    /// nothing to delete. False when the runtime has created it.
+    pub async fn abandon(&self) -> bool {
+        let Some(p) = self.pending.lock().await.take() else { return false };
+        // Its pipes close with it, so its forwarders end.
+        drop(p);
+        *self.runtime_gone.lock().await = true;
+        self.end_unstarted(None);
+        true
+    }
+
+    fn end_unstarted(&self, start_error: Option<String>) {
+        {
+            let mut r = self.record();
+            r.status = Status::STOPPED;
+            r.finished_at = nanos(SystemTime::now());
+            if start_error.is_some() {
+                r.exit_code = START_ERROR_EXIT;
+            }
+            r.start_error = start_error;
+        }
+        self.exited.send_replace(true);
     }
 
     /// Marks the container running, unless it already stopped. `at` is

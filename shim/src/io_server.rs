@@ -269,7 +269,7 @@ async fn attach(
     let mut output = c.log.attach();
     let mut stdin = None;
     if start.stdin {
-        stdin = match (&c.pty, c.stdin.lock().unwrap_or_else(|e| e.into_inner()).as_ref()) {
+        stdin = match (c.pty.get(), c.stdin.lock().unwrap_or_else(|e| e.into_inner()).as_ref()) {
             (Some(p), _) => Some(writer_of(p, true)?),
             (None, Some(fd)) => Some(writer_of(fd, false)?),
             (None, None) => return Err(format!("container {} was not created with stdin", c.id)),
@@ -310,7 +310,7 @@ async fn attach(
                     }
                 }
                 Ok(Some(Frame::Resize(w, h))) => {
-                    if let Some(p) = &c.pty {
+                    if let Some(p) = c.pty.get() {
                         let _ = crate::console::resize(p, w, h);
                     }
                 }

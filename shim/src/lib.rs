@@ -8,6 +8,7 @@ pub mod cri_log;
 pub mod error;
 pub mod exec;
 pub mod io_server;
+pub mod launch;
 pub mod namespaces;
 pub mod oci_runtime;
 pub mod process_stats;

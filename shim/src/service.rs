@@ -1,7 +1,6 @@
 //! The shim API served over ttrpc: validates each call and drives the OCI
 //! runtime, the container records and the log sinks.
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,11 +16,12 @@ use tokio::sync::Notify;
 use ttrpc::r#async::TtrpcContext;
 
 use crate::container::Container;
-use crate::cri_log::{self, LogSink, Stream};
+use crate::cri_log::LogSink;
 use crate::error::ShimError;
 use crate::exec;
 use crate::namespaces::{self, Pinned};
-use crate::oci_runtime::{self, CreateCall, OciRuntime, RuntimeError};
+use crate::launch;
+use crate::oci_runtime::{OciRuntime, RuntimeError};
 use crate::reaper::Reaper;
 
 type TResult<T> = ttrpc::Result<T>;
@@ -107,64 +107,10 @@ impl ShimService {
         let sink = LogSink::open(log_path, log_root, self.max_log_line)
             .map_err(|e| ShimError::os(format!("opening log file {}", req.log_path), e))?;
         let sink = Arc::new(sink);
-        let pipe = || -> Result<(OwnedFd, OwnedFd), ShimError> {
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ShimError::os("pipe", e))
-        };
-        let pid_file = bundle.join("init.pid");
-        let mut io = crate::container::Io { stdin_once: req.stdin_once, ..Default::default() };
-        let mut forwarders = Vec::new();
-        let mut stdin_r = None;
-        if req.stdin && !req.terminal {
-            // The shim holds the write end, so the container's stdin stays
-            // open until CloseIO (or the first attach ends, with stdin_once).
-            let (r, w) = pipe()?;
-            stdin_r = Some(r);
-            io.stdin = Some(w);
-        }
-        let (out_w, err_w, console) = if req.terminal {
-            let sock = bundle.join("console.sock");
-            let console =
-                crate::console::ConsoleSocket::listen(&sock).map_err(|e| ShimError::os("console socket", e))?;
-            let (o, e) = crate::console::null_stdio().map_err(|e| ShimError::os("/dev/null", e))?;
-            (o, e, Some(console))
-        } else {
-            let (out_r, out_w) = pipe()?;
-            let (err_r, err_w) = pipe()?;
-            for (stream, fd) in [(Stream::Stdout, out_r), (Stream::Stderr, err_r)] {
-                if let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-                    forwarders.push(tokio::spawn(cri_log::forward(stream, rx, Arc::clone(&sink))));
-                }
-            }
-            (out_w, err_w, None)
-        };
-        let created = self
-            .runtime
-            .create(CreateCall {
-                id: id.to_string(),
-                bundle: bundle.clone(),
-                pid_file: pid_file.clone(),
-                console_socket: console.as_ref().map(|c| c.runtime_path()),
-                stdio: oci_runtime::Stdio { stdin: stdin_r, stdout: out_w, stderr: err_w },
-                log: bundle.join("runc.log"),
-            })
-            .await;
-        // A failed create drops the console socket, which stops its wait.
-        created.map_err(ShimError::Runtime)?;
-        if let Some(console) = console {
-            let master = console.master().await.map_err(ShimError::Internal)?;
-            let reader_fd = master.try_clone().map_err(|e| ShimError::os("dup terminal", e))?;
-            let reader = crate::console::PtyReader::new(reader_fd).map_err(|e| ShimError::os("terminal", e))?;
-            forwarders.push(tokio::spawn(cri_log::forward(Stream::Stdout, reader, Arc::clone(&sink))));
-            io.pty = Some(master);
-        }
-        let pid = oci_runtime::read_pid(&pid_file)
-            .ok_or_else(|| ShimError::Internal("the OCI runtime wrote no container pid".into()))?;
-        let exit = self.reaper.subscribe(pid);
-        let kill_rest = !own_pid_namespace(&bundle);
-        let c = Container::new(id.to_string(), bundle, sink, pid, io);
-        c.monitor(exit, forwarders, Arc::clone(&self.runtime), kill_rest);
+        let (pending, io) = launch::prepare(req, &bundle, &sink)?;
+        let c = Container::new(id.to_string(), bundle, sink, io, pending);
         self.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), Arc::clone(&c));
-        info!(self.log, "container created"; "container_id" => id, "pid" => pid);
+        info!(self.log, "container prepared (the runtime creates it at start)"; "container_id" => id);
         Ok(c)
     }
 }
@@ -192,6 +138,7 @@ impl Shim for ShimService {
         if st != Status::CREATED {
             return Err(ShimError::WrongState(format!("container {} is {:?}, not created", req.id, st)).into());
         }
+        c.launch(&self.runtime, &self.reaper).await?;
         let at = std::time::SystemTime::now();
         self.runtime.start(&req.id).await.map_err(ShimError::Runtime)?;
         c.mark_started(at);
@@ -246,11 +193,13 @@ impl Shim for ShimService {
         if c.record().status == Status::RUNNING {
             return Err(ShimError::WrongState(format!("container {} is running; stop it first", req.id)).into());
         }
-        // Done already when it exited (then this waits for no runtime call).
-        c.delete_in_runtime(&*self.runtime).await.map_err(ShimError::Runtime)?;
-        // A created container's init is killed by the delete; wait for it so
-        // its exit is recorded and its pipes are drained.
-        let _ = tokio::time::timeout(SHUTDOWN_WAIT, c.wait()).await;
+        if !c.abandon().await {
+            // Done already when it exited (then this waits for no runtime call).
+            c.delete_in_runtime(&*self.runtime).await.map_err(ShimError::Runtime)?;
+            // A created container's init is killed by the delete; wait for it
+            // so its exit is recorded and its pipes are drained.
+            let _ = tokio::time::timeout(SHUTDOWN_WAIT, c.wait()).await;
+        }
         self.containers.lock().unwrap_or_else(|e| e.into_inner()).remove(&req.id);
         info!(self.log, "container deleted"; "container_id" => &req.id);
         Ok(c.state())
@@ -286,7 +235,7 @@ impl Shim for ShimService {
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: protocol::shim::ResizePtyRequest) -> TResult<Empty> {
         let c = self.get(&req.id)?;
         let pty =
-            c.pty.as_ref().ok_or_else(|| ShimError::WrongState(format!("container {} has no terminal", req.id)))?;
+            c.pty.get().ok_or_else(|| ShimError::WrongState(format!("container {} has no terminal", req.id)))?;
         let (w, h) = (u16::try_from(req.width), u16::try_from(req.height));
         let (Ok(w), Ok(h)) = (w, h) else {
             return Err(ShimError::Invalid("terminal size out of range".into()).into());
@@ -347,6 +296,9 @@ impl Shim for ShimService {
 
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: Empty) -> TResult<Empty> {
         for c in self.all() {
+            if c.abandon().await {
+                continue;
+            }
             if c.record().status != Status::STOPPED {
                 if let Err(e) = self.runtime.kill(&c.id, libc::SIGKILL, true).await {
                     warn!(self.log, "kill on shutdown"; "container_id" => &c.id, "error" => %e);
@@ -363,16 +315,6 @@ impl Shim for ShimService {
         self.shutdown.notify_one();
         Ok(Empty::new())
     }
-}
-
-/// Whether the bundle gives the container a new pid namespace of its own
-/// (a `pid` entry without a path); joining the pod's, or the host's, is not.
-fn own_pid_namespace(bundle: &std::path::Path) -> bool {
-    let Ok(data) = std::fs::read(bundle.join("config.json")) else { return true };
-    let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&data) else { return true };
-    spec["linux"]["namespaces"]
-        .as_array()
-        .is_some_and(|ns| ns.iter().any(|n| n["type"] == "pid" && n["path"].as_str().is_none_or(str::is_empty)))
 }
 
 #[cfg(test)]

@@ -61,15 +61,19 @@ fn container_cgroups(pod: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// What an error caused by `how` says.
+fn why(how: How) -> &'static str {
+    match how {
+        How::Fail => "berth-fault: injected failure",
+        How::Hang => "timed out",
+    }
+}
+
 /// The CRI call failed, in time, saying what failed.
 fn failed(r: Result<impl std::fmt::Debug, tonic::Status>, at: &str, how: How, started: Instant) {
     let e = r.expect_err(&format!("{at} {how:?}: the call succeeded"));
     assert!(started.elapsed() < ANSWER_WITHIN, "{at} {how:?}: answered after {:?}", started.elapsed());
-    let want = match how {
-        How::Fail => "berth-fault: injected failure",
-        How::Hang => "timed out",
-    };
-    assert!(e.message().contains(want), "{at} {how:?}: the error does not say why: {e:?}");
+    assert!(e.message().contains(why(how)), "{at} {how:?}: the error does not say why: {e:?}");
     assert_ne!(e.code(), tonic::Code::Ok);
 }
 
@@ -95,16 +99,27 @@ async fn every_oci_runtime_call_that_fails_or_hangs_is_reported_and_undone() {
     let pod_folders = d.leftovers();
     for how in [How::Fail, How::Hang] {
         let cc = container_config("victim", &["sleep", "100000"]);
-        // create
+        // create: the runtime creates the container at StartContainer. A
+        // create that fails or hangs fails the start and ends the container
+        // (StartError, exit 128), leaving nothing of it in the runtime.
+        let c = d.create_with(&pod, &cfg, cc.clone()).await.expect("create");
         faults.set("create", how);
         let t = Instant::now();
-        failed(d.create_with(&pod, &cfg, cc.clone()).await, "create", how, t);
+        failed(d.rt.start_container(cri::StartContainerRequest { container_id: c.clone() }).await, "create", how, t);
         faults.clear();
         settle(shim, &pod_only, "create").await;
+        let st = d.status(&c).await;
+        assert_eq!(
+            (st.state, st.reason.as_str(), st.exit_code),
+            (cri::ContainerState::ContainerExited as i32, "StartError", 128),
+            "create {how:?}: {st:?}"
+        );
+        assert!(st.message.contains(why(how)), "create {how:?}: the status does not say why: {st:?}");
+        assert!(container_cgroups(&pod).is_empty(), "create {how:?}: cgroups left: {:?}", container_cgroups(&pod));
+        d.rt.remove_container(cri::RemoveContainerRequest { container_id: c.clone() }).await.expect("remove");
         assert!(containers(&mut d, &pod).await.is_empty(), "create {how:?}: a record is left");
         assert_eq!(d.mounts(), pod_mounts, "create {how:?}: mounts left");
         assert_eq!(d.leftovers(), pod_folders, "create {how:?}: folders left");
-        assert!(container_cgroups(&pod).is_empty(), "create {how:?}: cgroups left: {:?}", container_cgroups(&pod));
         let c = d.create_with(&pod, &cfg, cc.clone()).await.expect("create again");
 
         // start

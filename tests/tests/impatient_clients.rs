@@ -1,7 +1,7 @@
-//! Clients that give up: a RunPodSandbox or CreateContainer whose client's
+//! Clients that give up: a RunPodSandbox or StartContainer whose client's
 //! deadline passes while the work is still going on (a slow CNI plugin, a
 //! slow OCI runtime) finishes or rolls back by itself, and kubelet's retry
-//! of the same call gets its answer, not AlreadyExists.
+//! of the same RunPodSandbox gets its answer, not AlreadyExists.
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
@@ -79,13 +79,17 @@ async fn a_client_that_gives_up_leaks_nothing_and_its_retry_succeeds() {
         config: Some(cc.clone()),
         sandbox_config: Some(cfg.clone()),
     };
-    let e = d.rt.create_container(with_deadline(creq(), Duration::from_secs(1))).await.unwrap_err();
+    // The runtime creates the container at StartContainer: CreateContainer
+    // does not wait for it, so a 1 s deadline is enough.
+    let ctr = d.rt.create_container(with_deadline(creq(), Duration::from_secs(1))).await.unwrap().into_inner();
+    let ctr = ctr.container_id;
+    let sreq = || cri::StartContainerRequest { container_id: ctr.clone() };
+    let e = d.rt.start_container(with_deadline(sreq(), Duration::from_secs(1))).await.unwrap_err();
     assert!(gave_up(&e), "{e}");
-    let ctr = d.rt.create_container(creq()).await.unwrap().into_inner().container_id;
+    // The start goes on without its client.
+    d.wait_state(&ctr, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
     let list = d.rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers;
     assert_eq!(list.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [ctr.as_str()]);
-    d.start_container(&ctr).await;
-    d.wait_state(&ctr, cri::ContainerState::ContainerRunning, Duration::from_secs(10)).await;
 
     // A removal whose client gives up still happens, all of it.
     let e =

@@ -1,5 +1,7 @@
-//! CreateContainer: record, writable layer, bundle, then the container created
-//! in its pod's shim.
+//! CreateContainer: record, writable layer, bundle, then the container
+//! prepared in its pod's shim. The OCI runtime creates it at StartContainer,
+//! as containerd does: a spec the runtime refuses fails StartContainer, and
+//! the container is then Exited with reason StartError.
 use super::*;
 
 /// The signal a container asks to be stopped with.

@@ -11,7 +11,14 @@ impl Manager {
             (protocol::nri::ContainerState::CONTAINER_CREATED, protocol::nri::ContainerState::CONTAINER_RUNNING);
         self.nri_container_event(protocol::nri::Event::START_CONTAINER, &meta, created, None).await?;
         failpoint::hit("start-container/before-start");
-        shim.start(id).await?;
+        if let Err(e) = shim.start(id).await {
+            // A runtime that could not create it ended it (StartError):
+            // event watchers learn of that state as of any other exit.
+            if shim.state(id).await.is_ok_and(|s| s.start_failed) {
+                self.emit(&meta.sandbox_id, id, cri::ContainerEventType::ContainerStoppedEvent).await;
+            }
+            return Err(e.into());
+        }
         info!(self.log, "container started"; "container_id" => id, "sandbox_id" => &meta.sandbox_id);
         self.emit(&meta.sandbox_id, id, cri::ContainerEventType::ContainerStartedEvent).await;
         let told = self.nri_container_event(protocol::nri::Event::POST_START_CONTAINER, &meta, running, None).await;

@@ -54,6 +54,7 @@ impl RuntimeState {
             Status::UNKNOWN => cri::ContainerState::ContainerUnknown,
         } as i32;
         let reason = match status {
+            Status::STOPPED if s.start_failed => "StartError",
             Status::STOPPED if s.oom_killed => "OOMKilled",
             Status::STOPPED if s.exit_code == 0 => "Completed",
             Status::STOPPED => "Error",

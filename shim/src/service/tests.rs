@@ -362,18 +362,54 @@ async fn bad_requests_are_refused_with_their_code_and_change_nothing() {
     assert_eq!(s.runtime.calls(), ["create c1", "start c1"]);
 }
 
+/// Create asks the runtime nothing; Start has it create the container, then
+/// start it. A create the runtime fails ends the container there: Stopped,
+/// exit 128, the runtime's words as its start error, nothing left in the
+/// runtime, and the id free again once it is deleted.
 #[allow(clippy::await_holding_lock)]
 #[tokio::test]
-async fn a_failed_create_leaves_nothing_and_the_retry_works() {
+async fn the_runtime_creates_at_start_and_a_failed_create_ends_the_container() {
     let _serial = lock(&REAP_SERIAL);
     let s = serve().await;
+    assert_eq!(s.create("c1").await.unwrap().status.enum_value_or_default(), Status::CREATED);
+    let st = s.client.state(ctx(), &req("c1")).await.unwrap();
+    assert_eq!((st.status.enum_value_or_default(), st.pid), (Status::CREATED, 0));
+    assert!(s.runtime.calls().is_empty(), "Create ran the runtime: {:?}", s.runtime.calls());
+
     *lock(&s.runtime.fail_create) = Some("no such image layer".into());
-    let (c, msg) = s.create("c1").await.unwrap_err();
+    let (c, msg) = s.start("c1").await.unwrap_err();
     assert_eq!(c, Code::INTERNAL);
     assert!(msg.contains("no such image layer"), "the runtime's words are kept: {msg}");
+    let st = s.client.state(ctx(), &req("c1")).await.unwrap();
+    assert_eq!(st.status.enum_value_or_default(), Status::STOPPED);
+    assert!(st.start_failed && st.message.contains("no such image layer"), "{st:?}");
+    assert_eq!(st.exit_code, 128);
+    assert!(st.finished_at > 0);
+    // Its Wait returns; it cannot be started again.
+    s.client.wait(ctx(), &req("c1")).await.unwrap();
+    assert_eq!(s.start("c1").await.unwrap_err().0, Code::FAILED_PRECONDITION);
+    assert_eq!(s.runtime.calls(), ["create c1", "delete c1"]);
+    s.delete("c1").await.unwrap();
     assert!(s.ids().await.is_empty());
+    assert_eq!(s.runtime.calls(), ["create c1", "delete c1"], "the delete asked the runtime again");
+
     *lock(&s.runtime.fail_create) = None;
-    assert_eq!(s.create("c1").await.unwrap().status.enum_value_or_default(), Status::CREATED);
+    s.create("c1").await.unwrap();
+    assert_eq!(s.start("c1").await.unwrap().status.enum_value_or_default(), Status::RUNNING);
+    assert!(s.client.state(ctx(), &req("c1")).await.unwrap().pid > 0);
+}
+
+/// A container created and never started is deleted without a runtime call.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test]
+async fn a_container_never_started_is_deleted_without_the_runtime() {
+    let _serial = lock(&REAP_SERIAL);
+    let s = serve().await;
+    s.create("c1").await.unwrap();
+    assert_eq!(s.delete("c1").await.unwrap().status.enum_value_or_default(), Status::STOPPED);
+    assert!(s.ids().await.is_empty());
+    assert!(s.runtime.calls().is_empty(), "{:?}", s.runtime.calls());
+    s.create("c1").await.unwrap();
 }
 
 #[allow(clippy::await_holding_lock)]
@@ -400,6 +436,7 @@ async fn a_container_in_the_pods_pid_namespace_takes_its_leftovers_with_it() {
     for (id, shared) in [("own", false), ("shared", true)] {
         let b = s.bundle(id, shared);
         s.client.create(ctx(), &s.create_req(id, &b)).await.unwrap();
+        s.client.start(ctx(), &req(id)).await.unwrap();
         let st = s.client.wait(ctx(), &req(id)).await.unwrap();
         assert_eq!(st.exit_code, 3);
     }
@@ -475,9 +512,11 @@ async fn shutdown_kills_and_deletes_every_container() {
     tokio::time::timeout(Duration::from_secs(5), notified).await.expect("shutdown was not signalled");
     assert!(s.ids().await.is_empty());
     let calls = s.runtime.calls();
-    for id in ["a", "b", "created"] {
+    for id in ["a", "b"] {
         assert!(calls.contains(&format!("kill {id} 9 --all")), "{id} not killed: {calls:?}");
         assert!(calls.contains(&format!("delete {id}")), "{id} not deleted: {calls:?}");
     }
+    // The runtime never made the one never started: it has nothing to end.
+    assert!(!calls.iter().any(|c| c.contains("created")), "{calls:?}");
     until("every init reaped", || pids.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists())).await;
 }
