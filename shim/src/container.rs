@@ -1,10 +1,10 @@
 //! One container as the shim sees it: its runtime state (the source of truth
 //! berthd reads), its log sink, its runtime create (done once, at the first
-//! Start; a failure ends it as a start error), and the task that turns its init's exit into
-//! a Stopped state once every byte of its output is in the log, then has the
-//! OCI runtime delete it (its state and cgroup), as containerd deletes a
-//! task on its exit: RemoveContainer and RemovePodSandbox then wait for no
-//! runtime call.
+//! Start; a failure ends it as a start error), and the task that turns its
+//! init's exit into a Stopped state once every byte of its output is in the
+//! log, then has the OCI runtime delete it (its state and cgroup), as
+//! containerd deletes a task on its exit: RemoveContainer and
+//! RemovePodSandbox then wait for no runtime call.
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
