@@ -370,15 +370,59 @@ async fn throughput(t: &Target, round: usize, n: usize) -> f64 {
     rate
 }
 
+/// `bytes` of 100-byte lines in a file on the node, for a producer faster
+/// than busybox's `yes | head` (busybox `cat`, which sends the file into
+/// its stdout pipe with sendfile).
+fn write_log_lines(bytes: u64) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut f = tempfile::NamedTempFile::new_in("target").expect("log lines file");
+    let mut chunk = Vec::with_capacity(1 << 20);
+    while chunk.len() + 100 <= 1 << 20 {
+        chunk.extend_from_slice(&[b'x'; 99]);
+        chunk.push(b'\n');
+    }
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left.min(chunk.len() as u64)).expect("chunk size");
+        f.write_all(&chunk[..n]).expect("writing log lines");
+        left -= n as u64;
+    }
+    f.flush().expect("flush");
+    f
+}
+
 /// MB/s into the log file and CPU seconds per GiB outside the container
-/// (the daemon and the pod's runtime processes).
-async fn log_throughput(t: &mut Target, bytes: u64) -> (f64, f64) {
+/// (the daemon and the pod's runtime processes), for `bytes` of 100-byte
+/// lines from `yes | head`, or from `cat` of `lines` (bind-mounted).
+async fn log_throughput(t: &mut Target, bytes: u64, lines: Option<&Path>) -> (f64, f64) {
     let mut rt = t.rt();
-    let cfg = t.pod_config("logs");
+    let cfg = t.pod_config(if lines.is_some() { "logs-cat" } else { "logs" });
     let pod = run_pod(&mut rt, &cfg).await;
     let line = "x".repeat(99);
-    let script = format!("yes {line} | head -c {bytes}");
-    let c = create(&mut rt, &pod, &cfg, &["sh", "-c", &script]).await;
+    let c = match lines {
+        None => {
+            let script = format!("yes {line} | head -c {bytes}");
+            create(&mut rt, &pod, &cfg, &["sh", "-c", &script]).await
+        }
+        Some(file) => {
+            let mut config = berth_tests::container_config("c", &["cat", "/lines"]);
+            config.mounts = vec![cri::Mount {
+                container_path: "/lines".into(),
+                host_path: file.display().to_string(),
+                readonly: true,
+                ..Default::default()
+            }];
+            rt.create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(config),
+                sandbox_config: Some(cfg.clone()),
+            })
+            .await
+            .expect("CreateContainer")
+            .into_inner()
+            .container_id
+        }
+    };
     let mut pids = t.pod_pids(&pod).await;
     pids.push(t.daemon_pid());
     let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
@@ -591,6 +635,11 @@ async fn main() {
     let pull_rounds = env_num("BENCH_PULLS", 3);
     let burst = env_num("BENCH_BURST", 20);
     let out_path = std::env::var("BENCH_OUT").unwrap_or_else(|_| "target/bench-results.json".into());
+    // BENCH_ONLY=memory,logs runs just those sections (for iterating on one
+    // target); a full run, the one BENCHMARKS.md quotes, runs them all.
+    let only: Option<Vec<String>> =
+        std::env::var("BENCH_ONLY").ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
+    let on = |section: &str| only.as_ref().is_none_or(|o| o.iter().any(|s| s == section));
 
     let _bridge = BridgeGuard;
     let mut d = Daemon::start().await;
@@ -601,7 +650,8 @@ async fn main() {
     d.restart().await;
     let logs = d.logs.clone();
     let mut targets = vec![Target { name: "Berth", engine: Engine::Berth(d), logs }];
-    if containerd_available() {
+    // BENCH_BERTH_ONLY=1 leaves containerd out (for iterating on Berth).
+    if containerd_available() && std::env::var_os("BENCH_BERTH_ONLY").is_none() {
         let pause =
             PathBuf::from(std::env::var("BENCH_PAUSE_IMAGE").expect("BENCH_PAUSE_IMAGE (scripts/bench.sh sets it)"));
         let image = berth_tests::test_image();
@@ -622,55 +672,69 @@ async fn main() {
     eprintln!("benchmarking {} ({n} lifecycle rounds, A B A B)", versions.join(" vs "));
 
     let mut life: Vec<Lifecycle> = targets.iter().map(|_| Lifecycle::default()).collect();
-    for i in 0..n {
-        for (t, l) in targets.iter().zip(life.iter_mut()) {
-            lifecycle_round(t, i, l).await;
+    let (mut floor_start, mut floor_run) = (Vec::new(), Vec::new());
+    if on("lifecycle") {
+        for i in 0..n {
+            for (t, l) in targets.iter().zip(life.iter_mut()) {
+                lifecycle_round(t, i, l).await;
+            }
         }
+        (floor_start, floor_run) = runc_floor(n);
     }
-    let (floor_start, floor_run) = runc_floor(n);
 
-    eprintln!("the same lifecycle through a berthctl process per call, {n} rounds, A B A B");
     let configs = tempfile::tempdir().expect("temp dir");
     let mut clients: Vec<ClientSteps> = targets.iter().map(|_| ClientSteps::default()).collect();
-    for i in 0..n {
-        for (t, c) in targets.iter().zip(clients.iter_mut()) {
-            client_round(t, i, configs.path(), c).await;
+    if on("clients") {
+        eprintln!("the same lifecycle through a berthctl process per call, {n} rounds, A B A B");
+        for i in 0..n {
+            for (t, c) in targets.iter().zip(clients.iter_mut()) {
+                client_round(t, i, configs.path(), c).await;
+            }
         }
     }
 
-    eprintln!("throughput: {burst} pods at once");
     let mut rates: Vec<Vec<f64>> = targets.iter().map(|_| Vec::new()).collect();
-    for round in 0..3 {
-        for (t, r) in targets.iter().zip(rates.iter_mut()) {
-            r.push(throughput(t, round, burst).await);
+    if on("burst") {
+        eprintln!("throughput: {burst} pods at once");
+        for round in 0..3 {
+            for (t, r) in targets.iter().zip(rates.iter_mut()) {
+                r.push(throughput(t, round, burst).await);
+            }
         }
     }
 
-    eprintln!("memory at {levels:?} idle pods, then restarts");
     let mut mems = Vec::new();
-    for t in targets.iter_mut() {
-        mems.push(memory(t, &levels).await);
-    }
     let pods = *levels.last().unwrap_or(&0);
     let mut restarts: Vec<Vec<f64>> = targets.iter().map(|_| Vec::new()).collect();
-    for _ in 0..3 {
-        for (t, r) in targets.iter_mut().zip(restarts.iter_mut()) {
-            r.push(recovery(t, pods).await);
+    if on("memory") {
+        eprintln!("memory at {levels:?} idle pods, then restarts");
+        for t in targets.iter_mut() {
+            mems.push(memory(t, &levels).await);
+        }
+        for _ in 0..3 {
+            for (t, r) in targets.iter_mut().zip(restarts.iter_mut()) {
+                r.push(recovery(t, pods).await);
+            }
+        }
+        for t in &targets {
+            remove_all(t).await;
         }
     }
-    for t in &targets {
-        remove_all(t).await;
-    }
 
-    eprintln!("logs: {log_bytes} bytes of 100-byte lines");
     let mut logs_out = Vec::new();
-    for t in targets.iter_mut() {
-        logs_out.push(log_throughput(t, log_bytes).await);
+    let mut cat_out = Vec::new();
+    if on("logs") {
+        eprintln!("logs: {log_bytes} bytes of 100-byte lines, from busybox `yes | head`, then `cat` of a file");
+        let lines = write_log_lines(log_bytes);
+        for t in targets.iter_mut() {
+            logs_out.push(log_throughput(t, log_bytes, None).await);
+            cat_out.push(log_throughput(t, log_bytes, Some(lines.path())).await);
+        }
     }
 
     let files = env_num("BENCH_FILES", 1_000_000);
     let mut under_stats = Vec::new();
-    if files > 0 {
+    if files > 0 && on("stats") {
         eprintln!("Version while ContainerStats polls a container with {files} files");
         for t in &targets {
             under_stats.push(version_under_stats(t, files).await);
@@ -678,7 +742,7 @@ async fn main() {
     }
 
     let mut pull_out: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
-    if registry_available() && pull_rounds > 0 {
+    if registry_available() && pull_rounds > 0 && on("pulls") {
         eprintln!("pulls: {pull_rounds} cold + cached per runtime");
         let reg = Registry::start(Auth::None, false);
         if let Engine::Containerd(c) = &targets.last().expect("targets").engine {
@@ -719,7 +783,7 @@ async fn main() {
     rows.push(row("bare runc run `true` (create+start+wait+delete)", "ms", floor_run, None));
     let (b, c) = pick(&rates);
     rows.push(row(format!("{burst} pods run+create+start at once"), "pods/s", b, c));
-    for (i, (level, _, _)) in mems[0].per_level.iter().enumerate() {
+    for (i, (level, _, _)) in mems.first().map(|m| m.per_level.as_slice()).unwrap_or_default().iter().enumerate() {
         let get = |m: &Memory, pss: bool| {
             let (_, p, r) = m.per_level[i];
             vec![if pss { p } else { r }]
@@ -737,27 +801,39 @@ async fn main() {
             other.then(|| get(&mems[1], false)),
         ));
     }
-    rows.push(row(
-        format!("daemon RSS, {pods} pods"),
-        "KiB",
-        vec![mems[0].daemon_rss_kb as f64],
-        other.then(|| vec![mems[1].daemon_rss_kb as f64]),
-    ));
-    rows.push(row(
-        format!("daemon CPU over 10 s, {pods} idle pods"),
-        "% core",
-        vec![mems[0].daemon_idle_cpu],
-        other.then(|| vec![mems[1].daemon_idle_cpu]),
-    ));
+    if !mems.is_empty() {
+        rows.push(row(
+            format!("daemon RSS, {pods} pods"),
+            "KiB",
+            vec![mems[0].daemon_rss_kb as f64],
+            other.then(|| vec![mems[1].daemon_rss_kb as f64]),
+        ));
+        rows.push(row(
+            format!("daemon CPU over 10 s, {pods} idle pods"),
+            "% core",
+            vec![mems[0].daemon_idle_cpu],
+            other.then(|| vec![mems[1].daemon_idle_cpu]),
+        ));
+    }
     let (b, c) = pick(&restarts);
     rows.push(row(format!("daemon restart until all {pods} containers listed"), "ms", b, c));
-    rows.push(row("log throughput into the file", "MB/s", vec![logs_out[0].0], other.then(|| vec![logs_out[1].0])));
-    rows.push(row(
-        "CPU outside the container per GiB of log",
-        "s",
-        vec![logs_out[0].1],
-        other.then(|| vec![logs_out[1].1]),
-    ));
+    for (name, out) in [("", &logs_out), (", `cat` of a file", &cat_out)] {
+        if out.is_empty() {
+            continue;
+        }
+        rows.push(row(
+            format!("log throughput into the file{name}"),
+            "MB/s",
+            vec![out[0].0],
+            other.then(|| vec![out[1].0]),
+        ));
+        rows.push(row(
+            format!("CPU outside the container per GiB of log{name}"),
+            "s",
+            vec![out[0].1],
+            other.then(|| vec![out[1].1]),
+        ));
+    }
     if !under_stats.is_empty() {
         let lat: Vec<Vec<f64>> = under_stats.iter().map(|u| u.0.clone()).collect();
         let (b, c) = pick(&lat);
@@ -784,6 +860,8 @@ async fn main() {
         "metric", "unit", "Berth", "p90", "containerd", "p90", "ratio"
     );
     let mut json_rows = Vec::new();
+    // A section BENCH_ONLY left out has no samples.
+    rows.retain(|r| !r.berth.0.is_nan());
     for r in &rows {
         let (bm, bp) = r.berth;
         let (cm, cp) = r.containerd.unwrap_or((f64::NAN, f64::NAN));
