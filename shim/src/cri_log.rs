@@ -11,7 +11,6 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use protocol::cri_log::{rfc3339_nano, write_record};
-use tokio::io::AsyncReadExt;
 
 /// Default longest line content written in one record (containerd's choice).
 pub const DEFAULT_MAX_LINE: usize = protocol::shim_launch::DEFAULT_MAX_LOG_LINE;
@@ -41,9 +40,10 @@ pub struct LogSink {
     root: Option<PathBuf>,
     out: Mutex<Output>,
     max_line: usize,
-    /// Output copied to attached clients. A slow client loses chunks
-    /// (lagging receiver); the log never waits for it.
-    attached: tokio::sync::broadcast::Sender<(Stream, Vec<u8>)>,
+    /// Output copied to attached clients, made at the first attach (its
+    /// 256 slots are 14 KiB, which most containers never need). A slow
+    /// client loses chunks (lagging receiver); the log never waits for it.
+    attached: std::sync::OnceLock<tokio::sync::broadcast::Sender<(Stream, Vec<u8>)>>,
 }
 
 /// The open file and whether writing to it is failing: one lock per write.
@@ -118,19 +118,18 @@ impl LogSink {
             Some(p) => Some(open_log(p, root.as_deref())?),
             None => None,
         };
-        let attached = tokio::sync::broadcast::channel(256).0;
         Ok(LogSink {
             path,
             root,
             out: Mutex::new(Output { file, error: None, written: 0, dropped: 0 }),
             max_line: max_line.max(1),
-            attached,
+            attached: std::sync::OnceLock::new(),
         })
     }
 
     /// Output from now on, for an attached client.
     pub fn attach(&self) -> tokio::sync::broadcast::Receiver<(Stream, Vec<u8>)> {
-        self.attached.subscribe()
+        self.attached.get_or_init(|| tokio::sync::broadcast::channel(256).0).subscribe()
     }
 
     /// Reopens the file by path, for rotation: the old file keeps what was
@@ -153,7 +152,21 @@ impl LogSink {
         (out.written, out.dropped)
     }
 
-    fn write_records(&self, buf: &[u8]) {
+    /// The longest line content of one record.
+    pub fn max_line(&self) -> usize {
+        self.max_line
+    }
+
+    /// Copies output to the attached clients, if any.
+    pub fn copy_to_attached(&self, stream: Stream, data: &[u8]) {
+        if let Some(tx) = self.attached.get().filter(|tx| tx.receiver_count() > 0) {
+            let _ = tx.send((stream, data.to_vec()));
+        }
+    }
+
+    /// Appends whole records to the file; a full disk drops them (and says so
+    /// in [`LogSink::error`]) rather than blocking the container.
+    pub fn write_records(&self, buf: &[u8]) {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         let Output { file, error, written: total, dropped } = &mut *out;
         let Some(file) = file.as_mut() else { return };
@@ -252,35 +265,6 @@ impl LineSplitter {
             write_record(out, rfc3339_nano(ts).as_bytes(), self.stream.name(), false, &self.pending);
             self.pending.clear();
         }
-    }
-}
-
-/// Copies one stream (a pipe, or a pty master) into the sink until it closes.
-pub async fn forward<R: tokio::io::AsyncRead + Unpin>(stream: Stream, mut pipe: R, sink: std::sync::Arc<LogSink>) {
-    let mut splitter = LineSplitter::new(stream, sink.max_line);
-    // A pipe holds 64 KiB by default: read it whole in one call. (Larger
-    // pipes and reads measured slower: more cache misses per record.)
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut out = Vec::with_capacity(96 * 1024);
-    loop {
-        let n = match pipe.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        if sink.attached.receiver_count() > 0 {
-            let _ = sink.attached.send((stream, buf[..n].to_vec()));
-        }
-        splitter.push(&buf[..n], SystemTime::now(), &mut out);
-        if !out.is_empty() {
-            sink.write_records(&out);
-            out.clear();
-        }
-    }
-    splitter.finish(SystemTime::now(), &mut out);
-    if !out.is_empty() {
-        sink.write_records(&out);
     }
 }
 

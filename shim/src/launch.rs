@@ -12,10 +12,11 @@ use std::sync::Arc;
 use protocol::shim::CreateRequest;
 use tokio::task::JoinHandle;
 
-use crate::console::{ConsoleSocket, PtyReader};
+use crate::console::ConsoleSocket;
 use crate::container::Io;
-use crate::cri_log::{self, LogSink, Stream};
+use crate::cri_log::{LogSink, Stream};
 use crate::error::ShimError;
+use crate::log_forwarder::{self, Source};
 use crate::oci_runtime::{self, CreateCall, OciRuntime};
 
 /// What Create prepared for the runtime's create: the ends the container's
@@ -58,17 +59,15 @@ pub fn prepare(req: &CreateRequest, bundle: &Path, sink: &Arc<LogSink>) -> Resul
     }
     let mut forwarders = Vec::new();
     let (stdout, stderr, console) = if req.terminal {
-        let console = ConsoleSocket::listen(&bundle.join("console.sock"))
-            .map_err(|e| ShimError::os("console socket", e))?;
+        let console =
+            ConsoleSocket::listen(&bundle.join("console.sock")).map_err(|e| ShimError::os("console socket", e))?;
         let (o, e) = crate::console::null_stdio().map_err(|e| ShimError::os("/dev/null", e))?;
         (o, e, Some(console))
     } else {
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         for (stream, fd) in [(Stream::Stdout, out_r), (Stream::Stderr, err_r)] {
-            if let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-                forwarders.push(tokio::spawn(cri_log::forward(stream, rx, Arc::clone(sink))));
-            }
+            forwarders.push(tokio::spawn(log_forwarder::forward(stream, fd, Source::Pipe, Arc::clone(sink))));
         }
         (out_w, err_w, None)
     };
@@ -101,8 +100,7 @@ pub async fn create(
     if let Some(console) = console {
         let master = console.master().await.map_err(ShimError::Internal)?;
         let reader_fd = master.try_clone().map_err(|e| ShimError::os("dup terminal", e))?;
-        let reader = PtyReader::new(reader_fd).map_err(|e| ShimError::os("terminal", e))?;
-        forwarders.push(tokio::spawn(cri_log::forward(Stream::Stdout, reader, Arc::clone(sink))));
+        forwarders.push(tokio::spawn(log_forwarder::forward(Stream::Stdout, reader_fd, Source::Pty, Arc::clone(sink))));
         pty = Some(master);
     }
     let pid = oci_runtime::read_pid(&pid_file)

@@ -9,6 +9,7 @@ pub mod error;
 pub mod exec;
 pub mod io_server;
 pub mod launch;
+pub mod log_forwarder;
 pub mod namespaces;
 pub mod oci_runtime;
 pub mod process_stats;
