@@ -137,7 +137,13 @@ fn daemon(args: ShimArgs, ready: &mut Option<File>) -> Result<()> {
     let pinned = namespaces::create(&args.dir.join(NS_DIR), &ns).context("creating sandbox namespaces")?;
     std::fs::write(args.dir.join("shim.pid"), std::process::id().to_string()).context("writing shim.pid")?;
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+    // A shim watches a handful of descriptors: 64 events a poll, not
+    // tokio's 1024 (a 12 KiB buffer in every shim).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_io_events_per_tick(64)
+        .build()
+        .context("tokio runtime")?;
     let result = rt.block_on(serve(args, pinned, log.clone(), ready));
     if let Err(e) = &result {
         error!(log, "shim failed"; "error" => format!("{e:#}"));

@@ -10,7 +10,9 @@
 //! `/proc/<pid>/ns/*` files into `<sandbox>/ns/`, which containers join by
 //! path. With a pod pid namespace, the child's own child stays as its pid 1
 //! (reaping orphans, as a pause process would) for as long as the sandbox
-//! lives. The `ns` folder is a private bind mount of itself so the pins never
+//! lives: it execs the freestanding pod init the shim carries
+//! (`pod-init/pod_init.c`, from a sealed memfd), so it keeps no copy of the
+//! shim's memory. The `ns` folder is a private bind mount of itself so the pins never
 //! propagate to other mount namespaces, where they would keep the namespaces
 //! alive after removal.
 #![allow(unsafe_code)] // syscalls libc and nix do not wrap safely; each block has its SAFETY note
@@ -121,6 +123,9 @@ pub fn create(dir: &Path, opts: &NamespaceOptions) -> Result<Pinned, NsError> {
         return Err(e);
     }
 
+    // Made before the fork, so the pod init needs nothing from the shim but
+    // the descriptor. Without it the fork itself reaps (see `pod_init`).
+    let init_program = if opts.pod_pid { PodInitProgram::load().ok() } else { None };
     let (ready_r, ready_w) = sys(pipe(), "pipe")?;
     let (go_r, go_w) = sys(pipe(), "pipe")?;
     let (mapped_r, mapped_w) = sys(pipe(), "pipe")?;
@@ -131,7 +136,7 @@ pub fn create(dir: &Path, opts: &NamespaceOptions) -> Result<Pinned, NsError> {
             drop(ready_r);
             drop(go_w);
             drop(mapped_w);
-            let code = match holder(flags, opts, ready_w, go_r, mapped_r) {
+            let code = match holder(flags, opts, init_program.as_ref(), ready_w, go_r, mapped_r) {
                 Ok(()) => 0,
                 Err(_) => 1,
             };
@@ -140,6 +145,7 @@ pub fn create(dir: &Path, opts: &NamespaceOptions) -> Result<Pinned, NsError> {
             unsafe { libc::_exit(code) }
         }
         ForkResult::Parent { child } => {
+            drop(init_program);
             drop(ready_w);
             drop(go_r);
             drop(mapped_r);
@@ -217,7 +223,14 @@ fn pin(dir: &Path, names: &[&'static str], mut ready: File, pinned: &mut Pinned)
 
 /// Runs in the forked holder: enters the new namespaces and reports the pid
 /// whose namespace files the parent should pin.
-fn holder(flags: CloneFlags, opts: &NamespaceOptions, ready: OwnedFd, go: OwnedFd, mapped: OwnedFd) -> Result<(), ()> {
+fn holder(
+    flags: CloneFlags,
+    opts: &NamespaceOptions,
+    init_program: Option<&PodInitProgram>,
+    ready: OwnedFd,
+    go: OwnedFd,
+    mapped: OwnedFd,
+) -> Result<(), ()> {
     let mut ready = File::from(ready);
     let setup = || -> Result<(), String> {
         if opts.user.is_some() {
@@ -243,6 +256,9 @@ fn holder(flags: CloneFlags, opts: &NamespaceOptions, ready: OwnedFd, go: OwnedF
             Ok(ForkResult::Child) => {
                 drop(ready);
                 drop(go);
+                if let Some(program) = init_program {
+                    program.exec();
+                }
                 pod_init()
             }
             Ok(ForkResult::Parent { child }) => {
@@ -283,7 +299,46 @@ fn enter_user_namespace(ready: &mut File, mapped: OwnedFd) -> Result<(), String>
     Ok(())
 }
 
-/// pid 1 of the pod pid namespace: reaps orphans until told to stop.
+/// The pod init program (`pod-init/pod_init.c`, built by build.rs), in a
+/// sealed memfd, with the argv it runs under: the shim's own, so berthd
+/// knows the process as this sandbox's shim (`pidfd::is_shim_of`).
+struct PodInitProgram {
+    fd: OwnedFd,
+    argv: Vec<std::ffi::CString>,
+}
+
+/// The pod init's executable (an ELF of one page).
+const POD_INIT_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pod-init"));
+
+impl PodInitProgram {
+    fn load() -> Result<Self, NsError> {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        let fd = sys(
+            memfd_create(c"berth-pod-init", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING),
+            "memfd for the pod init",
+        )?;
+        let mut file = File::from(fd);
+        io(file.write_all(POD_INIT_ELF), "write the pod init")?;
+        // Sealed: nothing can change what pid 1 of a pod runs.
+        let seals = SealFlag::F_SEAL_SEAL | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE;
+        sys(fcntl(&file, FcntlArg::F_ADD_SEALS(seals)), "seal the pod init")?;
+        let argv = std::env::args_os()
+            .filter_map(|a| std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())).ok())
+            .collect();
+        Ok(PodInitProgram { fd: file.into(), argv })
+    }
+
+    /// Replaces this (forked) process with the pod init; returns only if
+    /// the exec failed.
+    fn exec(&self) {
+        let env: [&std::ffi::CStr; 0] = [];
+        let _ = nix::unistd::fexecve(&self.fd, &self.argv, &env);
+    }
+}
+
+/// pid 1 of the pod pid namespace, when the pod init program could not be
+/// run: reaps orphans until told to stop, in this forked copy of the shim.
 fn pod_init() -> ! {
     // Inherited descriptors (the launcher's readiness pipe, sockets) must not
     // be held open for the life of the pod.
