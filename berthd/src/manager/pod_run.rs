@@ -101,18 +101,23 @@ impl Manager {
             network_released: false,
         };
         let mut nri_told = false;
+        let mut steps = crate::step_times::StepTimes::start();
         let result = async {
             self.sandbox_store.put(&id, &meta).await?;
+            steps.mark("recorded");
             failpoint::hit("run-pod-sandbox/recorded");
             crate::dir_modes::ensure_dir(&dir, crate::dir_modes::PRIVATE)?;
             if let Some(user) = &user {
                 super::user_namespace_mounts::open_to_pod_root(&dir, user)?;
             }
             pod_files::write(&dir, &hostname, host_network, config.dns_config.as_ref())?;
+            steps.mark("files");
             failpoint::hit("run-pod-sandbox/files-written");
             meta.shim_pid = self.shims.start(&launch).await?;
+            steps.mark("shim_start");
             failpoint::hit("run-pod-sandbox/shim-started");
             let shim = Shim::connect(&dir).await?;
+            steps.mark("shim_connect");
             meta.pod_init_pid = shim.info.pod_init_pid;
             if !host_network {
                 if let Some(net) = self.network.load()? {
@@ -124,6 +129,7 @@ impl Manager {
                     let result = self.network.add(&net, &pod).await?;
                     meta.ips = crate::cni::result_ips(&result);
                     meta.network = Some(result);
+                    steps.mark("cni_add");
                     failpoint::hit("run-pod-sandbox/network-added");
                 }
             }
@@ -131,8 +137,10 @@ impl Manager {
             // container of it is made before their hooks end.
             nri_told = self.nri.wants(protocol::nri::Event::RUN_POD_SANDBOX);
             self.nri_pod_event(protocol::nri::Event::RUN_POD_SANDBOX, &meta).await?;
+            steps.mark("nri");
             meta.phase = Phase::Ready;
             self.sandbox_store.put(&id, &meta).await?;
+            steps.mark("committed");
             let sb = Sandbox::new(meta.clone(), Some(shim));
             lock(&self.sandboxes).insert(id.clone(), sb.clone());
             if let Some(me) = self.me.get() {
@@ -155,7 +163,8 @@ impl Manager {
             return Err(e);
         }
         name.keep();
-        info!(self.log, "pod sandbox ready"; "sandbox_id" => &id, "name" => &md.name, "namespace" => &md.namespace);
+        info!(self.log, "pod sandbox ready"; "sandbox_id" => &id, "name" => &md.name, "namespace" => &md.namespace,
+              "steps_ms" => %steps);
         self.emit(&id, &id, cri::ContainerEventType::ContainerCreatedEvent).await;
         self.emit(&id, &id, cri::ContainerEventType::ContainerStartedEvent).await;
         Ok(id)

@@ -91,6 +91,14 @@ impl Target {
         }
     }
 
+    /// berthd's log (None for containerd).
+    fn berthd_log(&self) -> Option<PathBuf> {
+        match &self.engine {
+            Engine::Berth(d) => Some(d.dir.path().join("berthd.log")),
+            Engine::Containerd(_) => None,
+        }
+    }
+
     fn daemon_pid(&self) -> i32 {
         match &self.engine {
             Engine::Berth(d) => d.pid() as i32,
@@ -684,12 +692,18 @@ async fn main() {
 
     let configs = tempfile::tempdir().expect("temp dir");
     let mut clients: Vec<ClientSteps> = targets.iter().map(|_| ClientSteps::default()).collect();
+    let mut breakdown = Vec::new();
     if on("clients") {
         eprintln!("the same lifecycle through a berthctl process per call, {n} rounds, A B A B");
+        let log = targets[0].berthd_log();
+        let from = log.as_ref().and_then(|l| std::fs::metadata(l).ok()).map_or(0, |m| m.len());
         for i in 0..n {
             for (t, c) in targets.iter().zip(clients.iter_mut()) {
                 client_round(t, i, configs.path(), c).await;
             }
+        }
+        if let Some(log) = log {
+            breakdown = step_breakdown(&log, from);
         }
     }
 
@@ -885,13 +899,60 @@ async fn main() {
             "ratio": if ratio.is_nan() { serde_json::Value::Null } else { json!(ratio) },
         }));
     }
-    let doc = json!({"runtimes": versions, "rounds": n, "rows": json_rows});
+    if !breakdown.is_empty() {
+        println!("\nwhere Berth's time goes in the berthctl-driven calls (berthd's own steps_ms, medians, ms):");
+    }
+    let mut json_steps = serde_json::Map::new();
+    for (call, steps) in &breakdown {
+        let line: Vec<String> = steps.iter().map(|(step, ms)| format!("{step} {ms:.1}")).collect();
+        println!("  {call:<17} {}", line.join(", "));
+        json_steps.insert(call.clone(), steps.iter().map(|(step, ms)| json!({"step": step, "ms": ms})).collect());
+    }
+    let doc = json!({"runtimes": versions, "rounds": n, "rows": json_rows, "berth_steps_ms": json_steps});
     if let Err(e) = std::fs::write(&out_path, serde_json::to_vec_pretty(&doc).expect("json")) {
         eprintln!("writing {out_path}: {e}");
     } else {
         eprintln!("results written to {out_path}");
     }
     drop(targets);
+}
+
+/// Medians of each step berthd logged (`steps_ms`) for the calls in its log
+/// after byte `from`, per CRI call, in the order the steps ran.
+fn step_breakdown(log: &Path, from: u64) -> Vec<(String, Vec<(String, f64)>)> {
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(text.get(usize::try_from(from).unwrap_or(0)..).unwrap_or_default());
+    let calls = [
+        ("pod sandbox ready", "RunPodSandbox"),
+        ("container created", "CreateContainer"),
+        ("container started", "StartContainer"),
+        ("pod sandbox stopped", "StopPodSandbox"),
+        ("pod sandbox removed", "RemovePodSandbox"),
+    ];
+    let mut out = Vec::new();
+    for (message, call) in calls {
+        let mut order: Vec<String> = Vec::new();
+        let mut samples: std::collections::HashMap<String, Vec<f64>> = Default::default();
+        for line in text.lines().filter(|l| l.contains(&format!(" {message},"))) {
+            let Some((_, rest)) = line.split_once("steps_ms: ") else { continue };
+            let steps = rest.split(", ").next().unwrap_or("");
+            for part in steps.split(' ') {
+                let Some((step, ms)) = part.split_once('=') else { continue };
+                let Ok(ms) = ms.parse::<f64>() else { continue };
+                if !order.iter().any(|s| s == step) {
+                    order.push(step.to_string());
+                }
+                samples.entry(step.to_string()).or_default().push(ms);
+            }
+        }
+        if order.is_empty() {
+            continue;
+        }
+        let steps =
+            order.into_iter().map(|s| (s.clone(), median_p90(samples.remove(&s).unwrap_or_default()).0)).collect();
+        out.push((call.to_string(), steps));
+    }
+    out
 }
 
 /// Deletes the bench's bridge at the end, also after a panic.
