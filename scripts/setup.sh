@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Berth needs on a fresh Debian machine: runc (the OCI
 # runtime), busybox-static (the test and demo image), the CNI plugins and
-# iptables (pod networking), and the tools the scripts use; writes a default
+# iptables (pod networking), a C compiler (the shim's pod init), and the
+# tools the scripts use; writes a default
 # CNI configuration when /etc/cni/net.d has none. Idempotent: installs only
 # what is missing and never overwrites a configuration.
 set -euo pipefail
@@ -14,6 +15,10 @@ command -v sha256sum >/dev/null 2>&1 || need+=(coreutils)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need+=(containernetworking-plugins)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# The build: the shim carries a pod init written in C (shim/pod-init/), built
+# with the C compiler against the kernel's system call headers.
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+dpkg -s linux-libc-dev >/dev/null 2>&1 || need+=(linux-libc-dev)
 # --test adds what only the tests use: a registry to pull from (Debian's
 # docker-registry, started by the tests on loopback, never as a service),
 # htpasswd for its basic auth, openssl for its certificates and tokens, and

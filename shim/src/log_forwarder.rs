@@ -31,6 +31,11 @@ use crate::cri_log::{LineSplitter, LogSink, Stream};
 
 /// Bytes taken from the stream per read.
 const READ_SIZE: usize = 128 * 1024;
+/// What the records of one read take, kept between reads: 100-byte lines
+/// grow by their 36-byte prefix. Output of short lines (a read of empty
+/// lines is 37 times larger as records) grows the buffer for that read, and
+/// it is given back afterwards.
+const OUT_SIZE: usize = READ_SIZE + READ_SIZE / 2;
 /// Most bytes one wakeup takes before it lets other tasks run.
 pub const BURST_LIMIT: usize = 1024 * 1024;
 /// A burst this large marks the stream as busy.
@@ -95,7 +100,7 @@ pub async fn forward(stream: Stream, fd: OwnedFd, source: Source, sink: Arc<LogS
         let burst = SCRATCH.with_borrow_mut(|scratch| {
             let scratch = scratch.get_or_insert_with(|| Scratch {
                 read: Vec::with_capacity(READ_SIZE),
-                out: Vec::with_capacity(READ_SIZE + READ_SIZE / 2),
+                out: Vec::with_capacity(OUT_SIZE),
             });
             read_burst(&afd, source, stream, &mut splitter, &sink, scratch)
         });
@@ -183,6 +188,7 @@ fn read_burst(
         if !scratch.out.is_empty() {
             sink.write_records(&scratch.out);
             scratch.out.clear();
+            scratch.out.shrink_to(OUT_SIZE);
         }
         if n < READ_SIZE {
             break;
@@ -237,6 +243,15 @@ mod tests {
         let want = String::from_utf8(data.clone()).unwrap();
         let log = run(data, 4096).await;
         assert_eq!(contents(&log), want);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn reads_of_empty_lines_become_every_record() {
+        // A read of newlines is ~37 times larger as records: the buffer
+        // grows for it, and every record still arrives.
+        let log = run(vec![b'\n'; 300_000], 64 * 1024).await;
+        assert_eq!(log.lines().count(), 300_000);
+        assert!(log.lines().all(|l| l.ends_with(" stdout F ")));
     }
 
     #[tokio::test(flavor = "current_thread")]

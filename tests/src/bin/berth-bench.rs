@@ -933,9 +933,15 @@ fn step_breakdown(log: &Path, from: u64) -> Vec<(String, Vec<(String, f64)>)> {
     for (message, call) in calls {
         let mut order: Vec<String> = Vec::new();
         let mut samples: std::collections::HashMap<String, Vec<f64>> = Default::default();
-        for line in text.lines().filter(|l| l.contains(&format!(" {message},"))) {
-            let Some((_, rest)) = line.split_once("steps_ms: ") else { continue };
-            let steps = rest.split(", ").next().unwrap_or("");
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(&format!(" {message},")))
+            .filter_map(|l| l.split_once("steps_ms: ").map(|(_, rest)| rest.split(", ").next().unwrap_or("")))
+            .collect();
+        // Only the calls that did every step: RemovePodSandbox's own stop of
+        // a pod already stopped logs a shorter "pod sandbox stopped".
+        let most = lines.iter().map(|l| l.split(' ').count()).max().unwrap_or(0);
+        for steps in lines.into_iter().filter(|l| l.split(' ').count() == most) {
             for part in steps.split(' ') {
                 let Some((step, ms)) = part.split_once('=') else { continue };
                 let Ok(ms) = ms.parse::<f64>() else { continue };
