@@ -50,12 +50,7 @@ async fn containers_share_pod_net_and_ipc_not_hosts() {
 #[tokio::test]
 async fn a_container_exit_ends_its_leftovers_in_a_shared_pid_namespace() {
     let mut d = Daemon::start().await;
-    let mut cfg = d.pod_config("pidpod");
-    if let Some(ns) =
-        cfg.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut())
-    {
-        ns.pid = cri::NamespaceMode::Pod as i32;
-    }
+    let cfg = pod_pid_config(&d, "pidpod");
     let pod = d.run_pod(&cfg).await;
     let watcher = d.create(&pod, &cfg, "watcher", &["sleep", "1000"]).await;
     d.start_container(&watcher).await;
@@ -78,12 +73,7 @@ async fn a_container_exit_ends_its_leftovers_in_a_shared_pid_namespace() {
 #[tokio::test]
 async fn the_pod_init_is_small_reaps_orphans_and_ends_with_the_pod() {
     let mut d = Daemon::start().await;
-    let mut cfg = d.pod_config("podinit");
-    if let Some(ns) =
-        cfg.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut())
-    {
-        ns.pid = cri::NamespaceMode::Pod as i32;
-    }
+    let cfg = pod_pid_config(&d, "podinit");
     let pod = d.run_pod(&cfg).await;
     let info = d.pod_info(&pod).await;
     let init = info["podInitPid"].as_i64().and_then(|p| i32::try_from(p).ok()).unwrap();
@@ -129,4 +119,15 @@ async fn the_pod_init_is_small_reaps_orphans_and_ends_with_the_pod() {
         assert!(t.elapsed() < Duration::from_secs(5), "the pod init outlived its pod");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A pod whose containers share one pid namespace.
+fn pod_pid_config(d: &Daemon, name: &str) -> cri::PodSandboxConfig {
+    let mut cfg = d.pod_config(name);
+    if let Some(ns) =
+        cfg.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut())
+    {
+        ns.pid = cri::NamespaceMode::Pod as i32;
+    }
+    cfg
 }

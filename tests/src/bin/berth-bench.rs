@@ -150,8 +150,19 @@ async fn create(
     cfg: &cri::PodSandboxConfig,
     cmd: &[&str],
 ) -> String {
+    create_with_mounts(rt, pod, cfg, cmd, Vec::new()).await
+}
+
+async fn create_with_mounts(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    cfg: &cri::PodSandboxConfig,
+    cmd: &[&str],
+    mounts: Vec<cri::Mount>,
+) -> String {
     let mut config = berth_tests::container_config("c", cmd);
     config.linux = Some(cri::LinuxContainerConfig::default());
+    config.mounts = mounts;
     rt.create_container(cri::CreateContainerRequest {
         pod_sandbox_id: pod.into(),
         config: Some(config),
@@ -413,22 +424,13 @@ async fn log_throughput(t: &mut Target, bytes: u64, lines: Option<&Path>) -> (f6
             create(&mut rt, &pod, &cfg, &["sh", "-c", &script]).await
         }
         Some(file) => {
-            let mut config = berth_tests::container_config("c", &["cat", "/lines"]);
-            config.mounts = vec![cri::Mount {
+            let mount = cri::Mount {
                 container_path: "/lines".into(),
                 host_path: file.display().to_string(),
                 readonly: true,
                 ..Default::default()
-            }];
-            rt.create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(config),
-                sandbox_config: Some(cfg.clone()),
-            })
-            .await
-            .expect("CreateContainer")
-            .into_inner()
-            .container_id
+            };
+            create_with_mounts(&mut rt, &pod, &cfg, &["cat", "/lines"], vec![mount]).await
         }
     };
     let mut pids = t.pod_pids(&pod).await;
