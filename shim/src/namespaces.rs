@@ -12,9 +12,9 @@
 //! (reaping orphans, as a pause process would) for as long as the sandbox
 //! lives: it execs the freestanding pod init the shim carries
 //! (`pod-init/pod_init.c`, from a sealed memfd), so it keeps no copy of the
-//! shim's memory. The `ns` folder is a private bind mount of itself so the pins never
-//! propagate to other mount namespaces, where they would keep the namespaces
-//! alive after removal.
+//! shim's memory. The `ns` folder is a private bind mount of itself so the
+//! pins never propagate to other mount namespaces, where they would keep the
+//! namespaces alive after removal.
 #![allow(unsafe_code)] // syscalls libc and nix do not wrap safely; each block has its SAFETY note
 use protocol::shim_launch::{UserNamespace, NS_IPC, NS_NET, NS_PID, NS_USER, NS_UTS};
 use std::fs::File;
@@ -314,10 +314,14 @@ impl PodInitProgram {
     fn load() -> Result<Self, NsError> {
         use nix::fcntl::{fcntl, FcntlArg, SealFlag};
         use nix::sys::memfd::{memfd_create, MFdFlags};
-        let fd = sys(
-            memfd_create(c"berth-pod-init", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING),
-            "memfd for the pod init",
-        )?;
+        let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+        // Executable by name (Linux 6.3+, where vm.memfd_noexec=1 would
+        // otherwise make it noexec); older kernels refuse the flag.
+        let fd = match memfd_create(c"berth-pod-init", flags | MFdFlags::from_bits_retain(libc::MFD_EXEC)) {
+            Err(nix::errno::Errno::EINVAL) => memfd_create(c"berth-pod-init", flags),
+            other => other,
+        };
+        let fd = sys(fd, "memfd for the pod init")?;
         let mut file = File::from(fd);
         io(file.write_all(POD_INIT_ELF), "write the pod init")?;
         // Sealed: nothing can change what pid 1 of a pod runs.
