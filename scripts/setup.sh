@@ -2,9 +2,9 @@
 # Installs what Berth needs on a fresh Debian machine: runc (the OCI
 # runtime), busybox-static (the test and demo image), the CNI plugins and
 # iptables (pod networking), a C compiler (the shim's pod init), and the
-# tools the scripts use; writes a default
-# CNI configuration when /etc/cni/net.d has none. Idempotent: installs only
-# what is missing and never overwrites a configuration.
+# tools the scripts use; writes a default CNI configuration when
+# /etc/cni/net.d has none. Idempotent: installs only what is missing and
+# never overwrites a configuration.
 set -euo pipefail
 
 need=()
