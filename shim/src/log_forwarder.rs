@@ -58,7 +58,7 @@ pub const COALESCE: Duration = Duration::from_millis(1);
 pub enum Source {
     /// A pipe: grown when busy.
     Pipe,
-    /// A pty master: EIO (every slave end closed) is its end of file.
+    /// A pty master: never held back (its buffer is a few KiB).
     Pty,
 }
 
@@ -73,6 +73,13 @@ thread_local! {
     static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
 }
 
+/// The stream's descriptor: in the shim's epoll set, or out of it while a
+/// busy stream's output gathers.
+enum Held {
+    Watched(AsyncFd<OwnedFd>),
+    Unwatched(OwnedFd),
+}
+
 /// What one wakeup read.
 enum Burst {
     /// This many bytes; the stream is still open.
@@ -85,22 +92,20 @@ enum Burst {
 /// pty master) into `sink` as `stream` records until it closes.
 pub async fn forward(stream: Stream, fd: OwnedFd, source: Source, sink: Arc<LogSink>) {
     let mut splitter = LineSplitter::new(stream, sink.max_line());
-    let mut grown = false;
     if nonblocking(&fd).is_err() {
         return;
     }
-    // What the pipe holds.
-    let mut capacity = pipe_size(&fd).unwrap_or(DEFAULT_PIPE_SIZE);
-    let mut idle = Some(fd);
-    let mut registered: Option<AsyncFd<OwnedFd>> = None;
+    // What the pipe holds, once the stream was busy and its pipe was grown
+    // (or could not be).
+    let mut capacity: Option<usize> = None;
+    let mut held = Held::Unwatched(fd);
     loop {
-        let afd = match (registered.take(), idle.take()) {
-            (Some(afd), _) => afd,
-            (None, Some(fd)) => match watch(fd) {
+        let afd = match held {
+            Held::Watched(afd) => afd,
+            Held::Unwatched(fd) => match watch(fd) {
                 Ok(afd) => afd,
                 Err(_) => break,
             },
-            (None, None) => break,
         };
         if afd.readable().await.is_err() {
             break;
@@ -110,33 +115,25 @@ pub async fn forward(stream: Stream, fd: OwnedFd, source: Source, sink: Arc<LogS
                 read: Vec::with_capacity(READ_SIZE),
                 out: Vec::with_capacity(OUT_SIZE),
             });
-            read_burst(&afd, source, stream, &mut splitter, &sink, scratch)
+            read_burst(&afd, stream, &mut splitter, &sink, scratch)
         });
         match burst {
             Burst::Closed => break,
             Burst::Open(n) if n >= BURST_LIMIT => {
-                registered = Some(afd);
+                held = Held::Watched(afd);
                 tokio::task::yield_now().await;
             }
             Burst::Open(n) if n >= BUSY_BURST && source == Source::Pipe => {
-                if !grown {
-                    grown = true;
-                    // Refused past pipe-max-size or the user's pipe quota:
-                    // the stream keeps its pipe, and is not held back.
-                    let grow = nix::fcntl::FcntlArg::F_SETPIPE_SZ(BUSY_PIPE_SIZE);
-                    if let Ok(size) = nix::fcntl::fcntl(afd.get_ref(), grow) {
-                        capacity = usize::try_from(size).unwrap_or(capacity);
-                    }
-                }
+                let capacity = *capacity.get_or_insert_with(|| grow(afd.get_ref()));
                 if holds_back(n, capacity) {
                     // Out of epoll while output gathers (see the module doc).
-                    idle = Some(afd.into_inner());
+                    held = Held::Unwatched(afd.into_inner());
                     tokio::time::sleep(COALESCE).await;
                 } else {
-                    registered = Some(afd);
+                    held = Held::Watched(afd);
                 }
             }
-            Burst::Open(_) => registered = Some(afd),
+            Burst::Open(_) => held = Held::Watched(afd),
         }
     }
     let mut out = Vec::new();
@@ -155,8 +152,16 @@ fn holds_back(burst: usize, capacity: usize) -> bool {
 /// A pipe's size before it is grown (Linux's default).
 const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 
-fn pipe_size(fd: &OwnedFd) -> Option<usize> {
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETPIPE_SZ).ok().and_then(|s| usize::try_from(s).ok())
+/// Grows a busy stream's pipe to [`BUSY_PIPE_SIZE`]; what it holds now.
+/// Refused past pipe-max-size or the user's pipe quota: the stream keeps its
+/// pipe, and is not held back.
+fn grow(fd: &OwnedFd) -> usize {
+    use nix::fcntl::{fcntl, FcntlArg};
+    fcntl(fd, FcntlArg::F_SETPIPE_SZ(BUSY_PIPE_SIZE))
+        .or_else(|_| fcntl(fd, FcntlArg::F_GETPIPE_SZ))
+        .ok()
+        .and_then(|s| usize::try_from(s).ok())
+        .unwrap_or(DEFAULT_PIPE_SIZE)
 }
 
 fn nonblocking(fd: &OwnedFd) -> nix::Result<()> {
@@ -188,10 +193,10 @@ fn read_spare(fd: &OwnedFd, buf: &mut Vec<u8>) -> std::io::Result<usize> {
 
 /// Reads what `afd` holds now, up to [`BURST_LIMIT`], writing its complete
 /// records to `sink`. A short read ends the burst: the stream is drained,
-/// and reading on would only chase the producer a few bytes at a time.
+/// and reading on would only chase the producer a few bytes at a time. Any
+/// error but EINTR ends the stream (a pty's EIO: every slave end closed).
 fn read_burst(
     afd: &AsyncFd<OwnedFd>,
-    source: Source,
     stream: Stream,
     splitter: &mut LineSplitter,
     sink: &LogSink,
@@ -205,7 +210,6 @@ fn read_burst(
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) if source == Source::Pty && e.raw_os_error() == Some(libc::EIO) => return Burst::Closed,
             Err(_) => return Burst::Closed,
         };
         total += n;

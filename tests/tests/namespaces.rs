@@ -114,11 +114,7 @@ async fn the_pod_init_is_small_reaps_orphans_and_ends_with_the_pod() {
 
     d.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
     d.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
-    let t = std::time::Instant::now();
-    while std::path::Path::new(&format!("/proc/{init}")).exists() {
-        assert!(t.elapsed() < Duration::from_secs(5), "the pod init outlived its pod");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(berth_tests::wait_gone(init, Duration::from_secs(5)).await, "the pod init outlived its pod");
 }
 
 /// A pod whose containers share one pid namespace.

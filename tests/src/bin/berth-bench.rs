@@ -91,10 +91,10 @@ impl Target {
         }
     }
 
-    /// berthd's log (None for containerd).
-    fn berthd_log(&self) -> Option<PathBuf> {
+    /// What berthd logged so far (None for containerd).
+    fn berthd_log(&self) -> Option<String> {
         match &self.engine {
-            Engine::Berth(d) => Some(d.dir.path().join("berthd.log")),
+            Engine::Berth(d) => Some(d.log()),
             Engine::Containerd(_) => None,
         }
     }
@@ -697,15 +697,14 @@ async fn main() {
     let mut breakdown = Vec::new();
     if on("clients") {
         eprintln!("the same lifecycle through a berthctl process per call, {n} rounds, A B A B");
-        let log = targets[0].berthd_log();
-        let from = log.as_ref().and_then(|l| std::fs::metadata(l).ok()).map_or(0, |m| m.len());
+        let before = targets[0].berthd_log().map_or(0, |l| l.len());
         for i in 0..n {
             for (t, c) in targets.iter().zip(clients.iter_mut()) {
                 client_round(t, i, configs.path(), c).await;
             }
         }
-        if let Some(log) = log {
-            breakdown = step_breakdown(&log, from);
+        if let Some(log) = targets[0].berthd_log() {
+            breakdown = step_breakdown(log.get(before..).unwrap_or_default());
         }
     }
 
@@ -919,11 +918,9 @@ async fn main() {
     drop(targets);
 }
 
-/// Medians of each step berthd logged (`steps_ms`) for the calls in its log
-/// after byte `from`, per CRI call, in the order the steps ran.
-fn step_breakdown(log: &Path, from: u64) -> Vec<(String, Vec<(String, f64)>)> {
-    let text = std::fs::read(log).unwrap_or_default();
-    let text = String::from_utf8_lossy(text.get(usize::try_from(from).unwrap_or(0)..).unwrap_or_default());
+/// Medians of each step berthd logged (`steps_ms`) in `log`, per CRI
+/// call, in the order the steps ran.
+fn step_breakdown(log: &str) -> Vec<(String, Vec<(String, f64)>)> {
     let calls = [
         ("pod sandbox ready", "RunPodSandbox"),
         ("container created", "CreateContainer"),
@@ -933,31 +930,26 @@ fn step_breakdown(log: &Path, from: u64) -> Vec<(String, Vec<(String, f64)>)> {
     ];
     let mut out = Vec::new();
     for (message, call) in calls {
-        let mut order: Vec<String> = Vec::new();
-        let mut samples: std::collections::HashMap<String, Vec<f64>> = Default::default();
-        let lines: Vec<&str> = text
+        // `name=ms` pairs, one list a call.
+        let lines: Vec<Vec<(&str, f64)>> = log
             .lines()
             .filter(|l| l.contains(&format!(" {message},")))
             .filter_map(|l| l.split_once("steps_ms: ").map(|(_, rest)| rest.split(", ").next().unwrap_or("")))
+            .map(|steps| {
+                steps
+                    .split(' ')
+                    .filter_map(|p| p.split_once('='))
+                    .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+                    .collect()
+            })
             .collect();
         // Only the calls that did every step: RemovePodSandbox's own stop of
         // a pod already stopped logs a shorter "pod sandbox stopped".
-        let most = lines.iter().map(|l| l.split(' ').count()).max().unwrap_or(0);
-        for steps in lines.into_iter().filter(|l| l.split(' ').count() == most) {
-            for part in steps.split(' ') {
-                let Some((step, ms)) = part.split_once('=') else { continue };
-                let Ok(ms) = ms.parse::<f64>() else { continue };
-                if !order.iter().any(|s| s == step) {
-                    order.push(step.to_string());
-                }
-                samples.entry(step.to_string()).or_default().push(ms);
-            }
-        }
-        if order.is_empty() {
-            continue;
-        }
+        let most = lines.iter().map(Vec::len).max().unwrap_or(0);
+        let full: Vec<&Vec<(&str, f64)>> = lines.iter().filter(|l| l.len() == most).collect();
+        let Some(first) = full.first() else { continue };
         let steps =
-            order.into_iter().map(|s| (s.clone(), median_p90(samples.remove(&s).unwrap_or_default()).0)).collect();
+            (0..most).map(|i| (first[i].0.to_string(), median_p90(full.iter().map(|l| l[i].1).collect()).0)).collect();
         out.push((call.to_string(), steps));
     }
     out
